@@ -100,7 +100,16 @@ MIN_VISIBLE = 0.5
 #: A new shell may cover at most this fraction of its own area over earlier shells.
 MAX_NEW_OVERLAP = 0.33
 
-_SMALL_SIZES = [(416, 320), (480, 360), (512, 384), (640, 480), (800, 600), (960, 720), (1024, 768), (1280, 960)]
+_SMALL_SIZES = [
+    (416, 320),
+    (480, 360),
+    (512, 384),
+    (640, 480),
+    (800, 600),
+    (960, 720),
+    (1024, 768),
+    (1280, 960),
+]
 _LARGE_SIZE = (4000, 3000)
 
 
@@ -347,7 +356,9 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
         cluster_size = int(rng.integers(3, 10))
     dead_frac = rng.uniform(0.2, 0.5)
     n_clusters = max(1, int(round(n_total / cluster_size)))
-    centers = np.column_stack([rng.uniform(0.05 * w, 0.95 * w, n_clusters), rng.uniform(0.05 * h, 0.95 * h, n_clusters)])
+    centers = np.column_stack(
+        [rng.uniform(0.05 * w, 0.95 * w, n_clusters), rng.uniform(0.05 * h, 0.95 * h, n_clusters)]
+    )
     spreads = base * rng.uniform(0.8, 2.0, n_clusters) * math.sqrt(cluster_size) * 0.6
     angles = rng.uniform(0, math.pi, n_clusters)
     aligned = rng.random(n_clusters) < 0.5
@@ -355,7 +366,7 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     objects: list[_Object] = []
     light = rng.uniform(0, 2 * math.pi)  # light direction (shadows fall opposite)
     shadow_dx, shadow_dy = -math.cos(light), -math.sin(light)
-    for k in range(int(n_total)):
+    for _k in range(int(n_total)):
         cls = DEAD if rng.random() < dead_frac else LIVE
         length = rng.uniform(*lengths)
         for _attempt in range(6):
@@ -440,7 +451,10 @@ def _background(rng: np.random.Generator, w: int, h: int, style: str) -> np.ndar
     lum = f * np.float32(var) + _grain(rng, w, h, grain)
     tint = _fractal(rng, w, h, octaves=2, scale=big * 2) - 0.5
     tw = rng.uniform(-25, 25, 3)
-    chans = [np.clip(lum + tint * np.float32(tw[ch]) + np.float32(base[ch]), 0, 255).astype(np.uint8) for ch in range(3)]
+    chans = [
+        np.clip(lum + tint * np.float32(tw[ch]) + np.float32(base[ch]), 0, 255).astype(np.uint8)
+        for ch in range(3)
+    ]
     img = cv2.merge(chans)
 
     scale = 30.0 if style == "quadrat" else max(8.0, short * rng.uniform(0.02, 0.06))
@@ -449,8 +463,12 @@ def _background(rng: np.random.Generator, w: int, h: int, style: str) -> np.ndar
     elif kind == "sand":
         _pebbles(img, rng, int(w * h / (scale * scale) * rng.uniform(0.01, 0.05)), scale * 0.4, (80, 200))
     elif kind == "rock":
-        _cracks(img, rng, int(rng.integers(3, 9) * (w * h) / (640 * 480)) if style == "survey" else 200, short)
-        _pebbles(img, rng, int(w * h / (scale * scale) * 0.05), scale * 0.3, (150, 220))  # barnacle-like spots
+        _cracks(
+            img, rng, int(rng.integers(3, 9) * (w * h) / (640 * 480)) if style == "survey" else 200, short
+        )
+        _pebbles(
+            img, rng, int(w * h / (scale * scale) * 0.05), scale * 0.3, (150, 220)
+        )  # barnacle-like spots
     else:
         _algae_strands(img, rng, scale * 2, n=int(w * h / (scale * scale) * 0.3), below=True)
     return img
@@ -474,8 +492,17 @@ def _pebbles(img: np.ndarray, rng: np.random.Generator, n: int, size: float, gra
         cv2.ellipse(img, center, axes, float(ang[i]), 0, 360, col, -1, cv2.LINE_AA)
         if axes[0] > 3:  # dim highlight
             hl = tuple(min(255.0, c + 25) for c in col)
-            cv2.ellipse(img, (center[0] - axes[0] // 4, center[1] - axes[1] // 4), (axes[0] // 3, axes[1] // 3),
-                        float(ang[i]), 0, 360, hl, -1, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (center[0] - axes[0] // 4, center[1] - axes[1] // 4),
+                (axes[0] // 3, axes[1] // 3),
+                float(ang[i]),
+                0,
+                360,
+                hl,
+                -1,
+                cv2.LINE_AA,
+            )
 
 
 def _cracks(img: np.ndarray, rng: np.random.Generator, n: int, short: int) -> None:
@@ -493,7 +520,9 @@ def _cracks(img: np.ndarray, rng: np.random.Generator, n: int, short: int) -> No
         cv2.polylines(img, [np.int32(pts)], False, col, int(rng.integers(1, 3)), cv2.LINE_AA)
 
 
-def _algae_strands(img: np.ndarray, rng: np.random.Generator, length: float, n: int, below: bool = False) -> None:
+def _algae_strands(
+    img: np.ndarray, rng: np.random.Generator, length: float, n: int, below: bool = False
+) -> None:
     h, w = img.shape[:2]
     if n <= 0:
         return
@@ -504,14 +533,22 @@ def _algae_strands(img: np.ndarray, rng: np.random.Generator, length: float, n: 
     dy = np.cumsum(steps * np.sin(turns), axis=1)
     pts = np.concatenate([start[:, None, :], start[:, None, :] + np.stack([dx, dy], axis=2)], axis=1)
     green = rng.random(n) < 0.7
-    cols = np.where(green[:, None],
-                    np.column_stack([rng.uniform(20, 60, n), rng.uniform(90, 150, n), rng.uniform(50, 100, n)]),
-                    np.column_stack([rng.uniform(30, 60, n), rng.uniform(70, 100, n), rng.uniform(100, 140, n)]))
+    cols = np.where(
+        green[:, None],
+        np.column_stack([rng.uniform(20, 60, n), rng.uniform(90, 150, n), rng.uniform(50, 100, n)]),
+        np.column_stack([rng.uniform(30, 60, n), rng.uniform(70, 100, n), rng.uniform(100, 140, n)]),
+    )
     thick = rng.integers(1, 3 if not below else 5, n)
     ipts = pts.astype(np.int32)
     for i in range(n):
-        cv2.polylines(img, [ipts[i]], False, (float(cols[i, 0]), float(cols[i, 1]), float(cols[i, 2])), int(thick[i]),
-                      cv2.LINE_AA)
+        cv2.polylines(
+            img,
+            [ipts[i]],
+            False,
+            (float(cols[i, 0]), float(cols[i, 1]), float(cols[i, 2])),
+            int(thick[i]),
+            cv2.LINE_AA,
+        )
 
 
 # ---- shells --------------------------------------------------------------------------------
@@ -540,7 +577,9 @@ def _rotate_about(pts: np.ndarray, pivot: np.ndarray, ang: float) -> np.ndarray:
     return (pts - pivot) @ rot.T + pivot
 
 
-def _make_object(rng: np.random.Generator, cls: int, cx: float, cy: float, length: float, ang: float) -> _Object:
+def _make_object(
+    rng: np.random.Generator, cls: int, cx: float, cy: float, length: float, ang: float
+) -> _Object:
     """Build an object's geometry (polygons in image coordinates) and its hard mask."""
     width = length * rng.uniform(0.38, 0.52)
     bend = rng.uniform(-0.25, 0.25)
@@ -608,7 +647,12 @@ def _clip(obj: _Object, h: int, w: int) -> tuple[slice, slice, slice, slice] | N
     ix1, iy1 = min(w, obj.x0 + mw), min(h, obj.y0 + mh)
     if ix1 <= ix0 or iy1 <= iy0:
         return None
-    return (slice(iy0, iy1), slice(ix0, ix1), slice(iy0 - obj.y0, iy1 - obj.y0), slice(ix0 - obj.x0, ix1 - obj.x0))
+    return (
+        slice(iy0, iy1),
+        slice(ix0, ix1),
+        slice(iy0 - obj.y0, iy1 - obj.y0),
+        slice(ix0 - obj.x0, ix1 - obj.x0),
+    )
 
 
 def _overlap(obj: _Object, owner: np.ndarray) -> float:
@@ -635,7 +679,7 @@ def _draw_shadow(img: np.ndarray, obj: _Object, dx: float, dy: float, rng: np.ra
     mh, mw = obj.mask.shape
     m = np.zeros((mh + 2 * pad, mw + 2 * pad), np.float32)
     ox, oy = pad + int(round(dx)), pad + int(round(dy))
-    m[oy:oy + mh, ox:ox + mw] = obj.mask
+    m[oy : oy + mh, ox : ox + mw] = obj.mask
     k = max(3, int(pad) | 1)
     m = cv2.GaussianBlur(m, (k, k), 0) * rng.uniform(0.3, 0.55)
     tmp = _Object(obj.cls, m > -1, obj.x0 - pad, obj.y0 - pad, 0)
@@ -658,7 +702,7 @@ def _paint_object(img: np.ndarray, obj: _Object, rng: np.random.Generator, light
     xx += obj.x0
     yy += obj.y0
     e = obj.extra
-    ang, length, width = e["angle"], e["length"], e["width"]
+    length, width = e["length"], e["width"]
     lx, ly = math.cos(light), math.sin(light)
     for kind, poly in e["parts"]:
         pm = np.zeros((mh, mw), np.uint8)
@@ -681,7 +725,7 @@ def _paint_object(img: np.ndarray, obj: _Object, rng: np.random.Generator, light
                 col = np.array([rng.uniform(16, 28), rng.uniform(24, 36), rng.uniform(30, 45)], np.float32)
             shade = 0.7 + 0.5 * np.clip(1 - np.abs(v), 0, 1)
             # sheen: a highlight band along the ridge, offset towards the light
-            side = (lx * -ax[1] + ly * ax[0])
+            side = lx * -ax[1] + ly * ax[0]
             sheen = np.exp(-((v - 0.3 * side) ** 2) / 0.03 - (u - 0.1) ** 2 / 0.2) * rng.uniform(25, 60)
             # growth lines: concentric arcs around the umbo
             um = e.get("umbo", c)
@@ -689,15 +733,21 @@ def _paint_object(img: np.ndarray, obj: _Object, rng: np.random.Generator, light
             freq = rng.uniform(14, 28)
             wobble = 0.04 * np.sin(u * rng.uniform(4, 9) + v * 3)
             lines = (np.sin((r + wobble) * freq * math.pi) > 0.8).astype(np.float32) * rng.uniform(5, 12)
-            colr = col[None, None, :] * shade[..., None] + (sheen + lines)[..., None] * np.array([1.0, 0.95, 0.9])
+            colr = col[None, None, :] * shade[..., None] + (sheen + lines)[..., None] * np.array(
+                [1.0, 0.95, 0.9]
+            )
             # dark rim
             rim = cv2.erode(pm, np.ones((3, 3), np.uint8)) if min(mh, mw) > 8 else pm
             edge = (pm.astype(np.int16) - rim) > 0
             colr[edge] *= 0.55
         else:
             # valve seen from inside: pale iridescent nacre with a dark exterior rim and a blue-purple margin
-            nacre = np.array([rng.uniform(200, 235), rng.uniform(195, 225), rng.uniform(185, 220)], np.float32)
-            irid = np.sin(u * rng.uniform(3, 7) + v * 4 + rng.uniform(0, 6))[..., None] * np.array([8, 2, -4], np.float32)
+            nacre = np.array(
+                [rng.uniform(200, 235), rng.uniform(195, 225), rng.uniform(185, 220)], np.float32
+            )
+            irid = np.sin(u * rng.uniform(3, 7) + v * 4 + rng.uniform(0, 6))[..., None] * np.array(
+                [8, 2, -4], np.float32
+            )
             depth = (0.8 + 0.25 * (1 - np.clip(u * u + v * v, 0, 1)))[..., None]
             colr = nacre[None, None, :] * depth + irid
             k1 = max(1, int(round(width * 0.07)))
@@ -706,10 +756,12 @@ def _paint_object(img: np.ndarray, obj: _Object, rng: np.random.Generator, light
             inner2 = cv2.erode(inner, np.ones((2 * k2 + 1, 2 * k2 + 1), np.uint8))
             margin = (inner > 0) & (inner2 == 0)
             rim = (pm > 0) & (inner == 0)
-            colr[margin] = np.array([rng.uniform(120, 170), rng.uniform(90, 120), rng.uniform(100, 140)], np.float32)
+            colr[margin] = np.array(
+                [rng.uniform(120, 170), rng.uniform(90, 120), rng.uniform(100, 140)], np.float32
+            )
             colr[rim] = np.array([rng.uniform(35, 60), rng.uniform(25, 40), rng.uniform(18, 30)], np.float32)
             # muscle scars / dirt
-            colr *= (1 - 0.15 * np.exp(-((u + 0.3) ** 2 + v ** 2) / 0.05))[..., None]
+            colr *= (1 - 0.15 * np.exp(-((u + 0.3) ** 2 + v**2) / 0.05))[..., None]
         a = pm_f
         patch = patch * (1 - a[..., None]) + colr * a[..., None]
         alpha = np.maximum(alpha, a)
@@ -740,8 +792,9 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gain *= 1.0 - rng.uniform(0.0, 0.6) * (xx * xx + yy * yy)
     gain *= rng.uniform(0.8, 1.15)
     cast = (1.0 + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
-    gain3 = cv2.resize((gain[..., None] * cast[None, None, :]).astype(np.float32), (w, h),
-                       interpolation=cv2.INTER_LINEAR)
+    gain3 = cv2.resize(
+        (gain[..., None] * cast[None, None, :]).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+    )
     out = cv2.multiply(img.astype(np.float32), gain3)
     # blur: none, gaussian, or slight motion blur
     r = rng.random()
@@ -792,13 +845,15 @@ def _labels_from_owner(objects: list[_Object], owner: np.ndarray) -> list[dict]:
         rect = cv2.minAreaRect(pts)
         (rcx, rcy), (rw, rh), rang = rect
         corners = cv2.boxPoints(((rcx, rcy), (rw + 1.0, rh + 1.0), rang))  # grow by half a pixel each side
-        labels.append({
-            "cls": obj.cls,
-            "box": (float(x0), float(y0), float(x1), float(y1)),
-            "obb": corners.astype(np.float64),
-            "poly": poly,
-            "visible": nvis / obj.area,
-        })
+        labels.append(
+            {
+                "cls": obj.cls,
+                "box": (float(x0), float(y0), float(x1), float(y1)),
+                "obb": corners.astype(np.float64),
+                "poly": poly,
+                "visible": nvis / obj.area,
+            }
+        )
     return labels
 
 
@@ -807,7 +862,9 @@ def _write_labels(out: Path, stem: str, labels: list[dict], w: int, h: int) -> N
     scale = np.array([w, h], np.float64)
     for lab in labels:
         x0, y0, x1, y1 = lab["box"]
-        det.append(f"{lab['cls']} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
+        det.append(
+            f"{lab['cls']} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
+        )
         c = np.clip(lab["obb"] / scale, 0.0, 1.0)
         obb.append(f"{lab['cls']} " + " ".join(f"{v:.6f}" for v in c.reshape(-1)))
         p = np.clip(lab["poly"] / scale, 0.0, 1.0)

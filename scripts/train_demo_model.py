@@ -92,9 +92,26 @@ def train(data_yaml: Path, work: Path, epochs: int, imgsz: int, hours: float | N
         shutil.rmtree(run_dir)
     model = YOLO("yolov8n.yaml")
     kwargs = dict(
-        data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=16, device="cpu", workers=0, plots=False,
-        project=str(work / "runs"), name="demo", exist_ok=True, save_period=5, seed=0, deterministic=True,
-        cache=True, flipud=0.5, fliplr=0.5, close_mosaic=5, patience=100, verbose=True, amp=False,
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=16,
+        device="cpu",
+        workers=0,
+        plots=False,
+        project=str(work / "runs"),
+        name="demo",
+        exist_ok=True,
+        save_period=5,
+        seed=0,
+        deterministic=True,
+        cache=True,
+        flipud=0.5,
+        fliplr=0.5,
+        close_mosaic=5,
+        patience=100,
+        verbose=True,
+        amp=False,
     )
     if hours:
         kwargs["time"] = hours
@@ -115,20 +132,43 @@ def evaluate(weights: Path, test_dir: Path, imgsz: int) -> dict:
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
-    metrics = model.val(data=str(test_dir / "data.yaml"), split="val", imgsz=imgsz, device="cpu", workers=0,
-                        plots=False, batch=8, verbose=False, project=str(test_dir.parent / "val"), name="test",
-                        exist_ok=True)
+    metrics = model.val(
+        data=str(test_dir / "data.yaml"),
+        split="val",
+        imgsz=imgsz,
+        device="cpu",
+        workers=0,
+        plots=False,
+        batch=8,
+        verbose=False,
+        project=str(test_dir.parent / "val"),
+        name="test",
+        exist_ok=True,
+    )
     names = model.names
     ap50 = {names[int(c)]: float(metrics.box.ap50[i]) for i, c in enumerate(metrics.box.ap_class_index)}
     truth = pd.read_csv(test_dir / "counts.csv")
     rows = []
     t0 = time.time()
     for rec in truth.itertuples():
-        res = model.predict(str(test_dir / "images" / rec.image), conf=CONF, imgsz=imgsz, device="cpu",
-                            verbose=False, max_det=1000)[0]
+        res = model.predict(
+            str(test_dir / "images" / rec.image),
+            conf=CONF,
+            imgsz=imgsz,
+            device="cpu",
+            verbose=False,
+            max_det=1000,
+        )[0]
         cls = res.boxes.cls.cpu().numpy().astype(int)
-        rows.append({"image": rec.image, "live_true": rec.live, "dead_true": rec.dead,
-                     "live_pred": int((cls == 0).sum()), "dead_pred": int((cls == 1).sum())})
+        rows.append(
+            {
+                "image": rec.image,
+                "live_true": rec.live,
+                "dead_true": rec.dead,
+                "live_pred": int((cls == 0).sum()),
+                "dead_pred": int((cls == 1).sum()),
+            }
+        )
     pred_s = time.time() - t0
     df = pd.DataFrame(rows)
     mae = {c: float((df[f"{c}_pred"] - df[f"{c}_true"]).abs().mean()) for c in ("live", "dead")}
@@ -190,8 +230,10 @@ def write_card(models: Path, info: dict) -> None:
         "|---|---|---|---|---|",
     ]
     for c in ("live", "dead"):
-        lines.append(f"| {c} | {m['map50'].get(c, float('nan')):.3f} | {m['map50_95']:.3f} |"
-                     f" {m['count_mae'][c]:.2f} | {m['count_bias'][c]:+.2f} |")
+        lines.append(
+            f"| {c} | {m['map50'].get(c, float('nan')):.3f} | {m['map50_95']:.3f} |"
+            f" {m['count_mae'][c]:.2f} | {m['count_bias'][c]:+.2f} |"
+        )
     lines += [
         "",
         f"Mean true count per image: {m['test_objects']['live'] / m['test_images']:.1f} live,"
@@ -245,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     timing_file = work / "train_timing.json"
     if not args.eval_only:
         t0 = time.time()
-        prior = json.loads(timing_file.read_text())["train_wall_s"] if args.resume and timing_file.exists() else 0.0
+        prior = (
+            json.loads(timing_file.read_text())["train_wall_s"]
+            if args.resume and timing_file.exists()
+            else 0.0
+        )
         train(data_yaml, work, args.epochs, args.imgsz, args.hours, args.resume)
         timing_file.write_text(json.dumps({"train_wall_s": prior + time.time() - t0}))
     models = Path(args.out)
@@ -275,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": args.n_survey + args.n_quadrat,
             "n_val": args.n_val + max(1, args.n_val // 4),
             "seeds": {"train": TRAIN_SEED, "val": VAL_SEED, "test": TEST_SEED},
-            "train_wall_s": json.loads(timing_file.read_text())["train_wall_s"] if timing_file.exists() else None,
+            "train_wall_s": json.loads(timing_file.read_text())["train_wall_s"]
+            if timing_file.exists()
+            else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
             "ultralytics": ultralytics.__version__,
             "torch": torch.__version__,

@@ -59,8 +59,12 @@ def test_different_seed_differs(tmp_path):
     synth.generate(tmp_path / "a", n=2, seed=3, size=(320, 256))
     synth.generate(tmp_path / "b", n=2, seed=4, size=(320, 256))
     for name in ("survey_0000", "survey_0001"):
-        assert (tmp_path / "a/images" / f"{name}.jpg").read_bytes() != (tmp_path / "b/images" / f"{name}.jpg").read_bytes()
-        assert (tmp_path / "a/labels" / f"{name}.txt").read_text() != (tmp_path / "b/labels" / f"{name}.txt").read_text()
+        assert (tmp_path / "a/images" / f"{name}.jpg").read_bytes() != (
+            tmp_path / "b/images" / f"{name}.jpg"
+        ).read_bytes()
+        assert (tmp_path / "a/labels" / f"{name}.txt").read_text() != (
+            tmp_path / "b/labels" / f"{name}.txt"
+        ).read_text()
 
 
 # ---- layout --------------------------------------------------------------------------------
@@ -130,7 +134,7 @@ def test_labels_consistent(small_set):
         assert [int(r[0]) for r in obb] == cls == [int(r[0]) for r in seg]
         assert cls.count(0) == rec.live and cls.count(1) == rec.dead
         h, w = cv2.imread(str(out / "images" / rec.image)).shape[:2]
-        for d, o, s in zip(det, obb, seg):
+        for d, o, s in zip(det, obb, seg, strict=True):
             total += 1
             _, cx, cy, bw, bh = d
             assert len(d) == 5 and 0 < bw <= 1 and 0 < bh <= 1
@@ -165,9 +169,9 @@ def test_boxes_cover_dark_and_pale_shells(tmp_path):
     for name in counts["image"]:
         img = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / name)), cv2.COLOR_BGR2GRAY).astype(float)
         h, w = img.shape
-        for c, cx, cy, bw, bh in _read(tmp_path / "labels" / name.replace(".jpg", ".txt")):
+        for c, cx, cy, _bw, _bh in _read(tmp_path / "labels" / name.replace(".jpg", ".txt")):
             x, y = int(cx * w), int(cy * h)
-            (live_l if c == 0 else dead_l).append(img[max(0, y - 1):y + 2, max(0, x - 1):x + 2].mean())
+            (live_l if c == 0 else dead_l).append(img[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].mean())
     assert live_l and dead_l
     assert np.median(live_l) + 40 < np.median(dead_l)
 
