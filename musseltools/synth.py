@@ -246,7 +246,7 @@ def generate(
     for i in range(n):
         if i >= n - large:
             w, h = _LARGE_SIZE
-            specs.append(FrameSpec(f"quadrat_{i:04d}", w, h, "quadrat", density, jpeg_quality=80))
+            specs.append(FrameSpec(f"quadrat_{i:04d}", w, h, "quadrat", density, jpeg_quality=70))
         else:
             w, h = size if size is not None else _SMALL_SIZES[int(rng.integers(len(_SMALL_SIZES)))]
             specs.append(FrameSpec(f"survey_{i:04d}", int(w), int(h), "survey", density))
@@ -394,7 +394,7 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
         objects.append(obj)
 
     _algae_strands(img, rng, base, n=int(rng.poisson(2 + 0.002 * n_total)) if rng.random() < 0.4 else 0)
-    img = _photometric(img, rng)
+    img = _photometric(img, rng, noise_scale=0.4 if spec.style == "quadrat" else 1.0)
     labels = _labels_from_owner(objects, owner)
     return img, labels
 
@@ -448,6 +448,10 @@ def _background(rng: np.random.Generator, w: int, h: int, style: str) -> np.ndar
     else:  # algae
         base = np.array([rng.uniform(40, 70), rng.uniform(85, 120), rng.uniform(70, 105)], np.float32)
         var, grain = 40.0, rng.uniform(4, 10)
+    if (
+        style == "quadrat"
+    ):  # large photos: finer-scale, gentler grain (keeps the JPEGs of 12 Mpx frames small)
+        grain *= 0.35
     lum = f * np.float32(var) + _grain(rng, w, h, grain)
     tint = _fractal(rng, w, h, octaves=2, scale=big * 2) - 0.5
     tw = rng.uniform(-25, 25, 3)
@@ -780,7 +784,7 @@ def _paint_object(img: np.ndarray, obj: _Object, rng: np.random.Generator, light
     img[iy, ix] = np.clip(region, 0, 255).astype(np.uint8)
 
 
-def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _photometric(img: np.ndarray, rng: np.random.Generator, noise_scale: float = 1.0) -> np.ndarray:
     h, w = img.shape[:2]
     # lighting gradient + vignette, computed small and upsampled (fast for large frames)
     sh, sw = 48, 64
@@ -809,7 +813,7 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         kern = cv2.warpAffine(kern, m, (k, k))
         kern /= max(kern.sum(), 1e-6)
         out = cv2.filter2D(out, -1, kern)
-    noise = rng.uniform(1.0, 5.0)
+    noise = rng.uniform(1.0, 5.0) * noise_scale
     g = _grain(rng, w, h, noise)
     out = cv2.add(out, cv2.merge([g, g, g]))
     return np.clip(out, 0, 255, out=out).astype(np.uint8)
