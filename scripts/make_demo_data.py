@@ -37,6 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():  # start clean so that no stale file (or Ultralytics labels.cache) survives
         shutil.rmtree(out)
     counts = synth.generate(out, n=N, seed=SEED, large=LARGE)
+    big = counts[counts.image.str.startswith("quadrat_")]
+    (out / "README.md").write_text(
+        "# Demo collection (synthetic)\n\n"
+        f"Made by `python scripts/make_demo_data.py` = `musseltools.synth.generate('data/demo', n={N},"
+        f" seed={SEED}, large={LARGE})`.\n"
+        "Do not edit by hand; rerun the script (same bytes on the same platform).\n\n"
+        f"- {len(counts) - len(big)} survey frames (416x320 to 1280x960) and {len(big)} quadrat photos"
+        " (4000x3000, 20-40 px mussels).\n"
+        f"- {int(counts.live.sum())} live and {int(counts.dead.sum())} dead mussels in all"
+        f" ({int(big.live.sum())} live and {int(big.dead.sum())} dead in the quadrats).\n"
+        "- `images/`, `labels/` (detect), `obb/`, `seg/`, `data.yaml` files and `counts.csv`"
+        " (`image,live,dead`): see the docstring of `musseltools/synth.py`.\n"
+        "- Synthetic pictures: for demos and tests only.\n"
+    )
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.is_symlink())
     logging.info(
         "%d images, %d live, %d dead, %.1f MB in %s",

@@ -221,8 +221,9 @@ def write_card(models: Path, info: dict) -> None:
         f"{', time=' + str(t['hours']) if t['hours'] else ''}, device='cpu', workers=0, plots=False, cache=True,",
         "  flipud=0.5, fliplr=0.5, close_mosaic=5, seed=0, deterministic=True, save_period=5)`; other"
         " hyperparameters are Ultralytics defaults (mosaic, HSV and scale augmentation).",
-        f"- Hardware: {t['machine']}; measured training wall time {t['train_wall_s'] / 60:.1f} min"
-        f" ({t['epochs_run']} epochs).",
+        f"- Hardware: {t['machine']}; measured training wall time "
+        + (f"{t['train_wall_s'] / 60:.1f} min" if t["train_wall_s"] else "not recorded")
+        + f" ({t['epochs_run']} epochs; the machine was shared with other work, so treat it as an upper bound).",
         "",
         "## Measured on the held-out set",
         "",
