@@ -1,0 +1,67 @@
+"""musseltools: count live and dead mussels in survey photographs with YOLO.
+
+Batched, resumable runs over image collections; results in Parquet and an xarray/Zarr cube of counts
+against threshold; notebooks, widgets and reports for JupyterLab.
+
+>>> import musseltools as mt                                                        # doctest: +SKIP
+>>> run = mt.run("data/demo/images", model="data/models/mussel-demo.pt")            # doctest: +SKIP
+>>> run.totals, run.per_image(threshold=0.6)                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os as _os
+from importlib import metadata as _metadata
+
+_os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics must never reach for the network
+
+from .collection import Collection, scan  # noqa: E402
+from .detections import Detections  # noqa: E402
+from .engine import RunHandle, run  # noqa: E402
+from .errors import (  # noqa: E402
+    CollectionError,
+    CorruptStoreError,
+    InferenceError,
+    ModelChangedError,
+    ModelLoadError,
+    MusselToolsError,
+    RunCancelled,
+    RunLockedError,
+    RunNotFoundError,
+    StoreError,
+    ThresholdError,
+)
+from .models import InferenceSettings, load_model  # noqa: E402
+from .runs import Run, list_runs, open_run  # noqa: E402
+from .store import Store  # noqa: E402
+
+try:
+    __version__ = _metadata.version("musseltools")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "run",
+    "open_run",
+    "list_runs",
+    "scan",
+    "load_model",
+    "Run",
+    "RunHandle",
+    "Store",
+    "Collection",
+    "Detections",
+    "InferenceSettings",
+    "MusselToolsError",
+    "CollectionError",
+    "ModelLoadError",
+    "ModelChangedError",
+    "StoreError",
+    "CorruptStoreError",
+    "RunNotFoundError",
+    "RunLockedError",
+    "ThresholdError",
+    "InferenceError",
+    "RunCancelled",
+]

@@ -1,0 +1,31 @@
+"""Failpoints for crash-safety tests: kill the process at a named moment.
+
+Enabled only by the environment variable ``MUSSELTOOLS_FAILPOINTS`` (tests set it; users never
+need to). Its value is a comma-separated list of ``name`` or ``name@N`` (fire on the N-th time the
+point is reached, counting from 1). When a failpoint fires, the process kills itself with SIGKILL,
+exactly as an out-of-memory killer or a power cut would stop it.
+
+Named points: ``part-written`` (a part's temporary file is written but not renamed),
+``part-committed`` (a part is renamed but run metadata is not updated), ``meta-written`` (run
+metadata's temporary file is written but not renamed), ``cube-writing`` (in the middle of a Zarr
+cube update), ``detections-committed`` (detections part renamed, images part not yet written).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Kill this process with SIGKILL if ``name`` is enabled in ``MUSSELTOOLS_FAILPOINTS``."""
+    spec = os.environ.get("MUSSELTOOLS_FAILPOINTS")
+    if not spec:
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    for item in spec.split(","):
+        point, _, nth = item.strip().partition("@")
+        if point == name and (not nth or int(nth) == _counts[name]):
+            os.kill(os.getpid(), signal.SIGKILL)

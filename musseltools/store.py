@@ -1,0 +1,381 @@
+"""The results store: Parquet parts (the truth), run metadata, locks and small caches.
+
+Layout (everything readable with ``pd.read_parquet``, DuckDB or a text editor)::
+
+    STORE/
+      results/<inference_key>/            results of one model + inference settings, shared by runs
+        settings.json                     the model fingerprint and settings behind the key
+        images/part-<unit>.parquet        one row per image of a commit unit (the commit proof)
+        detections/part-<unit>.parquet    one row per detection of the same unit
+        quarantine/                       damaged parts moved aside, with a note of why
+        .lock, .lock.json                 held while a process infers for this key (pid, host, run)
+      runs/<run_id>/
+        run.json                          the run: collection, model, threshold, settings, status
+        collection.parquet                the images of the run as last scanned
+        cube.zarr/                        counts x threshold cube, derived (rebuilt from Parquet)
+      cache/scan.parquet                  (path, size, mtime) -> image_id, so files are hashed once
+      cache/batch_size.json               measured model batch sizes per device and model
+
+A commit unit's detections part is written first and its images part last, each to a temporary
+file in the same folder, fsync'd and renamed: an images part that exists is committed, nothing else
+is. Part names come from the unit's key, so a retried unit overwrites its own part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._failpoints import failpoint
+from .detections import DETECTIONS_SCHEMA
+from .errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreError
+
+__all__ = ["Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes"]
+
+log = logging.getLogger(__name__)
+
+#: Arrow schema of the stored per-image table (one row per image of a commit unit).
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("n_detections", pa.int32()),
+        ("cap_hit", pa.bool_()),
+        ("error", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+_TMP_SUFFIX = ".tmp"
+
+
+def default_store_path() -> Path:
+    """``$MUSSELTOOLS_STORE``, else ``data/store`` under the working directory."""
+    return Path(os.environ.get("MUSSELTOOLS_STORE") or Path.cwd() / "data" / "store")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_TMP_SUFFIX}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, failpoint_name: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if failpoint_name:
+        failpoint(failpoint_name)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_table(path: Path, table: pa.Table, *, failpoint_name: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    if failpoint_name:
+        failpoint(failpoint_name)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class Store:
+    """A results store in a folder (created on first write).
+
+    Parameters
+    ----------
+    root : path, optional
+        The store folder; ``$MUSSELTOOLS_STORE`` or ``./data/store`` by default.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> s = Store(tempfile.mkdtemp())
+    >>> s.list_runs()
+    []
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_store_path()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {str(self.root)!r} is a file — expected a folder — pass another --store")
+        self._cache: dict[str, tuple[Any, Any]] = {}
+        self.quarantined: list[Path] = []
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+    def results_dir(self, key: str) -> Path:
+        return self.root / "results" / key
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    # ------------------------------------------------------------------ results
+    def write_settings(self, key: str, settings: Mapping[str, Any]) -> None:
+        """Record what an inference key stands for (written once)."""
+        path = self.results_dir(key) / "settings.json"
+        if not path.exists():
+            atomic_write_bytes(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+
+    def commit_part(self, key: str, unit_key: str, images: pa.Table, detections: pa.Table) -> Path:
+        """Commit one unit's results atomically; returns the images part (the commit proof)."""
+        base = self.results_dir(key)
+        name = f"part-{unit_key}.parquet"
+        _atomic_write_table(base / "detections" / name, detections.cast(DETECTIONS_SCHEMA))
+        failpoint("detections-committed")
+        _atomic_write_table(base / "images" / name, images.cast(IMAGES_SCHEMA), failpoint_name="part-written")
+        return base / "images" / name
+
+    def clean_temporary(self, key: str) -> int:
+        """Remove temporary files left by killed writers (call only while holding the key's lock)."""
+        n = 0
+        for sub in ("images", "detections"):
+            for tmp in (self.results_dir(key) / sub).glob(f".*{_TMP_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    n += 1
+        return n
+
+    def _quarantine(self, key: str, name: str, reason: str) -> None:
+        qdir = self.results_dir(key) / "quarantine"
+        qdir.mkdir(parents=True, exist_ok=True)
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        for sub in ("images", "detections"):
+            src = self.results_dir(key) / sub / name
+            if src.exists():
+                dst = qdir / f"{stamp}-{sub}-{name}"
+                with contextlib.suppress(OSError):
+                    os.replace(src, dst)
+                    self.quarantined.append(dst)
+        (qdir / f"{stamp}-{name}.txt").write_text(reason + "\n")
+        log.warning(
+            "store: damaged part %s of results %s moved to quarantine (%s); its images will be processed again",
+            name, key, reason,
+        )
+
+    def _part_files(self, key: str) -> list[Path]:
+        d = self.results_dir(key) / "images"
+        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def read_results(self, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Committed results for an inference key: (per-image table, detections table).
+
+        Each image appears once: its latest successful result, else its latest error. Damaged parts
+        are moved to quarantine (their images count as not processed) and reported in the log.
+        """
+        parts = self._part_files(key)
+        stamp = []
+        for p in parts:
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                stamp.append((p.name, st.st_mtime_ns, st.st_size))
+        cache_key = (key, tuple(stamp))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == cache_key:
+            return hit[1]
+        img_tables, det_tables = [], []
+        for i, p in enumerate(parts):
+            try:
+                it = pq.read_table(p)
+                dp = self.results_dir(key) / "detections" / p.name
+                if not dp.exists():
+                    raise CorruptStoreError(f"detections part {dp.name} is missing")
+                dt = pq.read_table(dp)
+                if not set(IMAGES_SCHEMA.names) <= set(it.column_names) or not set(DETECTIONS_SCHEMA.names) <= set(
+                    dt.column_names
+                ):
+                    raise CorruptStoreError("columns do not match the musseltools schema")
+                it = it.select(IMAGES_SCHEMA.names).cast(IMAGES_SCHEMA)
+                dt = dt.select(DETECTIONS_SCHEMA.names).cast(DETECTIONS_SCHEMA)
+                if len(dt) != int(pa.compute.sum(it["n_detections"]).as_py() or 0):
+                    raise CorruptStoreError("detections do not add up to the images' n_detections")
+            except FileNotFoundError:
+                continue  # quarantined or replaced meanwhile by another reader
+            except Exception as exc:  # noqa: BLE001 - any unreadable part is quarantined
+                self._quarantine(key, p.name, f"{type(exc).__name__}: {exc}")
+                continue
+            img_tables.append(it.append_column("_part", pa.array([i] * len(it), pa.int32())))
+            det_tables.append(dt.append_column("_part", pa.array([i] * len(dt), pa.int32())))
+        if img_tables:
+            images = pa.concat_tables(img_tables).to_pandas()
+            dets = pa.concat_tables(det_tables).to_pandas()
+        else:
+            images = IMAGES_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
+            dets = DETECTIONS_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
+        if len(images):
+            images["_ok"] = images["error"].isna()
+            images = images.sort_values(["image_id", "_ok", "processed_at", "_part"], ascending=[True, False, False, False])
+            images = images.drop_duplicates("image_id", keep="first")
+            chosen = pd.MultiIndex.from_frame(images[["image_id", "_part"]])
+            keep = pd.MultiIndex.from_frame(dets[["image_id", "_part"]]).isin(chosen)
+            dets = dets[keep]
+            images = images.drop(columns="_ok")
+        images = images.drop(columns="_part").reset_index(drop=True)
+        dets = dets.drop(columns="_part").reset_index(drop=True)
+        result = (images, dets)
+        self._cache[key] = (cache_key, result)
+        return result
+
+    # ------------------------------------------------------------------ runs
+    def write_run(self, meta: Mapping[str, Any]) -> None:
+        """Write run metadata atomically (only the process coordinating the run does)."""
+        data = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+        atomic_write_bytes(self.run_dir(meta["run_id"]) / "run.json", data, failpoint_name="meta-written")
+
+    def read_run(self, run_id: str) -> dict[str, Any]:
+        """Run metadata; raises :class:`RunNotFoundError` or :class:`CorruptStoreError`."""
+        path = self.run_dir(run_id) / "run.json"
+        if not path.exists():
+            known = ", ".join(r["run_id"] for r in self.list_runs()) or "none"
+            raise RunNotFoundError(f"no run {run_id!r} in store {str(self.root)!r} — runs there: {known}")
+        try:
+            meta = json.loads(path.read_text())
+            if not isinstance(meta, dict) or meta.get("run_id") != run_id:
+                raise ValueError("not the metadata of this run")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(
+                f"run metadata {str(path)!r} is damaged ({exc}) — the results themselves are safe in "
+                f"{str(self.root / 'results')!r} — run `musseltools run` with the same images and model again to "
+                "rebuild it"
+            ) from exc
+        return meta
+
+    def quarantine_run(self, run_id: str, reason: str) -> None:
+        """Move damaged run metadata aside so the run can be recreated."""
+        src = self.run_dir(run_id) / "run.json"
+        if src.exists():
+            dst = self.run_dir(run_id) / f"run.json.damaged-{utcnow().strftime('%Y%m%dT%H%M%S')}"
+            os.replace(src, dst)
+            log.warning("store: damaged run metadata of %s moved to %s (%s)", run_id, dst.name, reason)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Metadata of every readable run, oldest first."""
+        runs = []
+        for d in sorted((self.root / "runs").glob("*/run.json")) if (self.root / "runs").is_dir() else []:
+            with contextlib.suppress(ValueError, OSError):
+                runs.append(json.loads(d.read_text()))
+        return sorted(runs, key=lambda r: r.get("created_at", ""))
+
+    def write_collection(self, run_id: str, table: pd.DataFrame) -> None:
+        _atomic_write_table(self.run_dir(run_id) / "collection.parquet", pa.Table.from_pandas(table, preserve_index=False))
+
+    def read_collection(self, run_id: str) -> pd.DataFrame:
+        path = self.run_dir(run_id) / "collection.parquet"
+        try:
+            return pd.read_parquet(path)
+        except FileNotFoundError as exc:
+            raise StoreError(f"run {run_id!r} has no collection table — run it again to rebuild it") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise CorruptStoreError(
+                f"collection table of run {run_id!r} is damaged ({exc}) — run it again to rebuild it"
+            ) from exc
+
+    # ------------------------------------------------------------------ locks
+    @contextlib.contextmanager
+    def lock(self, key: str, *, run_id: str, wait: bool | float = False) -> Iterator[None]:
+        """Hold the lock of an inference key while inferring for it.
+
+        ``wait=False`` fails at once with :class:`RunLockedError` naming the holder; ``True`` waits for
+        ever; a number waits that many seconds. A lock whose holder died is free (the OS drops it).
+        """
+        from filelock import FileLock, Timeout
+
+        d = self.results_dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(d / ".lock"))
+        timeout = -1 if wait is True else (0 if wait is False else float(wait))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            holder = self.lock_holder(key) or {}
+            raise RunLockedError(
+                f"run {holder.get('run_id', '?')} holds the results of {key}: pid {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} since {holder.get('since', '?')} — wait for it to finish, or ask to wait "
+                "(--wait / wait=True)"
+            ) from None
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": utcnow().isoformat()}
+            atomic_write_bytes(d / ".lock.json", json.dumps(info).encode())
+            yield
+        finally:
+            lock.release()
+
+    def lock_holder(self, key: str) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.results_dir(key) / ".lock.json").read_text())
+        return None
+
+    # ------------------------------------------------------------------ caches
+    def scan_cache(self) -> dict[tuple[str, int, int], tuple[str, int | None, int | None]]:
+        """``(path, size, mtime_ns) -> (image_id, width, height)`` from earlier scans."""
+        path = self.root / "cache" / "scan.parquet"
+        try:
+            t = pd.read_parquet(path)
+        except Exception:  # noqa: BLE001 - a lost cache only costs hashing time
+            return {}
+        w = t["width"].astype("Int64")
+        h = t["height"].astype("Int64")
+        return {
+            (p, int(s), int(m)): (i, None if pd.isna(wi) else int(wi), None if pd.isna(hi) else int(hi))
+            for p, s, m, i, wi, hi in zip(t["path"], t["size"], t["mtime_ns"], t["image_id"], w, h)
+        }
+
+    def update_scan_cache(self, table: pd.DataFrame) -> None:
+        ok = table[table["error"].isna()][["path", "size", "mtime_ns", "image_id", "width", "height"]]
+        path = self.root / "cache" / "scan.parquet"
+        try:
+            old = pd.read_parquet(path)
+            merged = pd.concat([old[~old["path"].isin(ok["path"])], ok], ignore_index=True)
+        except Exception:  # noqa: BLE001
+            merged = ok
+        merged = merged.astype({"size": "int64", "mtime_ns": "int64", "width": "Int64", "height": "Int64"})
+        _atomic_write_table(path, pa.Table.from_pandas(merged, preserve_index=False))
+
+    def read_json_cache(self, name: str) -> dict[str, Any]:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.root / "cache" / name).read_text())
+        return {}
+
+    def write_json_cache(self, name: str, data: Mapping[str, Any]) -> None:
+        atomic_write_bytes(self.root / "cache" / name, json.dumps(data, indent=2, sort_keys=True).encode())
+
+    def remove_run_outputs(self, run_id: str, name: str) -> None:
+        """Delete a derived output of a run (e.g. a stale cube)."""
+        shutil.rmtree(self.run_dir(run_id) / name, ignore_errors=True)
