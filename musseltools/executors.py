@@ -105,17 +105,18 @@ class LocalExecutor:
                     if not worker.is_alive() and q.empty():
                         raise RuntimeError("the decode thread stopped unexpectedly") from None
 
+        def flush(pending: list[tuple[Any, Any]], outcomes: list[tuple[Any, Any, str | None]]) -> None:
+            dets = task.predict([p for _, p in pending])
+            outcomes.extend((ref, d, None) for (ref, _), d in zip(pending, dets))
+            on_progress(len(pending))
+            pending.clear()
+
         batch_size = getattr(task, "batch_size", None)
         try:
             for unit in units:
                 outcomes: list[tuple[Any, Any, str | None]] = []
                 pending: list[tuple[Any, Any]] = []
 
-                def flush() -> None:
-                    dets = task.predict([p for _, p in pending])
-                    outcomes.extend((ref, d, None) for (ref, _), d in zip(pending, dets))
-                    on_progress(len(pending))
-                    pending.clear()
 
                 while True:
                     ref, item = get()
@@ -133,11 +134,11 @@ class LocalExecutor:
                         batch_size = task.choose_batch_size(item)
                     pending.append((ref, item))
                     if len(pending) >= batch_size:
-                        flush()
+                        flush(pending, outcomes)
                         if cancel.is_set():
                             raise RunCancelled("cancelled")
                 if pending:
-                    flush()
+                    flush(pending, outcomes)
                 yield task.commit(unit, outcomes)
         finally:
             stop.set()

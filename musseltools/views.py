@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ __all__ = [
     "polygon_document",
 ]
 
-Threshold = Union[float, Mapping[str, float]]
+Threshold = float | Mapping[str, float]
 
 _EPS = 1e-9
 
