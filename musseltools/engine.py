@@ -37,7 +37,7 @@ from .errors import (
 from .executors import LocalExecutor
 from .models import InferenceSettings, LoadedModel, Prepared, load_model, make_predictor
 from .runs import Run
-from .store import IMAGES_SCHEMA, Store, utcnow
+from .store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
 
 __all__ = ["run", "RunHandle", "decode_image", "update_run_meta", "DEFAULT_COMMIT_EVERY", "MAX_PIXELS"]
 
@@ -97,6 +97,21 @@ def decode_image(data: bytes) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001
         kind = "truncated or corrupt image" if header_ok else "not a readable image"
         raise ValueError(f"{kind} ({type(exc).__name__}: {exc})") from None
+
+
+def _user_cache_dir() -> Path:
+    """Per-user cache (``$MUSSELTOOLS_CACHE``, else ``$XDG_CACHE_HOME/musseltools``, else ``~/.cache/musseltools``)."""
+    if os.environ.get("MUSSELTOOLS_CACHE"):
+        return Path(os.environ["MUSSELTOOLS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "musseltools"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------- units
@@ -212,15 +227,22 @@ class RunTask:
         p = self.predictor
         shape = tuple(sample.tensor.shape) if sample.tensor is not None else tuple(sample.image.shape)
         cache_key = f"{p.device}|{self.model.info.fingerprint}|{self.settings.imgsz}|{self.settings.tile}|{shape}"
+        # remembered in the store and per machine (a new store on the same machine need not measure again)
         cache = self.store.read_json_cache("batch_size.json")
-        if cache_key in cache:
-            self.batch_size = int(cache[cache_key])
+        machine = _read_json(_user_cache_dir() / "batch_size.json")
+        known = cache.get(cache_key, machine.get(cache_key))
+        if known is not None:
+            self.batch_size = int(known)
         else:
             self.batch_size = p.measure_batch_size(sample)
-            cache[cache_key] = self.batch_size
-            with contextlib.suppress(OSError):
-                self.store.write_json_cache("batch_size.json", cache)
             log.info("model batch size %d measured on %s", self.batch_size, p.device)
+        for table, write in ((cache, lambda d: self.store.write_json_cache("batch_size.json", d)),
+                             (machine, lambda d: atomic_write_bytes(_user_cache_dir() / "batch_size.json",
+                                                                    json.dumps(d, indent=2).encode()))):
+            if table.get(cache_key) != self.batch_size:
+                table[cache_key] = self.batch_size
+                with contextlib.suppress(OSError):
+                    write(table)
         return self.batch_size
 
     def commit(self, unit: Unit, outcomes: list[tuple[ImageRef, Any, str | None]]) -> UnitSummary:

@@ -118,3 +118,4 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("MUSSELTOOLS_STORE", raising=False)
     monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MUSSELTOOLS_CACHE", str(tmp_path / "user-cache"))
