@@ -1,0 +1,414 @@
+"""Matplotlib figures of a survey run: counts per image, confidences, count versus threshold, samples.
+
+Every function returns a :class:`matplotlib.figure.Figure` (built without pyplot's global state, so
+figures can be made in threads and in tests) sized to be legible at report width (about 10 inches).
+Colours are fixed per class name (``live`` green, ``dead`` red, others from a qualitative palette),
+so one class has one colour in every figure and widget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "class_colours",
+    "colour_of",
+    "read_image_rgb",
+    "draw_detections",
+    "counts_per_image",
+    "confidence_histograms",
+    "count_vs_threshold",
+    "threshold_curves",
+    "sample_grid",
+    "pick_samples",
+]
+
+log = logging.getLogger(__name__)
+
+#: Width of a report figure in inches: legible when the HTML page is ~1000 px wide.
+REPORT_WIDTH = 10.0
+
+_FIXED = {"live": "#2ca02c", "dead": "#d62728"}
+_PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def class_colours(names: Sequence[str]) -> dict[str, str]:
+    """A fixed hex colour per class or category name (``live`` green, ``dead`` red).
+
+    Examples
+    --------
+    >>> class_colours(["live", "dead", "byssus"])
+    {'live': '#2ca02c', 'dead': '#d62728', 'byssus': '#1f77b4'}
+    """
+    out: dict[str, str] = {}
+    free = iter(_PALETTE * (1 + len(names) // len(_PALETTE)))
+    for n in names:
+        out[n] = _FIXED[n] if n in _FIXED else next(free)
+    return out
+
+
+def colour_of(name: str, colours: Mapping[str, str]) -> tuple[int, int, int]:
+    """The colour of a class as an ``(r, g, b)`` tuple of 0-255 ints."""
+    h = colours.get(name, "#7f7f7f").lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def read_image_rgb(path: str | os.PathLike, max_side: int | None = 1024) -> tuple[np.ndarray, float]:
+    """Read an image as RGB uint8, shrunk so its longer side is at most ``max_side``.
+
+    Returns the array and the scale applied (1.0 when not shrunk), so that detection coordinates can
+    be scaled to it. EXIF orientation is applied as in :func:`musseltools.engine.decode_image`.
+    """
+    import cv2
+
+    from .engine import decode_image
+
+    bgr = decode_image(Path(path).read_bytes())
+    scale = 1.0
+    if max_side and max(bgr.shape[:2]) > max_side:
+        scale = max_side / max(bgr.shape[:2])
+        bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), scale
+
+
+def _label_column(detections: pd.DataFrame) -> pd.Series:
+    """The name a detection is coloured and counted by: its category when mapped, else its class."""
+    if "category" in detections:
+        return detections["category"].fillna(detections["class_name"])
+    return detections["class_name"]
+
+
+def draw_detections(
+    image_rgb: np.ndarray,
+    detections: pd.DataFrame,
+    colours: Mapping[str, str],
+    *,
+    scale: float = 1.0,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Draw detection outlines (polygons, else boxes) on a copy of an RGB image.
+
+    Parameters
+    ----------
+    image_rgb : array (H, W, 3)
+        The image, possibly shrunk by ``scale`` from the size the detections refer to.
+    detections : DataFrame
+        Rows of :meth:`musseltools.Run.detections` for this image.
+    colours : mapping
+        Colour per class (or category) name, e.g. from :func:`class_colours`.
+    scale : float
+        Factor from detection coordinates to ``image_rgb`` pixels.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> img = np.zeros((50, 50, 3), np.uint8)
+    >>> d = pd.DataFrame({"class_name": ["live"], "x1": [5.0], "y1": [5.0], "x2": [20.0], "y2": [20.0],
+    ...                   "polygon": [None]})
+    >>> draw_detections(img, d, {"live": "#2ca02c"})[5, 10].tolist()
+    [44, 160, 44]
+    """
+    import cv2
+
+    out = np.ascontiguousarray(image_rgb.copy())
+    if not len(detections):
+        return out
+    t = thickness or max(1, round(max(out.shape[:2]) / 400))
+    labels = _label_column(detections).to_numpy()
+    polys = detections["polygon"].to_numpy() if "polygon" in detections else [None] * len(detections)
+    boxes = detections[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) * scale
+    for label, poly, box in zip(labels, polys, boxes):
+        colour = colour_of(str(label), colours)
+        pts = None
+        if poly is not None and len(poly) >= 3:
+            pts = np.round(np.asarray([list(p) for p in poly], np.float64) * scale).astype(np.int32)
+        if pts is None:
+            x1, y1, x2, y2 = np.round(box).astype(int)
+            pts = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
+        cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, colour, t, lineType=cv2.LINE_AA)
+    return out
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+    return [Path(p).name for p in paths]
+
+
+def counts_per_image(
+    per_image: pd.DataFrame,
+    categories: Sequence[str],
+    *,
+    title: str | None = None,
+    threshold: Any = None,
+    max_labels: int = 60,
+) -> Figure:
+    """Stacked bars: detections of each category in each image (errored images marked).
+
+    Parameters
+    ----------
+    per_image : DataFrame
+        :meth:`musseltools.Run.per_image` (``path``, ``error`` and one column per category).
+    categories : sequence of str
+        The count columns to stack, e.g. ``run.categories``.
+    threshold : float or mapping, optional
+        Shown in the title.
+
+    Examples
+    --------
+    >>> fig = counts_per_image(run.per_image(), run.categories)  # doctest: +SKIP
+    """
+    colours = class_colours(categories)
+    n = len(per_image)
+    fig = _figure(REPORT_WIDTH, 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    bottom = np.zeros(n)
+    for c in categories:
+        vals = per_image[c].to_numpy(np.float64) if c in per_image else np.zeros(n)
+        ax.bar(x, vals, bottom=bottom, color=colours[c], label=c, width=0.8)
+        bottom += vals
+    errored = per_image["error"].notna().to_numpy() if "error" in per_image else np.zeros(n, bool)
+    if errored.any():
+        ax.scatter(x[errored], np.zeros(errored.sum()), marker="x", color="black", zorder=3, label="error (no result)")
+    ax.set_xlabel("image")
+    ax.set_ylabel("detections per image (count)")
+    t = "" if threshold is None else f" at threshold {_fmt_threshold(threshold)}"
+    ax.set_title(title or f"Detections per image{t}")
+    if n <= max_labels:
+        ax.set_xticks(x, _short_names(per_image["path"].astype(str).tolist()), rotation=90,
+                      fontsize=8 if n > 20 else 9)
+    else:
+        ax.set_xlabel(f"image (index, {n} images)")
+    ax.set_xlim(-0.6, n - 0.4 if n else 0.6)
+    ax.legend(loc="upper right", frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _fmt_threshold(threshold: Any) -> str:
+    if isinstance(threshold, Mapping):
+        return ", ".join(f"{k} {float(v):.2f}" for k, v in threshold.items())
+    return f"{float(threshold):.2f}"
+
+
+def _threshold_of(threshold: Any, name: str) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, Mapping):
+        v = threshold.get(name)
+        return None if v is None else float(v)
+    return float(threshold)
+
+
+def confidence_histograms(
+    detections: pd.DataFrame,
+    classes: Sequence[str],
+    *,
+    threshold: Any = None,
+    conf_floor: float = 0.0,
+    bins: int = 50,
+    title: str | None = None,
+) -> Figure:
+    """One histogram of detection confidence per class, with the threshold marked.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        All stored detections, e.g. ``run.detections(run.conf_floor)``.
+    classes : sequence of str
+        Class names (one panel each), e.g. ``run.class_names``.
+    threshold : float or mapping of class name to float, optional
+        Drawn as a dashed vertical line.
+
+    Examples
+    --------
+    >>> fig = confidence_histograms(run.detections(run.conf_floor), run.class_names, threshold=0.5)  # doctest: +SKIP
+    """
+    colours = class_colours(classes)
+    k = max(1, len(classes))
+    fig = _figure(REPORT_WIDTH, 3.4)
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    edges = np.linspace(max(0.0, conf_floor), 1.0, bins + 1)
+    for ax, c in zip(axes, classes):
+        conf = detections.loc[detections["class_name"] == c, "confidence"].to_numpy(np.float64)
+        ax.hist(conf, bins=edges, color=colours[c], alpha=0.85)
+        t = _threshold_of(threshold, c)
+        if t is not None:
+            ax.axvline(t, color="black", linestyle="--", linewidth=1.2, label=f"threshold {t:.2f}")
+            kept = int((conf >= t - 1e-9).sum())
+            ax.legend(loc="upper right", frameon=False, title=f"{kept} of {len(conf)} kept")
+        ax.set_title(f"{c} ({len(conf)} detections)")
+        ax.set_xlabel("confidence (0-1)")
+        ax.set_ylabel("detections (count)")
+        ax.set_yscale("log" if len(conf) and np.bincount(np.digitize(conf, edges)).max() > 200 else "linear")
+        ax.set_xlim(edges[0], 1.0)
+    fig.suptitle(title or "Confidence of stored detections per class")
+    return fig
+
+
+def threshold_curves(cube: xr.Dataset) -> pd.DataFrame:
+    """Survey totals against threshold from a cube: one column per category, index ``threshold``.
+
+    Images that errored have no detections and add nothing.
+    """
+    total = cube["count"].sum("image")
+    return pd.DataFrame(
+        total.transpose("threshold", "class").to_numpy(),
+        index=pd.Index(cube["threshold"].to_numpy(), name="threshold"),
+        columns=[str(c) for c in cube["class"].to_numpy()],
+    )
+
+
+def count_vs_threshold(
+    cube: xr.Dataset,
+    *,
+    threshold: Any = None,
+    class_map: Mapping[str, str] | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (REPORT_WIDTH, 4.2),
+) -> Figure:
+    """Survey total per category against confidence threshold, from the count cube, threshold marked.
+
+    Parameters
+    ----------
+    cube : xarray.Dataset
+        :meth:`musseltools.Run.cube` (variable ``count[image, class, threshold]``).
+    threshold : float or mapping of class name to float, optional
+        The chosen threshold(s): a dashed line and a dot on each curve at its value.
+    class_map : mapping, optional
+        Class name -> category, to place per-class thresholds on category curves.
+
+    Examples
+    --------
+    >>> fig = count_vs_threshold(run.cube(), threshold=run.thresholds)  # doctest: +SKIP
+    """
+    curves = threshold_curves(cube)
+    colours = class_colours(list(curves.columns))
+    fig = _figure(*figsize)
+    ax = fig.add_subplot()
+    grid = curves.index.to_numpy()
+    for c in curves.columns:
+        ax.plot(grid, curves[c].to_numpy(), color=colours[c], label=c, linewidth=2)
+    marks = _marks(threshold, list(curves.columns), class_map)
+    for cat, t in marks:
+        y = float(np.interp(t, grid, curves[cat].to_numpy())) if len(grid) else 0.0
+        # exact value: counts are a step function, take the grid point at or below t
+        i = int(np.searchsorted(grid, t + 1e-9, side="right") - 1)
+        if 0 <= i < len(grid):
+            y = float(curves[cat].to_numpy()[i])
+        ax.axvline(t, color=colours[cat], linestyle="--", linewidth=1)
+        ax.plot([t], [y], "o", color=colours[cat], markersize=7, markeredgecolor="black")
+        ax.annotate(f"{cat}: {int(y)} at {t:.2f}", (t, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xlabel("confidence threshold (0-1)")
+    ax.set_ylabel("survey total (count of detections)")
+    ax.set_title(title or "Survey count versus confidence threshold")
+    ax.set_xlim(float(grid[0]) if len(grid) else 0.0, 1.0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", frameon=False)
+    return fig
+
+
+def _marks(threshold: Any, categories: Sequence[str], class_map: Mapping[str, str] | None) -> list[tuple[str, float]]:
+    """(category, threshold) pairs to mark on count-versus-threshold curves."""
+    if threshold is None:
+        return []
+    if isinstance(threshold, Mapping):
+        out: dict[str, float] = {}
+        for name, t in threshold.items():
+            cat = class_map.get(name, name) if class_map else name
+            if cat in categories:
+                out.setdefault(cat, float(t))
+        return list(out.items())
+    return [(c, float(threshold)) for c in categories]
+
+
+def pick_samples(per_image: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` processed images spread evenly over the collection, in path order (deterministic)."""
+    ok = per_image[per_image["error"].isna()] if "error" in per_image else per_image
+    ok = ok.sort_values("path", kind="stable")
+    if n <= 0 or ok.empty:
+        return ok.iloc[:0]
+    idx = np.unique(np.linspace(0, len(ok) - 1, min(n, len(ok))).round().astype(int))
+    return ok.iloc[idx]
+
+
+def sample_grid(
+    per_image: pd.DataFrame,
+    detections: pd.DataFrame,
+    *,
+    n: int = 6,
+    categories: Sequence[str] | None = None,
+    threshold: Any = None,
+    ncols: int = 3,
+    max_side: int = 900,
+    title: str | None = None,
+) -> Figure:
+    """A grid of sample images with their detections drawn, coloured by class, with a legend.
+
+    Parameters
+    ----------
+    per_image : DataFrame
+        :meth:`musseltools.Run.per_image` at the threshold (gives the paths and the counts shown).
+    detections : DataFrame
+        :meth:`musseltools.Run.detections` at the same threshold.
+    n : int
+        Number of images, picked by :func:`pick_samples`.
+    categories : sequence of str, optional
+        Names in the legend (default: those found in ``detections``).
+
+    Examples
+    --------
+    >>> t = run.thresholds                                                              # doctest: +SKIP
+    >>> fig = sample_grid(run.per_image(t), run.detections(t), n=6, categories=run.categories)  # doctest: +SKIP
+    """
+    from matplotlib.patches import Patch
+
+    samples = pick_samples(per_image, n)
+    cats = list(categories) if categories is not None else sorted(_label_column(detections).unique())
+    colours = class_colours(cats)
+    k = max(1, len(samples))
+    ncols = max(1, min(ncols, k))
+    nrows = math.ceil(k / ncols)
+    fig = _figure(REPORT_WIDTH, 0.5 + nrows * REPORT_WIDTH / ncols * 0.78)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
+    empty = detections.iloc[:0]
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, row in zip(axes, samples.itertuples(index=False)):
+        try:
+            img, scale = read_image_rgb(row.path, max_side)
+        except (OSError, ValueError) as exc:
+            ax.text(0.5, 0.5, f"cannot read image:\n{exc}", ha="center", va="center", transform=ax.transAxes)
+            continue
+        dets = by_image.get(row.image_id, empty)
+        ax.imshow(draw_detections(img, dets, colours, scale=scale))
+        counts = ", ".join(f"{c} {int(getattr(row, c, 0))}" for c in cats if c in samples.columns)
+        ax.set_title(f"{Path(row.path).name}\n{counts}", fontsize=9)
+    if samples.empty:
+        axes[0].text(0.5, 0.5, "no processed image to show", ha="center", va="center", transform=axes[0].transAxes)
+    handles = [Patch(facecolor="none", edgecolor=colours[c], linewidth=2, label=c) for c in cats]
+    t = "" if threshold is None else f" (threshold {_fmt_threshold(threshold)})"
+    fig.suptitle(title or f"Sample images with detections{t}")
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    return fig

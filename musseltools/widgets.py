@@ -1,0 +1,398 @@
+"""Jupyter widgets: tune thresholds by eye (:class:`ThresholdTuner`), follow a run (:class:`RunMonitor`).
+
+Both read the store only: the tuner loads a run's stored detections once (down to the confidence
+floor) and filters them in memory, so moving a slider never runs the model; the monitor polls the
+run's ``run.json``, so it follows a run executing in a background thread or in another process.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .errors import MusselToolsError
+from .runs import TERMINAL, Run
+from .store import Store
+
+__all__ = ["ThresholdTuner", "RunMonitor"]
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-9  # the same tolerance as musseltools.views.above_threshold
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB array
+        raise MusselToolsError("could not encode the preview image as PNG")
+    return buf.tobytes()
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    text = ", ".join(f"{html.escape(str(k))} <b>{int(v)}</b>" for k, v in counts.items())
+    if "live" in counts and "dead" in counts:
+        n = counts["live"] + counts["dead"]
+        text += f" &nbsp;(live fraction {counts['live'] / n:.1%})" if n else " &nbsp;(live fraction n/a)"
+    return text
+
+
+class ThresholdTuner(widgets.VBox):
+    """Tune per-class confidence thresholds of a run by eye, with live counts, and save them.
+
+    One slider per class, an image picker, the picked image with the detections kept at the current
+    thresholds, the image's and the survey's counts, and the survey count-versus-threshold curves with
+    markers that follow the sliders. *Save* records the thresholds on the run
+    (:meth:`musseltools.Run.save_thresholds`), so ``musseltools counts``, exports and reports use them.
+
+    Parameters
+    ----------
+    run : Run
+        A run with results (completed, or partly done: the tuner shows what is stored).
+    truth : path or Truth or Evaluation, optional
+        Labels to score against (see :func:`musseltools.evaluate.evaluate`): precision, recall and
+        count error are shown live.
+    max_side : int
+        Longer side in pixels of the image preview (large quadrats are shrunk once, when picked).
+
+    Examples
+    --------
+    >>> from musseltools.widgets import ThresholdTuner                 # doctest: +SKIP
+    >>> tuner = ThresholdTuner(mt.open_run("0339242875d9"))              # doctest: +SKIP
+    >>> tuner                                       # displays the widget  # doctest: +SKIP
+    >>> tuner.sliders["live"].value = 0.6; tuner.survey_counts           # doctest: +SKIP
+    {'live': 1190, 'dead': 205}
+    """
+
+    def __init__(self, run: Run, truth: Any = None, *, max_side: int = 1024) -> None:
+        t0 = time.perf_counter()
+        self.run = run
+        self.max_side = max_side
+        self.class_names = run.class_names
+        self.categories = run.categories
+        self.class_map = run.class_map or {}
+        floor = run.conf_floor
+        self.conf_floor = floor
+        table = run.per_image(floor).reset_index(drop=True)
+        self.table = table
+        dets = run.detections(floor)
+        index = pd.Series(np.arange(len(table)), index=table["image_id"].to_numpy())
+        index = index[~index.index.duplicated()]
+        cls_index = {n: i for i, n in enumerate(self.class_names)}
+        cat_index = {c: i for i, c in enumerate(self.categories)}
+        self._class_cat = np.array([cat_index[self.class_map.get(n, n)] for n in self.class_names], np.int64)
+        img = dets["image_id"].map(index).to_numpy(np.float64)
+        keep = ~np.isnan(img)
+        dets = dets[keep].reset_index(drop=True)
+        self._img = img[keep].astype(np.int64)
+        self._cls = dets["class_name"].map(cls_index).to_numpy(np.int64)
+        self._conf = dets["confidence"].to_numpy(np.float64)
+        order = np.argsort(self._img, kind="stable")
+        self._dets = dets.iloc[order].reset_index(drop=True)
+        self._img, self._cls, self._conf = self._img[order], self._cls[order], self._conf[order]
+        bounds = np.searchsorted(self._img, np.arange(len(table) + 1))
+        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._colours = plots.class_colours(self.categories)
+        self._preview_cache: dict[int, tuple[np.ndarray, float] | str] = {}
+        self.evaluation = self._evaluation(truth)
+        self.last_update_s = 0.0
+
+        start = run.thresholds
+        self.sliders: dict[str, widgets.FloatSlider] = {}
+        for n in self.class_names:
+            v = start.get(n, floor) if isinstance(start, Mapping) else start
+            s = widgets.FloatSlider(
+                value=float(v), min=floor, max=1.0, step=0.01, description=n, readout_format=".2f",
+                continuous_update=False, style={"description_width": "4em"}, layout=widgets.Layout(width="26em"),
+            )
+            s.observe(self._on_change, names="value")
+            self.sliders[n] = s
+
+        options = [(self._image_label(i), i) for i in range(len(table))]
+        self.picker = widgets.Dropdown(options=options, value=0 if options else None, description="image",
+                                       layout=widgets.Layout(width="26em"))
+        self.picker.observe(self._on_change, names="value")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.image_counts_html = widgets.HTML()
+        self.image_counts_html.add_class("mt-image-counts")
+        self.survey_counts_html = widgets.HTML()
+        self.survey_counts_html.add_class("mt-survey-counts")
+        self.metrics_html = widgets.HTML()
+        self.metrics_html.add_class("mt-metrics")
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.save_button = widgets.Button(description="Save thresholds", icon="save", button_style="primary",
+                                          tooltip="record these thresholds on the run (counts, exports, reports)")
+        self.save_button.on_click(lambda _b: self.save())
+        self.status_html = widgets.HTML()
+        self.status_html.add_class("mt-status")
+        self._build_plot()
+
+        controls = widgets.VBox([*self.sliders.values(), self.picker, self.save_button, self.status_html])
+        counts = widgets.VBox([self.survey_counts_html, self.image_counts_html, self.metrics_html])
+        super().__init__([
+            widgets.HTML(f"<b>Threshold tuning</b> — run <code>{html.escape(run.run_id)}</code>, "
+                         f"{len(table)} images, {len(self._conf)} stored detections (floor {floor:g})"),
+            widgets.HBox([controls, counts]),
+            widgets.HBox([self.image, self.plot]),
+        ])
+        self.add_class("mt-threshold-tuner")
+        self._update()
+        log.debug("ThresholdTuner for run %s ready in %.2f s", run.run_id, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ state
+    def _evaluation(self, truth: Any) -> Any:
+        if truth is None:
+            return None
+        if hasattr(truth, "at") and hasattr(truth, "metrics"):
+            return truth  # an Evaluation already
+        from .evaluate import evaluate
+
+        return evaluate(self.run, truth)
+
+    def _image_label(self, i: int) -> str:
+        row = self.table.iloc[i]
+        name = Path(str(row["path"])).name
+        return f"{name} (error)" if isinstance(row["error"], str) else name
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The slider values: class name -> threshold (rounded to 4 decimals)."""
+        return {n: round(float(s.value), 4) for n, s in self.sliders.items()}
+
+    def _kept(self) -> np.ndarray:
+        thr = np.array([self.sliders[n].value for n in self.class_names], np.float64)
+        return self._conf >= thr[self._cls] - _EPS
+
+    def counts_table(self) -> np.ndarray:
+        """Counts per image (rows, in :attr:`table` order) and category (columns) at the sliders' values."""
+        kept = self._kept()
+        ncat = len(self.categories)
+        flat = self._img[kept] * ncat + self._class_cat[self._cls[kept]]
+        return np.bincount(flat, minlength=len(self.table) * ncat).reshape(len(self.table), ncat)
+
+    @property
+    def survey_counts(self) -> dict[str, int]:
+        """Survey totals per category at the sliders' values (equal to ``run.counts(tuner.thresholds)``)."""
+        return dict(zip(self.categories, (int(v) for v in self.counts_table().sum(axis=0))))
+
+    @property
+    def image_counts(self) -> dict[str, int]:
+        """Counts per category of the picked image at the sliders' values."""
+        if self.picker.value is None:
+            return dict.fromkeys(self.categories, 0)
+        return dict(zip(self.categories, (int(v) for v in self.counts_table()[self.picker.value])))
+
+    # ------------------------------------------------------------------ views
+    def _build_plot(self) -> None:
+        """Draw the curves once into a raster; markers are then drawn on a copy of it (fast)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        try:
+            cube = self.run.cube()
+        except Exception as exc:  # noqa: BLE001 - a missing curve must not break tuning
+            log.warning("[run %s] no count-versus-threshold cube (%s); the curve is not shown", self.run.run_id, exc)
+            self._plot_bg = None
+            return
+        self._curves = plots.threshold_curves(cube)
+        fig = plots.count_vs_threshold(cube, figsize=(6.0, 3.6), title="Survey count versus threshold")
+        fig.set_dpi(80)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        self._plot_bg = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        ax = fig.axes[0]
+        self._plot_transform = ax.transData.frozen()
+        x0, y0, x1, y1 = ax.bbox.extents
+        h = self._plot_bg.shape[0]
+        self._plot_box = (int(x0), int(h - y1), int(x1), int(h - y0))  # left, top, right, bottom in pixels
+
+    def _render_plot(self, survey: Mapping[str, int]) -> None:
+        import cv2
+
+        if self._plot_bg is None:
+            return
+        img = self._plot_bg.copy()
+        h = img.shape[0]
+        left, top, right, bottom = self._plot_box
+        for n, s in self.sliders.items():
+            cat = self.class_map.get(n, n)
+            colour = plots.colour_of(cat, self._colours)
+            t = float(s.value)
+            px, py = self._plot_transform.transform((t, survey.get(cat, 0)))
+            x, y = int(round(px)), int(round(h - py))
+            if not left <= x <= right:
+                continue
+            for y_start in range(top, bottom, 10):  # dashed vertical line
+                cv2.line(img, (x, y_start), (x, min(y_start + 5, bottom)), colour, 1, cv2.LINE_AA)
+            y = min(max(y, top), bottom)
+            cv2.circle(img, (x, y), 6, colour, -1, cv2.LINE_AA)
+            cv2.circle(img, (x, y), 6, (0, 0, 0), 1, cv2.LINE_AA)
+        self.plot.value = _png(img)
+
+    def _preview(self, i: int) -> tuple[np.ndarray, float] | str:
+        if i not in self._preview_cache:
+            row = self.table.iloc[i]
+            try:
+                self._preview_cache = {i: plots.read_image_rgb(row["path"], self.max_side)}  # keep one image
+            except (OSError, ValueError) as exc:
+                self._preview_cache = {i: f"cannot read {row['path']}: {exc}"}
+        return self._preview_cache[i]
+
+    def _render_image(self, kept: np.ndarray) -> None:
+        i = self.picker.value
+        if i is None:
+            return
+        prev = self._preview(i)
+        if isinstance(prev, str):
+            self.image.value = b""
+            return
+        rgb, scale = prev
+        sl = self._slices[i]
+        rows = self._dets.iloc[sl][kept[sl]]
+        if self.class_map:
+            rows = rows.assign(category=rows["class_name"].map(lambda n: self.class_map.get(n, n)))
+        self.image.value = _png(plots.draw_detections(rgb, rows, self._colours, scale=scale))
+
+    def _on_change(self, _change: Any = None) -> None:
+        self._update()
+
+    def _update(self) -> None:
+        t0 = time.perf_counter()
+        kept = self._kept()
+        table = self.counts_table()
+        survey = dict(zip(self.categories, (int(v) for v in table.sum(axis=0))))
+        self.survey_counts_html.value = f"<b>Survey</b>: {_counts_text(survey)}"
+        i = self.picker.value
+        if i is not None:
+            row = self.table.iloc[i]
+            per = dict(zip(self.categories, (int(v) for v in table[i])))
+            err = f" — <i>error: {html.escape(row['error'])}</i>" if isinstance(row["error"], str) else ""
+            self.image_counts_html.value = (f"<b>{html.escape(Path(str(row['path'])).name)}</b>: "
+                                            f"{_counts_text(per)}{err}")
+        if self.evaluation is not None:
+            self.metrics_html.value = self._metrics_text(self.evaluation.at(self.thresholds))
+        self._render_image(kept)
+        self._render_plot(survey)
+        self.last_update_s = time.perf_counter() - t0
+
+    @staticmethod
+    def _metrics_text(metrics: Mapping[str, Mapping[str, float]]) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(c))}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+            f"<td>{m.get('f1', float('nan')):.3f}</td><td>{m['count_mae']:.2f}</td></tr>"
+            for c, m in metrics.items()
+        )
+        return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+                f"<th>count error (MAE per image)</th></tr>{rows}</table>")
+
+    # ------------------------------------------------------------------ actions
+    def save(self) -> dict[str, float]:
+        """Record the sliders' thresholds on the run; returns them."""
+        t = self.thresholds
+        try:
+            self.run.save_thresholds(t)
+        except MusselToolsError as exc:
+            self.status_html.value = f"<span style='color:#b00'>not saved: {html.escape(str(exc))}</span>"
+            raise
+        when = time.strftime("%H:%M:%S")
+        self.status_html.value = f"saved {html.escape(plots._fmt_threshold(t))} at {when}"
+        return t
+
+
+class RunMonitor(widgets.VBox):
+    """Status and progress of a run, polled from its ``run.json`` (works across processes).
+
+    Polling runs in a daemon thread every ``interval`` seconds and stops when the run ends
+    (completed, failed or cancelled), or on :meth:`stop`. :meth:`refresh` updates it once.
+
+    Parameters
+    ----------
+    run_or_id : Run, RunHandle or str
+        The run, a background handle, or a run id (with ``store``).
+    store : path or Store, optional
+        The store of a run given by id.
+    interval : float
+        Seconds between polls.
+    start : bool
+        Start polling now.
+
+    Examples
+    --------
+    >>> handle = mt.run("data/demo/images", model="data/models/mussel-demo.pt", background=True)  # doctest: +SKIP
+    >>> RunMonitor(handle)                                              # doctest: +SKIP
+    """
+
+    def __init__(self, run_or_id: Any, store: str | os.PathLike | Store | None = None, interval: float = 1.0,
+                 *, start: bool = True) -> None:
+        if isinstance(run_or_id, Run):
+            self.run = run_or_id
+        elif isinstance(run_or_id, str):
+            self.run = Run(store, run_or_id)
+        elif hasattr(run_or_id, "run") and isinstance(run_or_id.run, Run):  # a RunHandle
+            self.run = run_or_id.run
+        else:
+            raise TypeError(f"RunMonitor takes a Run, a RunHandle or a run id, not {type(run_or_id).__name__}")
+        self.interval = float(interval)
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="images", bar_style="info")
+        self.label = widgets.HTML()
+        self.label.add_class("mt-run-status")
+        super().__init__([self.label, self.bar])
+        self.add_class("mt-run-monitor")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: dict[str, Any] = {}
+        self.refresh()
+        if start and self.last.get("status") not in TERMINAL:
+            self._thread = threading.Thread(target=self._poll, name=f"musseltools-monitor-{self.run.run_id}",
+                                            daemon=True)
+            self._thread.start()
+
+    @property
+    def polling(self) -> bool:
+        """Whether the polling thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def refresh(self) -> dict[str, Any]:
+        """Read the run's progress once and update the widget; returns ``run.progress``."""
+        p = self.run.progress
+        total = int(p.get("total_images") or 0)
+        done = int(p.get("processed_count") or 0)
+        status = p.get("status") or "unknown"
+        self.bar.max = max(total, 1)
+        self.bar.value = min(done, self.bar.max)
+        self.bar.bar_style = {"completed": "success", "failed": "danger", "cancelled": "warning"}.get(status, "info")
+        failed = int(p.get("failed_count") or 0)
+        text = f"run <code>{html.escape(self.run.run_id)}</code>: <b>{html.escape(status)}</b> — {done}/{total} images"
+        if failed:
+            text += f", {failed} failed"
+        if p.get("error"):
+            text += f" — {html.escape(str(p['error']))}"
+        self.label.value = text
+        self.last = p
+        return p
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.refresh().get("status") in TERMINAL:
+                    return
+            except MusselToolsError as exc:  # e.g. run.json briefly unreadable: say so, keep polling
+                self.label.value = f"cannot read run {html.escape(self.run.run_id)}: {html.escape(str(exc))}"
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop polling (the widget keeps its last state)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(2.0, 2 * self.interval))
