@@ -74,7 +74,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help="images per model call (measured if unset)")
     p.add_argument("--commit-every", type=_positive_int, metavar="N", help="images per committed part (32)")
     p.add_argument("--conf-floor", type=float, default=0.01, metavar="F", help="lowest confidence stored (0.01)")
-    p.add_argument("--imgsz", type=_positive_int, default=640, metavar="N", help="model input size (640)")
+    p.add_argument("--imgsz", type=_positive_int, metavar="N",
+                   help="model input size (default: the size the model was trained at, else 640)")
     p.add_argument("--iou", type=float, default=0.7, metavar="F", help="NMS IoU threshold (0.7)")
     p.add_argument("--max-det", type=_positive_int, default=3000, metavar="N", help="detection cap per image (3000)")
     p.add_argument("--tile", type=_tile_arg, metavar="SIZE", help="tile size in pixels, or 'auto', for large images")

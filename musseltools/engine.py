@@ -208,8 +208,11 @@ class RunTask:
         return self.predictor.prepare(image)
 
     def predict(self, batch: Sequence[Prepared]) -> list[Detections]:
+        p = self.predictor
+        if self.batch_size and hasattr(p, "batch_size"):  # tiled: the model batch size counts tiles per pass
+            p.batch_size = self.batch_size
         try:
-            dets = self.predictor.predict(batch)
+            dets = p.predict(batch)
         except MusselToolsError:
             raise
         except Exception as exc:
@@ -405,7 +408,7 @@ def run(
     batch_size: int | None = None,
     commit_every: int | None = None,
     conf_floor: float = 0.01,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     iou: float = 0.7,
     max_det: int = 3000,
     tile: int | str | None = None,
@@ -420,7 +423,8 @@ def run(
 ) -> Run | RunHandle:
     """Create or resume a survey run and infer only the images that have no result yet.
 
-    Parameters mirror ``musseltools run`` flags. ``batch_size`` (images per model call) is measured
+    Parameters mirror ``musseltools run`` flags. ``imgsz`` defaults to the size the model was trained
+    at (as Ultralytics' own ``predict`` does), else 640. ``batch_size`` (images per model call) is measured
     per device when not given (env ``MUSSELTOOLS_BATCH_SIZE``); ``commit_every`` (images per committed
     part, default 32, env ``MUSSELTOOLS_COMMIT_EVERY``) is independent of it.
 
@@ -440,9 +444,9 @@ def run(
     {'live': 1234, 'dead': 210}
     """
     st = store if isinstance(store, Store) else Store(store)
-    settings = InferenceSettings(imgsz=imgsz, iou=iou, conf_floor=conf_floor, max_det=max_det, tile=tile,
-                                 tile_overlap=tile_overlap)
     loaded = load_model(model, class_map=class_map)
+    settings = InferenceSettings(imgsz=imgsz or loaded.train_imgsz, iou=iou, conf_floor=conf_floor, max_det=max_det,
+                                 tile=tile, tile_overlap=tile_overlap)
     names = list(loaded.info.names.values())
     t = views.check_threshold(threshold, conf_floor, names)
     if isinstance(t, Mapping):

@@ -139,6 +139,12 @@ class LoadedModel:
     info: ModelInfo
     yolo: Any = field(repr=False)
 
+    @property
+    def train_imgsz(self) -> int:
+        """The input size the model was trained at (Ultralytics keeps it in the checkpoint), else 640."""
+        size = getattr(self.yolo, "overrides", {}).get("imgsz") or 640
+        return int(max(size) if isinstance(size, (list, tuple)) else size)
+
 
 def _check_class_map(class_map: Mapping[str, str] | None, names: Mapping[int, str], path: str) -> dict | None:
     if not class_map:
