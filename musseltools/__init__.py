@@ -40,11 +40,29 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+
+def report(images: str | _os.PathLike | list, **kwargs: object) -> _os.PathLike:
+    """Run (or resume) a survey and write its HTML report; see :func:`musseltools.report.report`.
+
+    >>> mt.report("data/demo/images", model="data/models/mussel-demo.pt", out="reports/demo")  # doctest: +SKIP
+    """
+    from .report import report as _report  # papermill and nbconvert load only when a report is made
+
+    return _report(images, **kwargs)
+
+
+# ``musseltools.evaluate`` is the module *and* the function: importing a submodule rebinds the package
+# attribute of the same name, so a wrapper function would be replaced by the module on first import;
+# the module is callable instead (``mt.evaluate(run, truth)``), and ``mt.evaluate.plot_pr`` works.
+from . import evaluate  # noqa: E402
+
 __all__ = [
     "__version__",
     "run",
     "open_run",
     "list_runs",
+    "report",
+    "evaluate",
     "scan",
     "load_model",
     "Run",

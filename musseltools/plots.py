@@ -198,7 +198,7 @@ def counts_per_image(
     else:
         ax.set_xlabel(f"image (index, {n} images)")
     ax.set_xlim(-0.6, n - 0.4 if n else 0.6)
-    ax.legend(loc="upper right", frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 

@@ -1,0 +1,182 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (musseltools)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Mussel survey report
+#
+# This notebook runs (or resumes) a musseltools survey run and reports its counts. Execute it with
+# `musseltools report IMAGES --model WEIGHTS --out reports/NAME` or `mt.report(...)`, which fill in the
+# parameters below (papermill) and render `report.html`; or open it in JupyterLab and edit them.
+#
+# Only images without a stored result are inferred: a report of a finished run is quick.
+
+# %% tags=["parameters"]
+images = "../data/demo/images"  # folder of survey photographs (or one image)
+model = "../data/models/mussel-demo.pt"  # Ultralytics YOLO weights
+threshold = 0.5  # confidence threshold of the run (saved per-class thresholds take precedence)
+store = None  # results store (default: $MUSSELTOOLS_STORE or ./data/store)
+title = None  # report title
+class_map = None  # e.g. {"live_mussel": "live", "gaping": "dead"}
+truth = None  # labels to evaluate against: YOLO label folder, COCO JSON or counts CSV
+n_samples = 6  # sample images drawn with their detections
+tile = None  # tile size in pixels (or "auto") for large quadrat photos
+tile_overlap = 0.2
+imgsz = 640
+conf_floor = 0.01
+iou = 0.7
+max_det = 3000
+batch_size = None
+commit_every = None
+name = None
+device = None
+wait = False
+
+# %%
+import datetime as dt
+import platform
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+import musseltools as mt
+from musseltools import plots
+
+set_matplotlib_formats("png")  # figures show as images whatever the matplotlib backend
+pd.set_option("display.max_rows", 500)
+pd.set_option("display.max_colwidth", 120)
+display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
+
+# %% [markdown]
+# ## Run
+
+# %%
+run = mt.run(
+    images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
+    tile_overlap=tile_overlap, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
+    batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, quiet=False,
+)
+meta = run.meta
+t = run.thresholds  # saved per-class thresholds, else the run's threshold
+per_image = run.per_image(t)
+detections = run.detections(t)
+display(Markdown(
+    f"Run `{run.run_id}`: **{meta['status']}**, {meta['total_images']} images "
+    f"({meta['failed_count']} failed, {meta.get('inferred_this_call', 0)} inferred for this report), "
+    f"threshold {plots._fmt_threshold(t)}."
+))
+
+# %% [markdown]
+# ## Totals
+
+# %%
+totals = run.counts(t)
+rows = [{"category": c, "count": n} for c, n in totals.items()]
+if "live" in totals and "dead" in totals:
+    both = totals["live"] + totals["dead"]
+    rows.append({"category": "live fraction", "count": f"{totals['live'] / both:.1%}" if both else "n/a"})
+display(pd.DataFrame(rows).set_index("category"))
+
+# %% [markdown]
+# ## Counts per image
+
+# %%
+table = per_image.assign(image=per_image["path"].map(lambda p: Path(p).name), error=per_image["error"].fillna(""))
+display(table[["image", *run.categories, "width", "height", "cap_hit", "error"]].set_index("image"))
+
+# %%
+plots.counts_per_image(per_image, run.categories, threshold=t)
+
+# %% [markdown]
+# ## Confidence of detections
+#
+# All stored detections (down to the confidence floor); the dashed line is the threshold in use.
+
+# %%
+plots.confidence_histograms(run.detections(run.conf_floor), run.class_names, threshold=t,
+                            conf_floor=run.conf_floor)
+
+# %% [markdown]
+# ## Count versus threshold
+#
+# Survey totals at every threshold, from the run's count cube (`cube.zarr`); dots mark the threshold in use.
+
+# %%
+plots.count_vs_threshold(run.cube(), threshold=t, class_map=run.class_map)
+
+# %% [markdown]
+# ## Sample images
+
+# %%
+plots.sample_grid(per_image, detections, n=n_samples, categories=run.categories, threshold=t)
+
+# %% [markdown]
+# ## Images that could not be processed
+
+# %%
+errors = per_image[per_image["error"].notna()]
+if errors.empty:
+    display(Markdown("Every image was processed."))
+else:
+    display(errors.assign(image=errors["path"].map(lambda p: Path(p).name))[["image", "path", "error"]]
+            .set_index("image"))
+
+# %% [markdown]
+# ## Evaluation against labels
+
+# %%
+if truth is None:
+    display(Markdown("No labels were given (`truth`), so there is no evaluation."))
+else:
+    from musseltools.evaluate import evaluate, plot_count_error, plot_pr, plot_pred_vs_true
+
+    ev = evaluate(run, truth, threshold=t)
+    display(Markdown(f"Labels: `{truth}`"))
+    display(ev.metrics.set_index("class"))
+    display(plot_pr(ev))
+    display(plot_count_error(ev, chosen=t))
+    display(plot_pred_vs_true(ev))
+    if ev.unmatched_images:
+        display(Markdown(f"{len(ev.unmatched_images)} images have no labels: {', '.join(map(str, ev.unmatched_images[:20]))}"))
+    if ev.unmatched_labels:
+        display(Markdown(f"{len(ev.unmatched_labels)} labels have no image: {', '.join(map(str, ev.unmatched_labels[:20]))}"))
+
+# %% [markdown]
+# ## Provenance
+
+# %%
+versions = meta.get("versions") or {}
+settings = meta["settings"]
+provenance = {
+    "run id": run.run_id,
+    "store": str(run.store.root.resolve()),
+    "collection": f"{meta['collection']['name']} ({meta['total_images']} images)",
+    "model": meta["model"]["path"],
+    "model SHA-256": meta["model"]["fingerprint"],
+    "model classes": ", ".join(run.class_names),
+    "class map": meta["model"].get("class_map") or "none",
+    "threshold": plots._fmt_threshold(t),
+    "inference settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
+    "inference key": meta["inference_key"],
+    "musseltools": versions.get("musseltools", mt.__version__),
+    "ultralytics": versions.get("ultralytics", "?"),
+    "torch": versions.get("torch", "?"),
+    "python": platform.python_version(),
+    "run created": meta.get("created_at"),
+    "run finished": meta.get("finished_at"),
+    "report date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+}
+display(pd.DataFrame({"value": [str(v) for v in provenance.values()]}, index=pd.Index(provenance, name="")))
