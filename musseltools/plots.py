@@ -144,7 +144,7 @@ def draw_detections(
         if pts is None:
             x1, y1, x2, y2 = np.round(box).astype(int)
             pts = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
-        cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, colour, t, lineType=cv2.LINE_AA)
+        cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, colour, t, lineType=cv2.LINE_8)
     return out
 
 
