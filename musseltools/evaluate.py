@@ -56,6 +56,7 @@ __all__ = [
     "load_truth",
     "Evaluation",
     "evaluate",
+    "evaluate_detections",
     "box_iou",
     "match_detections",
     "average_precision",
@@ -1097,51 +1098,112 @@ def evaluate(
         raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
     if unlabelled not in ("skip", "empty"):
         raise ValueError(f"unlabelled {unlabelled!r} is not one of ('skip', 'empty')")
-    truth = load_truth(truth, names=names)
     meta = run.meta
-    model_names = {int(k): v for k, v in meta["model"]["names"].items()}
-    if truth.has_boxes and truth.objects["class_name"].isna().any():
-        log.info("truth %s has no class names; using the model's %s", truth.source, model_names)
-        truth = truth.with_names(model_names)
-    class_map = run.class_map or {}
-    class_of_name = {n: class_map.get(n, n) for n in run.class_names}
-    classes = run.categories
-    conf_floor = run.conf_floor
+    table = run.per_image(run.conf_floor)
+    threshold = run.thresholds if threshold is None else threshold
+    return evaluate_detections(
+        table, run.detections(run.conf_floor), truth, class_names=run.class_names, class_map=run.class_map,
+        conf_floor=run.conf_floor, threshold=threshold, iou=iou, objective=objective, names=names,
+        unlabelled=unlabelled, root=(meta.get("collection", {}).get("source") or {}).get("root"), run_id=run.run_id,
+    )
 
-    # ---- the run's images and detections
-    table = run.per_image(conf_floor)
-    root = (meta.get("collection", {}).get("source") or {}).get("root")
-    failed_mask = table["error"].notna() | table["processed_at"].isna()
+
+def evaluate_detections(
+    images: pd.DataFrame,
+    detections: pd.DataFrame,
+    truth: str | os.PathLike | Truth,
+    *,
+    class_names: Sequence[str],
+    class_map: Mapping[str, str] | None = None,
+    conf_floor: float = 0.0,
+    threshold: float | Mapping[str, float] = 0.5,
+    iou: float = 0.5,
+    objective: Objective = "mae",
+    names: Mapping[int, str] | Sequence[str] | None = None,
+    unlabelled: Literal["skip", "empty"] = "skip",
+    root: str | None = None,
+    run_id: str = "",
+) -> Evaluation:
+    """Evaluate detections given as tables (what :func:`evaluate` does with a run's stored results).
+
+    Parameters
+    ----------
+    images : pandas.DataFrame
+        ``image_id, path, width, height`` and optionally ``error`` (images with an error are not
+        evaluated) and ``processed_at`` (images without it have no result).
+    detections : pandas.DataFrame
+        ``image_id, class_name, confidence, x1, y1, x2, y2`` (pixels), every detection down to
+        ``conf_floor``.
+    truth : path or Truth
+    class_names : list of str
+        The model's class names, in id order (names label ids without a ``data.yaml``).
+    class_map : mapping, optional
+        Model class name -> category; metrics are per category.
+    root : str, optional
+        Folder the image paths are relative to, for linking truth by relative path.
+
+    Examples
+    --------
+    >>> imgs = pd.DataFrame({"image_id": ["a"], "path": ["/x/a.jpg"], "width": [100], "height": [100]})
+    >>> dets = pd.DataFrame({"image_id": ["a", "a"], "class_name": ["live", "live"], "confidence": [0.9, 0.3],
+    ...                      "x1": [0, 50], "y1": [0, 50], "x2": [10, 60], "y2": [10, 60]})
+    >>> ev = evaluate_detections(imgs, dets, Truth.from_records({"a.jpg": {"live": 1}}), class_names=["live"])
+    >>> ev.at(0.5)["live"]["count_mae"], ev.at(0.2)["live"]["count_mae"]
+    (0.0, 1.0)
+    """
+    if not 0 < iou <= 1:
+        raise ValueError(f"iou must lie in (0, 1], got {iou!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
+    if unlabelled not in ("skip", "empty"):
+        raise ValueError(f"unlabelled {unlabelled!r} is not one of ('skip', 'empty')")
+    truth = load_truth(truth, names=names)
+    class_names = [str(n) for n in class_names]
+    if truth.has_boxes and truth.objects["class_name"].isna().any():
+        log.info("truth %s has no class names; using the model's %s", truth.source, class_names)
+        truth = truth.with_names(class_names)
+    class_map = dict(class_map or {})
+    class_of_name = {n: class_map.get(n, n) for n in class_names}
+    classes = list(dict.fromkeys(class_of_name.values()))
+    run_label = f"run {run_id}" if run_id else "the detections"
+
+    # ---- images with a result, and their detections
+    table = images.reset_index(drop=True)
+    failed_mask = pd.Series(False, index=table.index)
+    if "error" in table:
+        failed_mask |= table["error"].notna()
+    if "processed_at" in table:
+        failed_mask |= table["processed_at"].isna()
     failed = table.loc[failed_mask, "path"].astype(str).tolist()
     ok = table.loc[~failed_mask, ["image_id", "path", "width", "height"]].reset_index(drop=True)
-    dets = run.detections(conf_floor)
     dets = pd.DataFrame({
-        "image_id": dets["image_id"].to_numpy(), "class": dets["class_name"].map(class_of_name).to_numpy(),
-        "confidence": dets["confidence"].to_numpy(np.float64),
-        "x1": dets["x1"].to_numpy(np.float64), "y1": dets["y1"].to_numpy(np.float64),
-        "x2": dets["x2"].to_numpy(np.float64), "y2": dets["y2"].to_numpy(np.float64),
+        "image_id": detections["image_id"].to_numpy(),
+        "class": detections["class_name"].astype(str).map(class_of_name).to_numpy(),
+        "confidence": detections["confidence"].to_numpy(np.float64),
+        "x1": detections["x1"].to_numpy(np.float64), "y1": detections["y1"].to_numpy(np.float64),
+        "x2": detections["x2"].to_numpy(np.float64), "y2": detections["y2"].to_numpy(np.float64),
     })
-    dets = dets[dets["image_id"].isin(set(ok["image_id"]))].reset_index(drop=True)
+    dets = dets[dets["image_id"].isin(set(ok["image_id"])) & dets["class"].notna()].reset_index(drop=True)
 
     # ---- link truth to images
     links, unmatched_images, unmatched_labels = _link(ok, root, truth, table.loc[failed_mask])
     if failed:
-        log.warning("%d images of run %s have no result (failed or not processed) and are not evaluated: %s",
-                    len(failed), run.run_id, _preview(failed))
+        log.warning("%d images of %s have no result (failed or not processed) and are not evaluated: %s",
+                    len(failed), run_label, _preview(failed))
     validated = ok.merge(links, on="image_id", how="inner")
     if unlabelled == "empty" and unmatched_images:
         extra = ok[ok["path"].isin(set(unmatched_images))].assign(key=None)
         validated = pd.concat([validated, extra], ignore_index=True)
         unmatched_images = []
     if unmatched_labels:
-        log.warning("%d truth entries of %s match no image of run %s: %s", len(unmatched_labels), truth.source,
-                    run.run_id, _preview(unmatched_labels))
+        log.warning("%d truth entries of %s match no image of %s: %s", len(unmatched_labels), truth.source,
+                    run_label, _preview(unmatched_labels))
     if unmatched_images:
-        log.info("%d images of run %s have no truth and are not evaluated: %s", len(unmatched_images), run.run_id,
+        log.info("%d images of %s have no truth and are not evaluated: %s", len(unmatched_images), run_label,
                  _preview(unmatched_images))
     if validated.empty:
         raise TruthError(
-            f"no image of run {run.run_id} matches the truth {truth.source!r} ({len(truth.images)} entries, e.g. "
+            f"no image of {run_label} matches the truth {truth.source!r} ({len(truth.images)} entries, e.g. "
             f"{_preview(truth.images['key'].tolist())}) — expected label names like the image names (relative "
             f"path or file stem), e.g. {_preview(ok['path'].map(lambda p: Path(p).stem).tolist())}"
         )
@@ -1154,8 +1216,8 @@ def evaluate(
         log.warning("truth classes %s of %s are not classes of the run (%s); they are ignored", unknown,
                     truth.source, classes)
     if not any(c in classes for c in mapped.values()):
-        raise TruthError(f"truth {truth.source!r} has classes {tclasses}, none of which is a class of run "
-                         f"{run.run_id} ({classes}) — name the truth classes like the model's (pass names=...)")
+        raise TruthError(f"truth {truth.source!r} has classes {tclasses}, none of which is a class of "
+                         f"{run_label} ({classes}) — name the truth classes like the model's (pass names=...)")
     missing = [c for c in classes if c not in mapped.values()]
     if missing:
         log.warning("run classes %s have no truth in %s; their metrics are NaN", missing, truth.source)
@@ -1191,10 +1253,8 @@ def evaluate(
 
     curves = _build_curves(classes, validated["image_id"].to_numpy(), true_counts, dets, boxes, iou,
                            present=set(mapped.values()))
-    if threshold is None:
-        threshold = run.thresholds
     ev = Evaluation(
-        run_id=run.run_id, classes=classes, curves=curves, threshold=_plain_threshold(threshold), iou=float(iou),
+        run_id=run_id, classes=classes, curves=curves, threshold=_plain_threshold(threshold), iou=float(iou),
         conf_floor=conf_floor, objective=objective, truth=truth,
         validated=validated[["image_id", "path", "key"]].reset_index(drop=True), true_counts=true_counts,
         detections=dets[["image_id", "class", "confidence"]], survey=ok[["image_id", "path"]],
