@@ -1,0 +1,153 @@
+"""ThresholdTuner shows the counts of `Run.counts` and `musseltools counts`; RunMonitor follows runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import IMGSZ, write_images
+
+import musseltools as mt
+from musseltools import cli
+from musseltools.widgets import RunMonitor, ThresholdTuner
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("widgets")
+    folder = root / "images"
+    write_images(folder, 6, seed=5)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=root / "store", quiet=True, batch_size=1)
+
+
+def _cli_counts(capsys, run, *extra):
+    capsys.readouterr()
+    assert cli.main(["counts", run.run_id, "--store", str(run.store.root), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)["counts"]
+
+
+def test_slider_values_give_run_counts_and_cli_counts(survey, capsys):
+    tuner = ThresholdTuner(survey)
+    assert tuner.thresholds == {"live": 0.5, "dead": 0.5}  # starts at the run's threshold
+    assert tuner.survey_counts == survey.counts()
+    seen = []
+    for t in (0.2, 0.75, 0.01):
+        for s in tuner.sliders.values():
+            s.value = t
+        counts = tuner.survey_counts
+        assert counts == survey.counts(t) == _cli_counts(capsys, survey, "--threshold", str(t))
+        shown = tuner.survey_counts_html.value
+        assert all(f"{c} <b>{n}</b>" in shown for c, n in counts.items())
+        seen.append(counts)
+    assert len({json.dumps(c) for c in seen}) == 3  # the thresholds chosen do change the counts
+
+
+def test_per_class_sliders_and_image_picker(survey):
+    tuner = ThresholdTuner(survey)
+    thr = {"live": 0.35, "dead": 0.8}
+    for name, t in thr.items():
+        tuner.sliders[name].value = t
+    assert tuner.thresholds == thr
+    assert tuner.survey_counts == survey.counts(thr)
+    table = survey.per_image(thr)
+    labels = [label for label, _ in tuner.picker.options]
+    assert "broken.jpg (error)" in labels
+    for i, row in enumerate(tuner.table.itertuples()):
+        tuner.picker.value = i
+        expected = table.loc[table["image_id"] == row.image_id, survey.categories].iloc[0].to_dict()
+        assert tuner.image_counts == expected
+        shown = tuner.image_counts_html.value
+        assert all(f"{c} <b>{n}</b>" in shown for c, n in expected.items())
+        if isinstance(row.error, str):
+            assert "error" in shown and bytes(tuner.image.value) == b""
+        else:
+            assert bytes(tuner.image.value).startswith(PNG)
+
+
+def test_views_follow_the_sliders_quickly(survey):
+    tuner = ThresholdTuner(survey)
+    tuner.picker.value = int(tuner.table.index[tuner.table["error"].isna()][0])
+    image0, plot0 = bytes(tuner.image.value), bytes(tuner.plot.value)
+    assert image0.startswith(PNG) and plot0.startswith(PNG)
+    live0 = tuner.image_counts["live"]
+    tuner.sliders["live"].value = 0.95
+    assert bytes(tuner.plot.value) != plot0  # the marker moved
+    if tuner.image_counts["live"] != live0:
+        assert bytes(tuner.image.value) != image0  # fewer outlines drawn
+    times = []
+    for t in (0.1, 0.3, 0.6, 0.9):
+        tuner.sliders["dead"].value = t
+        times.append(tuner.last_update_s)
+    assert max(times) < 1.0, times
+
+
+def test_save_persists_and_counts_use_it(survey, capsys):
+    tuner = ThresholdTuner(survey)
+    tuner.sliders["live"].value = 0.42
+    tuner.sliders["dead"].value = 0.66
+    tuner.save_button.click()
+    assert "saved" in tuner.status_html.value
+    reopened = mt.open_run(survey.run_id, store=survey.store.root)
+    assert reopened.thresholds == {"live": 0.42, "dead": 0.66}
+    assert reopened.counts() == tuner.survey_counts == _cli_counts(capsys, reopened)
+    assert ThresholdTuner(reopened).thresholds == {"live": 0.42, "dead": 0.66}  # a new tuner starts there
+    reopened.save_thresholds(0.5)  # leave the shared run as it was
+
+
+def test_run_monitor_follows_a_background_run(tmp_path, tiny_model):
+    folder = tmp_path / "bg"
+    write_images(folder, 8, seed=11)
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                    background=True)
+    monitor = RunMonitor(handle, interval=0.05)
+    seen = set()
+    deadline = time.monotonic() + 120
+    while monitor.polling and time.monotonic() < deadline:
+        seen.add(monitor.bar.value)
+        time.sleep(0.02)
+    run = handle.wait(timeout=60)
+    assert not monitor.polling  # it stopped by itself when the run ended
+    assert run.status == "completed"
+    p = monitor.last
+    assert p["status"] == "completed" and p["processed_count"] == 8
+    assert (monitor.bar.value, monitor.bar.max, monitor.bar.bar_style) == (8, 8, "success")
+    assert "completed" in monitor.label.value and "8/8 images" in monitor.label.value
+    assert max(seen) <= 8
+    # by id, in a fresh widget (what another notebook would do); no thread for an ended run
+    by_id = RunMonitor(run.run_id, store="store", start=False)
+    assert by_id.refresh()["status"] == "completed" and not by_id.polling
+
+
+def test_run_monitor_follows_a_run_in_another_process(tmp_path, tiny_model):
+    folder = tmp_path / "survey"
+    write_images(folder, 3, seed=21)
+    args = [str(folder), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store", "store"]
+    run = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True)
+    monitor = RunMonitor(run, interval=0.1, start=False)
+    assert monitor.refresh()["processed_count"] == 3
+    write_images(folder, 4, seed=22, start=3)  # new images: the same run grows to 7
+    env = {**os.environ, "MUSSELTOOLS_COMMIT_EVERY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "musseltools", "run", *args, "--quiet"], env=env)
+    try:
+        statuses = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            p = monitor.refresh()
+            statuses.append((p["status"], p["processed_count"]))
+            if proc.poll() is not None and p["status"] == "completed" and p["processed_count"] == 7:
+                break
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert statuses[-1] == ("completed", 7)
+    assert monitor.bar.value == 7 and monitor.bar.max == 7
+    assert any(s == "running" for s, _ in statuses)  # it saw the other process working
