@@ -107,6 +107,7 @@ class ThresholdTuner(widgets.VBox):
         self._colours = plots.class_colours(self.categories)
         self._preview_cache: dict[int, tuple[np.ndarray, float] | str] = {}
         self.evaluation = self._evaluation(truth)
+        self.metrics: dict[str, dict[str, float]] | None = None
         self.last_update_s = 0.0
 
         start = run.thresholds
@@ -281,20 +282,32 @@ class ThresholdTuner(widgets.VBox):
             self.image_counts_html.value = (f"<b>{html.escape(Path(str(row['path'])).name)}</b>: "
                                             f"{_counts_text(per)}{err}")
         if self.evaluation is not None:
-            self.metrics_html.value = self._metrics_text(self.evaluation.at(self.thresholds))
+            self._metrics_update()
         self._render_image(kept)
         self._render_plot(survey)
         self.last_update_s = time.perf_counter() - t0
 
     @staticmethod
     def _metrics_text(metrics: Mapping[str, Mapping[str, float]]) -> str:
+        def f(v: Any, digits: int) -> str:
+            return "—" if v is None or v != v else f"{float(v):.{digits}f}"  # v != v: NaN (no boxes)
+
         rows = "".join(
-            f"<tr><td>{html.escape(str(c))}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-            f"<td>{m.get('f1', float('nan')):.3f}</td><td>{m['count_mae']:.2f}</td></tr>"
+            f"<tr><td>{html.escape(str(c))}</td><td>{f(m.get('precision'), 3)}</td><td>{f(m.get('recall'), 3)}</td>"
+            f"<td>{f(m.get('f1'), 3)}</td><td>{f(m.get('count_mae'), 2)}</td></tr>"
             for c, m in metrics.items()
         )
-        return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        return ("<b>Against the labels</b><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
                 f"<th>count error (MAE per image)</th></tr>{rows}</table>")
+
+    def _metrics_update(self) -> None:
+        try:
+            self.metrics = self.evaluation.at(self.thresholds)
+        except MusselToolsError as exc:  # e.g. two classes of one category at different thresholds
+            self.metrics = None
+            self.metrics_html.value = f"<i>no metrics: {html.escape(str(exc))}</i>"
+            return
+        self.metrics_html.value = self._metrics_text(self.metrics)
 
     # ------------------------------------------------------------------ actions
     def save(self) -> dict[str, float]:

@@ -151,3 +151,24 @@ def test_run_monitor_follows_a_run_in_another_process(tmp_path, tiny_model):
     assert statuses[-1] == ("completed", 7)
     assert monitor.bar.value == 7 and monitor.bar.max == 7
     assert any(s == "running" for s, _ in statuses)  # it saw the other process working
+
+
+def test_tuner_with_truth_shows_metrics_live(survey, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for i, p in enumerate(sorted(survey.per_image()["path"])):
+        if "broken" not in p:
+            (labels / (p.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".txt")).write_text(
+                f"0 0.5 0.5 0.3 0.3\n1 0.2 0.3 0.2 0.25\n0 0.7 0.{i + 1} 0.2 0.1\n")
+    ev = mt.evaluate(survey, labels)
+    tuner = ThresholdTuner(survey, truth=labels)
+    for t in ({"live": 0.3, "dead": 0.6}, {"live": 0.9, "dead": 0.1}):
+        for name, v in t.items():
+            tuner.sliders[name].value = v
+        expected = ev.at(t)
+        assert tuner.metrics == expected
+        shown = tuner.metrics_html.value
+        for c, m in expected.items():
+            assert f"<td>{c}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>" in shown
+            assert f"<td>{m['count_mae']:.2f}</td>" in shown
+    assert ThresholdTuner(survey, truth=ev).metrics == ev.at(survey.thresholds)
