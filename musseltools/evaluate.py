@@ -132,11 +132,11 @@ class Truth:
 
     @property
     def classes(self) -> list[str]:
-        """Class names present in the truth (for labels without names: ``"0"``, ``"1"``...)."""
+        """Class names present in the truth, in class-id order (labels without names: ``"0"``, ``"1"``...)."""
         if self.counts is not None:
             return [c for c in self.counts.columns if c != "key"]
-        names = self.objects["class_name"].dropna().astype(str)
-        return list(dict.fromkeys(sorted(names, key=_natural)))
+        obj = self.objects.dropna(subset=["class_name"]).sort_values(["class_id", "class_name"], kind="stable")
+        return list(dict.fromkeys(obj["class_name"].astype(str)))
 
     def with_names(self, names: Mapping[int, str] | Sequence[str]) -> Truth:
         """The same truth with class ids named (for label folders without a ``data.yaml``)."""
@@ -319,10 +319,6 @@ class Truth:
         return cls(source, "counts", img, None, out)
 
 
-def _natural(s: str) -> tuple:
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
-
-
 def _key(name: str) -> str:
     """Match key of an image or label name: relative path, ``/``-separated, without suffix."""
     p = PurePosixPath(name.replace("\\", "/"))
@@ -487,7 +483,8 @@ def average_precision(tp: np.ndarray, confidence: np.ndarray, n_true: int) -> np
     >>> round(float(average_precision(np.array([[True], [False]]), np.array([0.9, 0.8]), 2)[0]), 4)
     0.495
     """
-    tp = np.asarray(tp, bool).reshape(len(confidence), -1)
+    tp = np.asarray(tp, bool)
+    tp = tp[:, None] if tp.ndim == 1 else tp
     if n_true == 0:
         return np.full(tp.shape[1], np.nan)
     if len(confidence) == 0:

@@ -1,0 +1,588 @@
+"""Evaluation against ground truth: matching, P/R/F1/AP, count metrics, calibration, totals, surfaces."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import IMGSZ
+
+import musseltools as mt
+from musseltools import evaluate as E
+from musseltools.evaluate import Truth, TruthError, evaluate_detections
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
+DEMO_MODEL = ROOT / "data" / "models" / "mussel-demo.pt"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def images_table(*specs: tuple[str, int, int]) -> pd.DataFrame:
+    """``(name, width, height)`` -> an images table as a run has it (image_id = name)."""
+    return pd.DataFrame({"image_id": [s[0] for s in specs], "path": [f"/survey/{s[0]}.jpg" for s in specs],
+                         "width": [s[1] for s in specs], "height": [s[2] for s in specs]})
+
+
+def dets_table(rows: list[tuple]) -> pd.DataFrame:
+    """``(image_id, class_name, confidence, x1, y1, x2, y2)`` rows -> a detections table."""
+    return pd.DataFrame(rows, columns=["image_id", "class_name", "confidence", "x1", "y1", "x2", "y2"])
+
+
+def write_labels(folder: Path, labels: dict[str, list[str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in labels.items():
+        (folder / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def yolo_line(cls: int, box: tuple[float, float, float, float], w: int, h: int) -> str:
+    x1, y1, x2, y2 = box
+    return f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+
+
+# ------------------------------------------------------------------------------------- matching, AP
+def test_box_iou_by_hand():
+    iou = E.box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
+    assert iou[0] == pytest.approx([1.0, 50 / 150, 0.0], abs=1e-6)
+
+
+def test_matching_is_greedy_by_confidence():
+    truth = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    pred = np.array([
+        [0, 0, 10, 8.3],   # IoU 0.83 with truth 0, conf 0.9 -> TP
+        [0, 0, 10, 10],    # IoU 1.0 with truth 0 but less confident: truth 0 already claimed -> FP
+        [20, 0, 30, 6.2],  # IoU 0.62 with truth 1 -> TP at IoU 0.5, 0.55, 0.6 only
+        [40, 40, 50, 50],  # nothing -> FP
+    ], float)
+    conf = np.array([0.9, 0.8, 0.7, 0.95])
+    correct = E.match_detections(pred, conf, truth, E.IOU_THRESHOLDS)
+    assert correct[:, 0].tolist() == [True, False, True, False]
+    assert correct[2].tolist() == [True, True, True, False, False, False, False, False, False, False]
+    assert correct[0].tolist() == [True] * 7 + [False] * 3  # IoU 0.83 passes 0.5..0.8
+    # at a strict IoU the more confident box fails and the less confident one takes the truth box
+    strict = E.match_detections(pred, conf, truth, [0.9])
+    assert strict[:, 0].tolist() == [False, True, False, False]
+
+
+def test_average_precision_by_hand():
+    # TP, FP, TP with 3 truth objects: recall 1/3, 1/3, 2/3; precision 1, 1/2, 2/3. Envelope: 1 up to
+    # recall 1/3, 2/3 up to recall 2/3, then 0. On the 101-point grid with trapezoids: 0.33 (0..0.33)
+    # + 0.01 * (1 + 2/3) / 2 + 0.32 * 2/3 + 0.01 * (2/3) / 2 = 0.555
+    ap = E.average_precision(np.array([[True], [False], [True]]), np.array([0.9, 0.8, 0.7]), 3)
+    assert ap[0] == pytest.approx(0.555, abs=1e-9)
+    assert math.isnan(E.average_precision(np.zeros((2, 1), bool), np.array([0.5, 0.4]), 0)[0])
+    assert E.average_precision(np.zeros((0, 1), bool), np.zeros(0), 4)[0] == 0.0
+
+
+def test_average_precision_agrees_with_ultralytics_ap_per_class():
+    from ultralytics.utils.metrics import ap_per_class
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(1, 60))
+        tp = rng.random((n, 10)) < np.linspace(0.8, 0.2, 10)
+        conf = rng.random(n)
+        n_true = int(tp[:, 0].sum() + rng.integers(0, 6)) or 1
+        ref = ap_per_class(tp, conf, np.zeros(n), np.zeros(n_true))[5][0]
+        assert E.average_precision(tp, conf, n_true) == pytest.approx(ref, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ detection metrics
+@pytest.fixture
+def box_case(tmp_path):
+    """Two 100x80 images, live and dead truth boxes, hand-placed detections."""
+    w, h = 100, 80
+    truth = {
+        "a": [(0, (0, 0, 10, 10)), (0, (20, 20, 30, 30)), (1, (50, 50, 60, 60))],
+        "b": [(0, (5, 5, 15, 15))],
+    }
+    labels = write_labels(tmp_path / "labels", {k: [yolo_line(c, b, w, h) for c, b in v] for k, v in truth.items()})
+    dets = dets_table([
+        ("a", "live", 0.9, 0, 0, 10, 10),      # TP
+        ("a", "live", 0.6, 20, 20, 30, 29),    # TP (IoU 0.9)
+        ("a", "live", 0.3, 70, 10, 80, 20),    # FP
+        ("a", "dead", 0.8, 50, 50, 60, 60),    # TP
+        ("a", "dead", 0.4, 0, 0, 10, 10),      # FP (a live object called dead)
+        ("b", "live", 0.7, 5, 5, 15, 11),      # IoU 0.6 -> TP at IoU 0.5, FP at 0.65
+        ("b", "live", 0.2, 5, 5, 15, 15),      # truth claimed -> FP
+    ])
+    return images_table(("a", w, h), ("b", w, h)), dets, labels
+
+
+def test_detection_metrics_at_threshold(box_case):
+    imgs, dets, labels = box_case
+    ev = evaluate_detections(imgs, dets, labels, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5)
+    m = ev.metrics.set_index("class")
+    assert (m.at["live", "tp"], m.at["live", "fp"], m.at["live", "fn"]) == (3, 0, 0)
+    assert (m.at["dead", "tp"], m.at["dead", "fp"], m.at["dead", "fn"]) == (1, 0, 0)
+    assert m.at["live", "precision"] == 1.0 and m.at["live", "recall"] == 1.0 and m.at["live", "f1"] == 1.0
+    # at 0.25: live keeps the FP at 0.3 -> P 3/4, R 1, F1 6/7; dead keeps its FP -> P 1/2
+    at = ev.at(0.25)
+    assert at["live"]["precision"] == pytest.approx(0.75)
+    assert at["live"]["f1"] == pytest.approx(6 / 7)
+    assert at["dead"]["precision"] == pytest.approx(0.5)
+    assert at["dead"]["recall"] == 1.0
+    # at 0.65 live drops the TP at 0.6 and the one at 0.7 stays: TP 2, FN 1
+    at = ev.at({"live": 0.65, "dead": 0.9})
+    assert (at["live"]["tp"], at["live"]["fn"], at["live"]["recall"]) == (2, 1, pytest.approx(2 / 3))
+    assert at["dead"]["tp"] == 0 and math.isnan(at["dead"]["precision"]) and at["dead"]["f1"] == 0
+    # AP50 for live: TP TP TP FP FP down the confidences -> the perfect 0.995 of the 101-point rule
+    assert m.at["live", "ap50"] == pytest.approx(0.995)
+    assert m.at["dead", "ap50"] == pytest.approx(0.995)
+    # at IoU 0.65 the 0.7 box of image b (IoU 0.6) is no longer a match
+    ev65 = evaluate_detections(imgs, dets, labels, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5,
+                               iou=0.65)
+    assert ev65.at(0.5)["live"]["tp"] == 2 and ev65.at(0.5)["live"]["fp"] == 1
+    assert ev.metrics.at[0, "ap50_95"] < ev.metrics.at[0, "ap50"]
+
+
+def test_curves_match_at_and_brute_force(box_case):
+    imgs, dets, labels = box_case
+    ev = evaluate_detections(imgs, dets, labels, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5)
+    cur = ev.curves
+    assert set(cur["class"]) == {"live", "dead"}
+    for t in (0.1, 0.25, 0.55, 0.95):
+        row = cur[(cur["class"] == "live") & np.isclose(cur["threshold"], t)].iloc[0]
+        assert row["f1"] == pytest.approx(ev.at(t)["live"]["f1"])
+        kept = dets[(dets["class_name"] == "live") & (dets["confidence"] >= t)]
+        assert row["predicted_total"] == len(kept)
+    ds = ev.to_xarray()
+    assert dict(ds.sizes)["class"] == 2 and ds["f1"].dims == ("class", "threshold")
+    assert float(ds["f1"].sel({"class": "live"}).sel(threshold=0.25)) == pytest.approx(6 / 7)
+    assert int(ds["predicted"].sel({"class": "live", "image": "a"}).sel(threshold=0.25)) == 3
+    assert int(ds["true"].sel({"class": "live", "image": "a"})) == 2
+
+
+def test_label_formats_detect_obb_segment_and_coco_agree(tmp_path, box_case):
+    imgs, dets, _ = box_case
+    w, h = 100, 80
+    boxes = {"a": [(0, (0, 0, 10, 10)), (0, (20, 20, 30, 30)), (1, (50, 50, 60, 60))], "b": [(0, (5, 5, 15, 15))]}
+
+    def corners(b):
+        x1, y1, x2, y2 = b
+        return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+
+    def poly_line(c, pts):
+        return f"{c} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in pts)
+
+    obb = write_labels(tmp_path / "obb", {k: [poly_line(c, corners(b)) for c, b in v] for k, v in boxes.items()})
+    # a segment: a hexagon whose enclosing box is the box
+    seg = write_labels(tmp_path / "seg", {k: [poly_line(c, [((b[0] + b[2]) / 2, b[1]), (b[2], b[1] + 2), (b[2], b[3] - 2),
+                                                                ((b[0] + b[2]) / 2, b[3]), (b[0], b[3] - 2), (b[0], b[1] + 2)])
+                                              for c, b in v] for k, v in boxes.items()})
+    coco = {"images": [{"id": i, "file_name": f"{k}.jpg", "width": w, "height": h} for i, k in enumerate(boxes)],
+            "categories": [{"id": 1, "name": "live"}, {"id": 2, "name": "dead"}],
+            "annotations": [{"id": j, "image_id": i, "category_id": c + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                             "iscrowd": 0} for i, (k, v) in enumerate(boxes.items()) for j, (c, b) in enumerate(v)]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    ref = evaluate_detections(imgs, dets, box_case[2], class_names=["live", "dead"], conf_floor=0.1).metrics
+    for truth in (obb, seg, tmp_path / "coco.json"):
+        got = evaluate_detections(imgs, dets, truth, class_names=["live", "dead"], conf_floor=0.1).metrics
+        pd.testing.assert_frame_equal(got[["tp", "fp", "fn", "ap50"]], ref[["tp", "fp", "fn", "ap50"]],
+                                      check_dtype=False, atol=1e-4)
+    assert E.load_truth(obb).objects[["x1", "y1", "x2", "y2"]].iloc[0].tolist() == pytest.approx([0, 0, 0.1, 0.125])
+
+
+# ------------------------------------------------------------------------------- count metrics
+def test_count_metrics_by_hand():
+    imgs = images_table(("a", 50, 50), ("b", 50, 50), ("c", 50, 50))
+    box = (0, 0, 5, 5)
+    dets = dets_table([("a", "live", c, *box) for c in (0.9, 0.8, 0.7, 0.2)]
+                      + [("b", "live", 0.6, *box)] + [("c", "live", c, *box) for c in (0.95, 0.3)])
+    truth = Truth.from_records({"a.jpg": {"live": 2}, "b.jpg": {"live": 3}, "c.jpg": {"live": 0}})
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1, threshold=0.5)
+    # at 0.5 predicted a 3, b 1, c 1 -> errors +1, -2, +1
+    m = ev.metrics.iloc[0]
+    assert m["count_mae"] == pytest.approx(4 / 3)
+    assert m["count_rmse"] == pytest.approx(math.sqrt(6 / 3))
+    assert m["count_bias"] == pytest.approx(0.0)
+    assert m["total_rel_error"] == pytest.approx(0.0)
+    # at 0.25: a 3, b 1, c 2 -> +1, -2, +2
+    at = ev.at(0.25)["live"]
+    assert at["count_mae"] == pytest.approx(5 / 3) and at["count_bias"] == pytest.approx(1 / 3)
+    assert at["total_rel_error"] == pytest.approx(1 / 5)
+    assert np.isnan(m["precision"]) and np.isnan(m["ap50"])  # count-only truth: no detection metrics
+    pi = ev.per_image.set_index("image_id")
+    assert pi.loc[["a", "b", "c"], "predicted"].tolist() == [3, 1, 1]
+    assert pi.loc[["a", "b", "c"], "true"].tolist() == [2, 3, 0]
+
+
+def test_count_curves_equal_brute_force():
+    rng = np.random.default_rng(3)
+    n_img = 12
+    imgs = images_table(*[(f"i{i}", 64, 64) for i in range(n_img)])
+    rows = []
+    for i in range(n_img):
+        for _ in range(int(rng.integers(0, 15))):
+            rows.append((f"i{i}", str(rng.choice(["live", "dead"])), float(np.round(rng.random(), 2)), 0, 0, 4, 4))
+    dets = dets_table(rows)
+    true = {f"i{i}.jpg": {"live": int(rng.integers(0, 8)), "dead": int(rng.integers(0, 5))} for i in range(n_img)}
+    ev = evaluate_detections(imgs, dets, Truth.from_records(true), class_names=["live", "dead"], conf_floor=0.01)
+    for t in (0.01, 0.1, 0.33, 0.5, 0.505, 0.77, 0.99, 1.0):
+        at = ev.at(t)
+        for c in ("live", "dead"):
+            kept = dets[(dets["class_name"] == c) & (dets["confidence"] >= t - 1e-9)]
+            pred = np.array([(kept["image_id"] == f"i{i}").sum() for i in range(n_img)])
+            tr = np.array([true[f"i{i}.jpg"][c] for i in range(n_img)])
+            err = pred - tr
+            assert at[c]["count_mae"] == pytest.approx(np.abs(err).mean())
+            assert at[c]["count_rmse"] == pytest.approx(np.sqrt((err**2).mean()))
+            assert at[c]["count_bias"] == pytest.approx(err.mean())
+            assert at[c]["total_rel_error"] == pytest.approx(err.sum() / tr.sum())
+
+
+# ---------------------------------------------------------------------------------- calibration
+def test_calibration_recovers_known_optimum(tmp_path):
+    # image a: 2 live objects; detections TP 0.9, FP 0.8, TP 0.3. Image b: 1 live object; FP 0.75, TP 0.7.
+    # Predicted counts (a, b) by threshold: (0.9, 1] 0, 0 | (0.8, 0.9] 1, 0 | (0.75, 0.8] 2, 0 |
+    # (0.7, 0.75] 2, 1 | (0.3, 0.7] 2, 2 | <= 0.3 3, 2. Count errors vanish only in (0.7, 0.75]: the
+    # calibrated threshold is its middle, 0.725. F1 (3 objects) is 0, 1/2, 2/5, 1/3, 4/7 and 3/4 on those
+    # intervals: best keeping everything, i.e. at the floor.
+    w = h = 100
+    labels = write_labels(tmp_path / "labels", {
+        "a": [yolo_line(0, (0, 0, 10, 10), w, h), yolo_line(0, (30, 30, 40, 40), w, h)],
+        "b": [yolo_line(0, (60, 60, 70, 70), w, h)],
+    })
+    dets = dets_table([("a", "live", 0.9, 0, 0, 10, 10), ("a", "live", 0.8, 80, 0, 90, 10),
+                       ("a", "live", 0.3, 30, 30, 40, 40), ("b", "live", 0.7, 60, 60, 70, 70),
+                       ("b", "live", 0.75, 0, 80, 10, 90)])
+    imgs = images_table(("a", w, h), ("b", w, h))
+    ev = evaluate_detections(imgs, dets, labels, class_names=["live"], conf_floor=0.05, threshold=0.5)
+    cal = ev.calibration.set_index("class")
+    assert cal.at["live", "best_threshold_count"] == pytest.approx((0.7 + 0.75) / 2)
+    assert cal.at["live", "count_mae_at_best"] == 0
+    assert ev.at(cal.at["live", "best_threshold_count"])["live"]["count_mae"] == 0
+    assert cal.at["live", "best_threshold_f1"] == pytest.approx(0.05)
+    assert cal.at["live", "f1_at_best"] == pytest.approx(0.75)
+    # the total (3) is right only in (0.7, 0.75] too
+    assert ev.calibrate("total_bias").set_index("class").at["live", "best_threshold_count"] == pytest.approx(0.725)
+    assert ev.best_thresholds() == {"live": pytest.approx(0.725)}
+    assert ev.best_thresholds("f1") == {"live": pytest.approx(0.05)}
+
+
+def test_total_bias_and_mae_objectives_differ():
+    # a: true 2, detections 0.9 0.8 0.7; b: true 1, nothing detected. MAE is least in (0.7, 0.8]
+    # (a right, b off by one); the total (3) is right only when all three of a are kept (floor).
+    imgs = images_table(("a", 50, 50), ("b", 50, 50))
+    dets = dets_table([("a", "live", c, 0, 0, 5, 5) for c in (0.9, 0.8, 0.7)])
+    truth = Truth.from_records({"a.jpg": {"live": 2}, "b.jpg": {"live": 1}})
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.01)
+    assert ev.calibrate("mae").at[0, "best_threshold_count"] == pytest.approx(0.75)
+    assert ev.calibrate("total_bias").at[0, "best_threshold_count"] == pytest.approx(0.01)
+    assert ev.calibrate("total_bias").at[0, "total_rel_error_at_best"] == 0
+    assert math.isnan(ev.calibration.at[0, "best_threshold_f1"])  # no boxes, no F1
+    with pytest.raises(ValueError, match="objective"):
+        ev.calibrate("rmse")
+
+
+def test_calibration_is_exact_on_random_cases():
+    """The calibrated MAE is the least MAE over a fine grid of thresholds, and reproduced by .at()."""
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        imgs = images_table(*[(f"i{i}", 64, 64) for i in range(8)])
+        dets = dets_table([(f"i{i}", "live", float(rng.random()), 0, 0, 4, 4) for i in range(8)
+                           for _ in range(int(rng.integers(0, 12)))])
+        truth = Truth.from_records({f"i{i}.jpg": {"live": int(rng.integers(0, 8))} for i in range(8)})
+        ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.001)
+        best_t = ev.calibration.at[0, "best_threshold_count"]
+        best = ev.at(best_t)["live"]["count_mae"]
+        grid = np.linspace(0.001, 1, 4000)
+        assert best <= min(ev.at(t)["live"]["count_mae"] for t in grid) + 1e-12
+        assert best == pytest.approx(ev.calibration.at[0, "count_mae_at_best"])
+
+
+# ------------------------------------------------------------------------------- survey totals
+def test_survey_totals_ratio_estimator_and_bootstrap():
+    imgs = images_table(*[(f"i{i}", 64, 64) for i in range(6)])
+    per_image = {"live": [4, 2, 6, 3, 5, 1], "dead": [1, 0, 2, 1, 0, 1]}
+    dets = dets_table([(f"i{i}", c, 0.9, 0, 0, 4, 4) for c, ns in per_image.items() for i, n in enumerate(ns)
+                       for _ in range(n)])
+    truth = Truth.from_records({"i0.jpg": {"live": 5, "dead": 1}, "i1.jpg": {"live": 3, "dead": 1}})
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5)
+    tot = ev.survey_totals(n_boot=500, seed=4).set_index("class")
+    assert tot.at["live", "predicted_total"] == 21 and tot.at["dead", "predicted_total"] == 5
+    assert tot.at["live", "ratio"] == pytest.approx(8 / 6)
+    assert tot.at["live", "corrected_total"] == pytest.approx(21 * 8 / 6)
+    assert tot.at["dead", "corrected_total"] == pytest.approx(5 * 2 / 1)
+    for c in ("live", "dead"):
+        assert tot.at[c, "ci_low"] <= tot.at[c, "predicted_total"] <= tot.at[c, "ci_high"]
+        assert tot.at[c, "corrected_ci_low"] <= tot.at[c, "corrected_total"] <= tot.at[c, "corrected_ci_high"]
+    assert tot.at["live_fraction", "predicted_total"] == pytest.approx(21 / 26)
+    assert tot.at["live_fraction", "ci_low"] < 21 / 26 < tot.at["live_fraction", "ci_high"]
+    again = ev.survey_totals(n_boot=500, seed=4)
+    pd.testing.assert_frame_equal(again, ev.survey_totals(n_boot=500, seed=4))
+    assert not ev.survey_totals(n_boot=500, seed=5).equals(again)  # the seed matters
+    assert tot.at["live", "validated_images"] == 2
+
+
+# ---------------------------------------------------------------------- linking, errors, runs
+def test_unmatched_images_and_labels_are_reported(caplog):
+    imgs = images_table(("a", 50, 50), ("b", 50, 50), ("c", 50, 50))
+    dets = dets_table([("a", "live", 0.9, 0, 0, 5, 5)])
+    truth = Truth.from_records({"a.jpg": {"live": 1}, "b.png": {"live": 0}, "zz.jpg": {"live": 3}})
+    with caplog.at_level(logging.INFO, logger="musseltools.evaluate"):
+        ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1)
+    assert ev.unmatched_labels == ["zz.jpg"]
+    assert ev.unmatched_images == ["/survey/c.jpg"]
+    assert len(ev.per_image) == 2  # a and b (matched by stem despite the suffix)
+    assert "zz.jpg" in caplog.text and "/survey/c.jpg" in caplog.text
+    # Ultralytics' convention: images without labels have no objects
+    ev0 = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1, unlabelled="empty")
+    assert ev0.unmatched_images == [] and len(ev0.per_image) == 3
+    with pytest.raises(TruthError, match="no image of"):
+        evaluate_detections(imgs, dets, Truth.from_records({"q.jpg": {"live": 1}}), class_names=["live"])
+    with pytest.raises(TruthError, match="none of which"):
+        evaluate_detections(imgs, dets, Truth.from_records({"a.jpg": {"mussel": 1}}), class_names=["live"])
+
+
+def test_linking_by_relative_path_resolves_equal_stems():
+    imgs = pd.DataFrame({"image_id": ["x", "y"], "path": ["/s/site1/img.jpg", "/s/site2/img.jpg"],
+                         "width": [50, 50], "height": [50, 50]})
+    dets = dets_table([("x", "live", 0.9, 0, 0, 5, 5), ("y", "live", 0.9, 0, 0, 5, 5),
+                       ("y", "live", 0.8, 9, 9, 15, 15)])
+    truth = Truth.from_records({"site1/img.jpg": {"live": 1}, "site2/img.jpg": {"live": 2}})
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live"], root="/s", conf_floor=0.1)
+    pi = ev.per_image.set_index("image_id")
+    assert pi.loc["x", "true"] == 1 and pi.loc["y", "true"] == 2
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live"], root=None, conf_floor=0.1)  # tails decide
+    assert ev.per_image.set_index("image_id").loc["y", "true"] == 2
+
+
+def test_unreadable_truth_errors_name_the_file(tmp_path):
+    bad = write_labels(tmp_path / "bad", {"a": ["0 0.5 0.5 0.1"]})
+    with pytest.raises(TruthError, match=r"a\.txt.*line 1.*3 coordinates"):
+        E.load_truth(bad)
+    words = write_labels(tmp_path / "words", {"a": ["live 0.5 0.5 0.1 0.1"]})
+    with pytest.raises(TruthError, match=r"a\.txt.*line 1.*not numbers"):
+        E.load_truth(words)
+    with pytest.raises(TruthError, match="does not exist"):
+        E.load_truth(tmp_path / "nope.csv")
+    (tmp_path / "neg.csv").write_text("image,live\na.jpg,3\nb.jpg,-1\n")
+    with pytest.raises(TruthError, match=r"neg\.csv.*row 3.*'live'"):
+        E.load_truth(tmp_path / "neg.csv")
+    (tmp_path / "noimg.csv").write_text("name,live\na.jpg,3\n")
+    with pytest.raises(TruthError, match="no image column"):
+        E.load_truth(tmp_path / "noimg.csv")
+    (tmp_path / "c.json").write_text('{"images": [{"id": 1}], "annotations": []}')
+    with pytest.raises(TruthError, match=r"c\.json.*malformed"):
+        E.load_truth(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text("{not json")
+    with pytest.raises(TruthError, match=r"d\.json"):
+        E.load_truth(tmp_path / "d.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TruthError, match="no .txt label files"):
+        E.load_truth(tmp_path / "empty")
+
+
+def test_truth_loaders_read_demo_files():
+    counts = E.load_truth(DEMO / "counts.csv")
+    assert counts.format == "counts" and counts.classes == ["live", "dead"] and len(counts.images) == 40
+    labels = E.load_truth(DEMO / "labels")
+    assert labels.format == "yolo" and labels.classes == ["live", "dead"]  # names from data.yaml
+    ct = labels.count_table()
+    assert (ct.sum().to_dict()) == {"live": 1949, "dead": 1025}
+    pd.testing.assert_frame_equal(ct.sort_index(), counts.count_table().sort_index(), check_names=False)
+    assert labels.count_table().equals(E.load_truth(DEMO).count_table())  # a dataset root works too
+
+
+@pytest.fixture
+def tiny_run(tiny_model, images, tmp_path):
+    return mt.run(images, model=tiny_model, imgsz=IMGSZ, conf_floor=0.01, threshold=0.2, store=tmp_path / "store",
+                  quiet=True)
+
+
+def test_evaluate_a_run_with_count_only_truth(tiny_run, images, tmp_path):
+    names = sorted(p.name for p in images.iterdir())
+    csv = tmp_path / "counts.csv"
+    true_live = {n: i for i, n in enumerate(names[:4])}
+    csv.write_text("image,live,dead\n" + "".join(f"{n},{i},{i % 2}\n" for n, i in true_live.items()))
+    ev = mt.evaluate(tiny_run, csv)
+    assert isinstance(ev, E.Evaluation) and not ev.has_boxes
+    assert len(ev.unmatched_images) == 2 and ev.unmatched_labels == []
+    m = ev.metrics.set_index("class")
+    assert m["precision"].isna().all() and m["ap50"].isna().all()
+    assert m["count_mae"].notna().all() and m.at["live", "threshold"] == 0.2
+    counts = tiny_run.per_image(0.2).set_index("path")
+    pi = ev.per_image[ev.per_image["class"] == "live"].set_index("path")
+    assert pi["predicted"].to_dict() == counts.loc[pi.index, "live"].to_dict()
+    want = np.mean([abs(counts.at[p, "live"] - true_live[Path(p).name]) for p in pi.index])
+    assert m.at["live", "count_mae"] == pytest.approx(want)
+    cal = ev.calibration
+    assert cal["best_threshold_count"].between(0.01, 1).all() and cal["best_threshold_f1"].isna().all()
+    tuned = ev.at(ev.best_thresholds())
+    assert all(tuned[c]["count_mae"] <= m.at[c, "count_mae"] for c in ev.classes)
+    tiny_run.save_thresholds(ev.best_thresholds(per="model"))
+    assert mt.evaluate(tiny_run, csv).metrics["count_mae"].tolist() == pytest.approx(
+        [tuned[c]["count_mae"] for c in ev.classes])
+    tot = ev.totals.set_index("class")
+    assert tot.at["live", "predicted_total"] == tiny_run.counts(0.2)["live"]
+
+
+def test_evaluate_a_run_with_labels_and_plots(tiny_run, images, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    dets = tiny_run.detections(0.2)
+    names = sorted(p.name for p in images.iterdir())
+    labels = {}
+    for n in names:  # truth = the run's own boxes at 0.2: a perfect detector at that threshold
+        d = dets[dets["path"].str.endswith(n)]
+        labels[Path(n).stem] = [yolo_line(int(r.class_id), (r.x1, r.y1, r.x2, r.y2), 128, 96) for r in d.itertuples()]
+    folder = write_labels(tmp_path / "labels", labels)
+    ev = mt.evaluate(tiny_run, folder, threshold=0.2)
+    m = ev.metrics.set_index("class")
+    assert (m["fp"] == 0).all() and (m["fn"] == 0).all() and (m["count_mae"] == 0).all()
+    assert ev.unmatched_images == [] and ev.unmatched_labels == []
+    for fig in (E.plot_pr(ev), E.plot_count_error(ev, chosen=0.3), E.plot_pred_vs_true(ev)):
+        assert len(fig.axes) >= 1
+        fig.savefig(tmp_path / "fig.png")
+        matplotlib.pyplot.close(fig)
+    assert E.plot_count_error(ev).axes[0].get_title() == "live"
+
+
+def test_cli_json(tiny_run, images, tmp_path, capsys):
+    from musseltools.cli import main
+
+    names = sorted(p.name for p in images.iterdir())
+    csv = tmp_path / "counts.csv"
+    csv.write_text("image,live,dead\n" + "".join(f"{n},2,1\n" for n in names) + "ghost.jpg,1,1\n")
+    rc = main(["evaluate", tiny_run.run_id, str(csv), "--store", str(tmp_path / "store"), "--threshold", "0.3",
+               "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["threshold"] == 0.3
+    assert set(doc["classes"]) == {"live", "dead"}
+    keys = {"precision", "recall", "f1", "ap50", "ap50_95", "count_mae", "count_bias", "best_threshold_count",
+            "best_threshold_f1"}
+    for c in doc["classes"].values():
+        assert set(c) == keys
+        assert c["precision"] is None and c["ap50"] is None  # counts only: NaN -> null
+        assert isinstance(c["count_mae"], float) and isinstance(c["best_threshold_count"], float)
+    assert doc["unmatched_labels"] == ["ghost.jpg"]
+    assert main(["evaluate", tiny_run.run_id, str(csv), "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "count_mae" in out and "ghost.jpg" in out
+    assert main(["evaluate", tiny_run.run_id, str(tmp_path / "missing.csv"), "--store", str(tmp_path / "store")]) == 1
+    assert "missing.csv" in capsys.readouterr().err
+
+
+def test_thresholds_validated():
+    imgs = images_table(("a", 50, 50))
+    dets = dets_table([("a", "live", 0.9, 0, 0, 5, 5)])
+    truth = Truth.from_records({"a.jpg": {"live": 1}})
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1)
+    with pytest.raises(mt.ThresholdError, match="outside"):
+        ev.at(0.05)
+    with pytest.raises(mt.ThresholdError, match="unknown classes"):
+        ev.at({"live": 0.5, "zebra": 0.5})
+    # class map: thresholds by category or by model class name
+    ev = evaluate_detections(imgs, dets_table([("a", "open", 0.9, 0, 0, 5, 5), ("a", "closed", 0.4, 0, 0, 5, 5)]),
+                             truth, class_names=["open", "closed"], class_map={"open": "live", "closed": "live"},
+                             conf_floor=0.1, threshold={"open": 0.5, "closed": 0.5})
+    assert ev.classes == ["live"] and ev.at(0.3)["live"]["count_mae"] == 1
+    assert ev.run_thresholds({"live": 0.45}) == {"open": 0.45, "closed": 0.45}
+    with pytest.raises(mt.ThresholdError, match="one threshold per category"):
+        ev.at({"open": 0.5, "closed": 0.3})
+
+
+# ------------------------------------------------------------------------ agreement with val()
+@pytest.mark.slow
+def test_agrees_with_ultralytics_val_on_demo_set(tmp_path):
+    """AP50 and AP50-95 per class from mt.evaluate equal Ultralytics' own val() on the same predictions.
+
+    ``mt.run`` stores what Ultralytics' *predict* returns; ``val()`` differs from predict in three ways
+    that change the predictions or the matching, so the validator below undoes exactly those three and
+    nothing else (the metrics are still Ultralytics' own ``match_predictions`` and ``ap_per_class``):
+
+    1. NMS: val keeps every class above ``conf`` for a box (``multi_label=True``); predict keeps the best
+       class only. The validator runs NMS with ``multi_label=False``.
+    2. Letterbox: val resizes with ``ceil`` and pads rect batches by an extra half stride (a 320x240
+       image becomes a 352x256 canvas); predict rounds and pads to the next stride multiple (320x256).
+       The validator loads and pads images as predict does (batch 1, rect).
+    3. Matching space: val matches in the letterboxed canvas, where boxes may reach into the padding;
+       predict maps boxes back to the image and clips them to it. The validator matches in image
+       pixels, boxes mapped back (and clipped) as predict does.
+
+    With these, the confidences of every image are checked to be identical to the stored ones, and the
+    metrics agree to 1e-3 (the issue asks for 0.01). Measured with an unmodified ``val(batch=1,
+    rect=True)`` the differences were 0.002-0.007, from the predictions, not from the metric.
+    """
+    import cv2
+    from ultralytics import YOLO
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils import nms, ops
+
+    assert DEMO_MODEL.is_file(), f"{DEMO_MODEL} is missing — run scripts/train_demo_model.py"
+    import shutil
+
+    ds = tmp_path / "demo"  # val() writes labels.cache next to the labels: work on a copy
+    shutil.copytree(DEMO / "images", ds / "images")
+    shutil.copytree(DEMO / "labels", ds / "labels")
+    shutil.copy(DEMO / "data.yaml", ds / "data.yaml")
+    imgsz = mt.load_model(DEMO_MODEL).train_imgsz
+    seen: dict[str, np.ndarray] = {}
+
+    class PredictLikeValidator(DetectionValidator):
+        def postprocess(self, preds):  # 1. one class per box, as predict
+            out = nms.non_max_suppression(preds, self.args.conf, self.args.iou, nc=0, multi_label=False,
+                                          max_det=self.args.max_det, end2end=self.end2end)
+            return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in out]
+
+        def build_dataset(self, img_path, mode="val", batch=None):  # 2. predict's letterbox
+            data = super().build_dataset(img_path, mode, batch)
+            stride = int(self.stride)
+
+            def load_image(i, rect_mode=True, resize_short=False):
+                im = cv2.imread(data.im_files[i])
+                h0, w0 = im.shape[:2]
+                r = min(imgsz / h0, imgsz / w0)
+                size = (int(round(w0 * r)), int(round(h0 * r)))
+                if size != (w0, h0):
+                    im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+                return im, (h0, w0), im.shape[:2]
+
+            shapes = []
+            for f in data.im_files:
+                h0, w0 = cv2.imread(f).shape[:2]
+                r = min(imgsz / h0, imgsz / w0)
+                shapes.append([math.ceil(round(h0 * r) / stride) * stride, math.ceil(round(w0 * r) / stride) * stride])
+            data.load_image = load_image
+            data.batch_shapes = np.array(shapes)
+            return data
+
+        def _process_batch(self, preds, batch):  # 3. match in image pixels, boxes clipped as predict does
+            seen[Path(batch["im_file"]).name] = preds["conf"].cpu().numpy()
+            to_image = lambda b: ops.scale_boxes(batch["imgsz"], b.clone(), batch["ori_shape"],  # noqa: E731
+                                                 ratio_pad=batch["ratio_pad"])
+            return super()._process_batch({**preds, "bboxes": to_image(preds["bboxes"])},
+                                          {**batch, "bboxes": to_image(batch["bboxes"])})
+
+    val = YOLO(str(DEMO_MODEL)).val(
+        validator=PredictLikeValidator, data=str(ds / "data.yaml"), batch=1, rect=True, imgsz=imgsz, conf=0.001,
+        iou=0.7, max_det=3000, device="cpu", workers=0, plots=False, verbose=False, project=str(tmp_path / "val"),
+        name="v", exist_ok=True,
+    )
+    run = mt.run(ds / "images", model=DEMO_MODEL, imgsz=imgsz, conf_floor=0.001, iou=0.7, max_det=3000,
+                 store=tmp_path / "store", quiet=True)
+    stored = run.detections(0.001)
+    for name, conf in seen.items():  # the very same predictions
+        mine = stored.loc[stored["path"].str.endswith("/" + name), "confidence"].to_numpy()
+        assert len(mine) == len(conf), name
+        np.testing.assert_allclose(np.sort(mine), np.sort(conf), atol=1e-4, err_msg=name)
+    ev = mt.evaluate(run, ds / "labels")
+    m = ev.metrics.set_index("class")
+    names = YOLO(str(DEMO_MODEL)).names
+    for k, cls_id in enumerate(val.box.ap_class_index):
+        c = names[int(cls_id)]
+        assert m.at[c, "ap50"] == pytest.approx(val.box.ap50[k], abs=1e-3), c
+        assert m.at[c, "ap50_95"] == pytest.approx(val.box.ap[k], abs=1e-3), c
+    t0 = time.perf_counter()
+    for t in np.linspace(0.05, 0.95, 20):
+        ev.at({"live": float(t), "dead": float(1 - t)})
+    assert (time.perf_counter() - t0) / 20 < 0.05  # fast enough for a slider
