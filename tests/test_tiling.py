@@ -1,0 +1,355 @@
+"""Tiled inference: geometry, mapping back, seam merging, batching, resume, tile="auto"."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import IMGSZ, write_images
+
+import musseltools as mt
+from musseltools.detections import Detections
+from musseltools.models import InferenceSettings, Predictor, load_model
+from musseltools.tiling import (
+    AUTO_TILE_FACTOR,
+    Tile,
+    TiledPredictor,
+    merge_tiles,
+    tile_grid,
+    tile_origins,
+)
+
+NAMES = {0: "live", 1: "dead"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """One torch thread: on a busy 2-core machine two threads per process oversubscribe it badly."""
+    monkeypatch.setenv("MUSSELTOOLS_TORCH_THREADS", "1")
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "overlap"),
+    [(1000, 600, 320, 0.2), (4000, 3000, 640, 0.2), (129, 128, 128, 0.5), (700, 90, 128, 0.0), (90, 60, 128, 0.2),
+     (333, 257, 64, 0.33)],
+)
+def test_tiles_cover_the_image_with_the_overlap_and_full_size_edge_tiles(width, height, tile, overlap):
+    tiles = tile_grid(width, height, tile, overlap)
+    covered = np.zeros((height, width), bool)
+    for t in tiles:
+        assert 0 <= t.x0 < t.x1 <= width and 0 <= t.y0 < t.y1 <= height
+        assert t.width == min(tile, width) and t.height == min(tile, height)  # edge tiles shifted inward
+        covered[t.y0 : t.y1, t.x0 : t.x1] = True
+    assert covered.all()
+    for length in (width, height):
+        origins = tile_origins(length, tile, overlap)
+        if length <= tile:
+            assert origins == [0]
+            continue
+        assert origins[0] == 0 and origins[-1] == length - tile
+        steps = np.diff(origins)
+        assert (steps > 0).all()
+        assert (tile - steps >= round(tile * overlap)).all()  # neighbours overlap at least as asked
+        assert (steps[:-1] == steps[0]).all()  # regular, but for the last (shifted) tile
+
+
+def test_image_smaller_than_a_tile_is_one_tile():
+    assert tile_grid(100, 80, 128, 0.2) == [Tile(0, 0, 100, 80)]
+    assert tile_grid(128, 128, 128, 0.2) == [Tile(0, 0, 128, 128)]
+
+
+def test_bad_geometry_arguments_are_refused():
+    with pytest.raises(ValueError, match="overlap"):
+        tile_origins(100, 32, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        tile_origins(100, 0, 0.2)
+
+
+# ---------------------------------------------------------------------------------------------- a blob "model"
+def draw_mussels(size: tuple[int, int], mussels: list[tuple[int, int, int, int, float, int]]) -> np.ndarray:
+    """Mussels as filled ellipses (cx, cy, a, b, angle, class) on a plain background: live dark, dead pale."""
+    w, h = size
+    img = np.full((h, w, 3), 128, np.uint8)
+    for cx, cy, a, b, angle, cls in mussels:
+        cv2.ellipse(img, (cx, cy), (a, b), angle, 0, 360, (20, 20, 20) if cls == 0 else (240, 240, 240), -1)
+    return img
+
+
+def blob_detections(image: np.ndarray) -> Detections:
+    """What an ideal model sees in an image (a tile): one box and outline per blob, clipped to the image.
+
+    Blobs nearer the middle of the image get a higher confidence, so truncated halves near a tile's
+    edge usually rank below the whole mussel, as with a real model.
+    """
+    h, w = image.shape[:2]
+    gray = image[:, :, 0]
+    xyxy, conf, cls, polys = [], [], [], []
+    for c, mask in ((0, gray < 60), (1, gray > 200)):
+        n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        for k in range(1, n):
+            x, y, bw, bh, _ = stats[k]
+            contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            xyxy.append([x, y, x + bw, y + bh])
+            off = np.hypot((centroids[k][0] - w / 2) / w, (centroids[k][1] - h / 2) / h)
+            conf.append(float(np.clip(0.95 - off, 0.05, 0.95)))
+            cls.append(c)
+            polys.append(max(contours, key=len).reshape(-1, 2).astype(np.float32))
+    return Detections(np.array(xyxy, np.float32).reshape(-1, 4), conf, cls, polys, NAMES, (w, h))
+
+
+@pytest.fixture
+def blob_predictor(tiny_model):
+    """A TiledPredictor whose model is the ideal blob detector (the real preprocessing and batching run)."""
+    calls: list[int] = []
+
+    def make(tile: int | str = 128, overlap: float = 0.25, **kw) -> TiledPredictor:
+        p = TiledPredictor(load_model(tiny_model), InferenceSettings(imgsz=IMGSZ, tile=tile, tile_overlap=overlap),
+                           **kw)
+
+        def forward(x, origs):
+            calls.append(int(x.shape[0]))
+            return [blob_detections(o) for o in origs]
+
+        p.inner._forward = forward
+        p.calls = calls
+        return p
+
+    return make
+
+
+# mussels placed on the seams of a 224x224 image cut into 128-px tiles overlapping by 32 px (seams at 96/128)
+ON_SEAMS = [
+    (128, 40, 14, 6, 0, 0),  # centred exactly on tile 0's right edge
+    (40, 128, 6, 14, 0, 1),  # centred exactly on tile 0's bottom edge
+    (128, 128, 14, 7, 30, 0),  # the corner shared by four tiles
+    (112, 190, 9, 5, 80, 1),  # inside the overlap band: both tiles see it whole
+    (96, 60, 12, 5, 10, 0),  # on tile 1's left edge
+    (112, 10, 35, 5, 0, 1),  # longer than the overlap: every tile sees a part
+    (30, 30, 10, 5, 45, 0),  # away from seams
+    (190, 180, 11, 6, 120, 1),
+    (116, 95, 10, 4, 0, 0),  # two mussels touching each other across the seam band
+    (139, 95, 10, 4, 0, 0),
+]
+
+
+def test_a_mussel_on_a_seam_is_counted_once_with_its_whole_outline(blob_predictor):
+    img = draw_mussels((224, 224), ON_SEAMS)
+    truth = blob_detections(img)
+    assert len(truth) == len(ON_SEAMS)
+    p = blob_predictor(tile=128, overlap=0.25)
+    assert tile_origins(224, 128, 0.25) == [0, 96]
+    [det] = p.predict([p.prepare(img)])
+    assert det.image_size == (224, 224)
+    assert det.counts() == truth.counts()
+    # every mussel found once, with its full-image box (mapped back from the tile that saw it whole)
+    for box, cls in zip(truth.xyxy, truth.class_id):
+        same = det.xyxy[det.class_id == cls]
+        assert np.abs(same - box).max(axis=1).min() <= 1.0, box
+
+
+def test_plain_iou_merging_would_count_seams_twice(blob_predictor):
+    """The seam case above is a real test: without intersection-over-smaller matching it miscounts."""
+    img = draw_mussels((224, 224), ON_SEAMS)
+    p = blob_predictor(tile=128, overlap=0.25)
+    tiles = tile_grid(224, 224, 128, 0.25)
+    parts, tile_index, cut = [], [], []
+    from musseltools.tiling import _cut_flags
+
+    for k, t in enumerate(tiles):
+        d = blob_detections(np.ascontiguousarray(img[t.y0 : t.y1, t.x0 : t.x1])).shifted(t.x0, t.y0)
+        parts.append(d)
+        tile_index.append(np.full(len(d), k))
+        cut.append(_cut_flags(d.xyxy, t, 224, 224, 2.0))
+    all_dets = Detections.concat(parts, NAMES, (224, 224))
+    tile_index, cut = np.concatenate(tile_index), np.concatenate(cut)
+    iou_only = merge_tiles(all_dets, tile_index, cut, tiles, ios=1.01)  # IoS matching switched off
+    assert len(iou_only) > len(ON_SEAMS)
+    for method in ("edge", "ios"):
+        assert len(merge_tiles(all_dets, tile_index, cut, tiles, method=method)) == len(ON_SEAMS)
+    assert p.merge == "edge"
+
+
+def test_tiles_are_batched_and_streamed(blob_predictor):
+    img = draw_mussels((480, 352), ON_SEAMS)
+    p = blob_predictor(tile=128, overlap=0.25)
+    n_tiles = len(tile_grid(480, 352, 128, 0.25))
+    p.batch_size = 4
+    p.calls.clear()
+    p.predict([p.prepare(img), p.prepare(img[:, ::-1].copy())])
+    assert sum(p.calls) == 2 * n_tiles
+    assert max(p.calls) == 4 and len(p.calls) == -(-2 * n_tiles // 4)  # one forward pass per 4 tiles
+
+
+def test_a_cut_detection_kept_first_takes_the_outline_of_the_whole_one():
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    half = [80, 10, 100, 30]  # cut at tile 0's right edge (x=100), more confident
+    whole = [80, 10, 120, 30]
+    d = Detections([half, whole], [0.9, 0.6], [0, 0], names=NAMES)
+    merged = merge_tiles(d, np.array([0, 1]), np.array([True, False]), tiles)
+    assert len(merged) == 1
+    assert merged.confidence[0] == pytest.approx(0.9)
+    np.testing.assert_allclose(merged.xyxy[0], whole)
+    # two halves, neither whole: the union
+    d = Detections([[60, 10, 100, 30], [80, 10, 130, 30]], [0.7, 0.8], [1, 1], names=NAMES)
+    merged = merge_tiles(d, np.array([0, 1]), np.array([True, True]), tiles)
+    np.testing.assert_allclose(merged.xyxy, [[60, 10, 130, 30]])
+    # another class is never merged, nor two detections of one tile
+    d = Detections([half, whole], [0.9, 0.6], [0, 1], names=NAMES)
+    assert len(merge_tiles(d, np.array([0, 1]), np.array([True, False]), tiles)) == 2
+    d = Detections([half, whole], [0.9, 0.6], [0, 0], names=NAMES)
+    assert len(merge_tiles(d, np.array([0, 0]), np.array([True, False]), tiles)) == 2
+
+
+@pytest.mark.parametrize("method", ["edge", "ios"])
+def test_merging_is_exact_at_every_threshold(method):
+    """Merged at the floor then filtered at T == merged from the detections at or above T."""
+    rng = np.random.default_rng(5)
+    tiles = tile_grid(300, 200, 128, 0.3)
+    for _ in range(20):
+        n = 60
+        k = rng.integers(0, len(tiles), n)
+        xy = []
+        for t in k:
+            t = tiles[t]
+            x1, y1 = rng.uniform(t.x0, t.x1 - 5), rng.uniform(t.y0, t.y1 - 5)
+            xy.append([x1, y1, min(t.x1, x1 + rng.uniform(5, 40)), min(t.y1, y1 + rng.uniform(5, 40))])
+        xy = np.array(xy, np.float32)
+        det = Detections(xy, rng.uniform(0.01, 1, n), rng.integers(0, 2, n), names=NAMES, image_size=(300, 200))
+        cut = np.zeros(n, bool)
+        for i, t in enumerate(k):
+            from musseltools.tiling import _cut_flags
+
+            cut[i] = _cut_flags(xy[i : i + 1], tiles[t], 300, 200, 2.0)[0]
+        full = merge_tiles(det, k, cut, tiles, method=method)
+        for thr in (0.2, 0.5, 0.8):
+            sel = det.confidence >= thr
+            direct = merge_tiles(det[sel], k[sel], cut[sel], tiles, method=method)
+            viewed = full.above(thr)
+            assert viewed.counts() == direct.counts()
+            np.testing.assert_array_equal(np.sort(viewed.confidence), np.sort(direct.confidence))
+
+
+# ---------------------------------------------------------------------------------------------- real models
+@pytest.mark.parametrize("task", ["detect", "segment", "obb"])
+def test_tile_detections_are_mapped_back_to_the_image(model_factory, task):
+    """Without overlap nothing merges: the output is each tile's own detections moved by its offset."""
+    rng = np.random.default_rng(1)
+    img = (rng.random((128, 256, 3)) * 60 + 100).astype(np.uint8)
+    for _ in range(12):
+        c = (int(rng.integers(0, 256)), int(rng.integers(0, 128)))
+        cv2.ellipse(img, c, (int(rng.integers(6, 20)), int(rng.integers(3, 8))), float(rng.uniform(0, 180)), 0, 360,
+                    (25, 25, 25), -1)
+    model = load_model(model_factory(task))
+    settings = InferenceSettings(imgsz=IMGSZ, tile=128, tile_overlap=0.0, max_det=300)
+    tiled = TiledPredictor(model, settings)
+    tiled.batch_size = 2
+    [det] = tiled.predict([tiled.prepare(img)])
+    whole = Predictor(model, settings)
+    expected = Detections.concat(
+        [whole.predict([whole.prepare(np.ascontiguousarray(img[:, x : x + 128]))])[0].shifted(x, 0)
+         for x in (0, 128)], image_size=(256, 128))
+    assert len(det) == len(expected) > 0
+    a = np.argsort(-det.confidence, kind="stable")
+    b = np.argsort(-expected.confidence, kind="stable")
+    np.testing.assert_allclose(det.confidence[a], expected.confidence[b], atol=1e-4)
+    np.testing.assert_allclose(det.xyxy, expected.xyxy[b], atol=0.05)
+    for pa_, pb_, box in zip(det.polygons, [expected.polygons[i] for i in b], det.xyxy):
+        np.testing.assert_allclose(pa_, pb_, atol=0.05)
+        assert (pa_[:, 0] >= box[0] - 2).all() and (pa_[:, 0] <= box[2] + 2).all()  # outline moved with its box
+    centre = (det.xyxy[:, 0] + det.xyxy[:, 2]) / 2
+    assert (centre > 128).any() and (centre < 128).any()  # both tiles contributed
+
+
+KW = {"imgsz": IMGSZ, "quiet": True}
+
+
+@pytest.fixture
+def large_images(tmp_path):
+    folder = tmp_path / "large"
+    write_images(folder, 4, seed=21, size=(300, 200))
+    return folder
+
+
+def assert_same_detections(da: pd.DataFrame, db: pd.DataFrame) -> None:
+    """Equal within float noise: per image and class, the same sorted confidences, and every box of one
+    run overlapping a box of the other (duplicates from two tiles have near-equal confidences, so which
+    of them is kept may flip with the noise of batched convolutions)."""
+    assert len(da) == len(db) > 0
+    for key, ga in da.groupby(["image_id", "class_id"]):
+        gb = db[(db.image_id == key[0]) & (db.class_id == key[1])]
+        np.testing.assert_allclose(np.sort(ga.confidence), np.sort(gb.confidence), atol=1e-3)
+        from musseltools.tiling import _pair_metrics
+
+        iou, _ = _pair_metrics(ga[["x1", "y1", "x2", "y2"]].to_numpy(), gb[["x1", "y1", "x2", "y2"]].to_numpy())
+        assert (iou.max(axis=1) >= 0.5).all() and (iou.max(axis=0) >= 0.5).all()
+
+
+def _dets(run):
+    cols = ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
+    return run.detections(0.01)[cols].sort_values(cols).reset_index(drop=True)
+
+
+def test_tiled_results_do_not_depend_on_the_model_batch_size(tmp_path, large_images, tiny_model, monkeypatch):
+    sizes: list[int] = []
+    orig = Predictor._forward
+
+    def spy(self, x, origs):
+        sizes.append(int(x.shape[0]))
+        return orig(self, x, origs)
+
+    monkeypatch.setattr(Predictor, "_forward", spy)
+    a = mt.run(large_images, model=tiny_model, tile=128, batch_size=1, store=tmp_path / "a", **KW)
+    assert set(sizes) == {1}
+    sizes.clear()
+    b = mt.run(large_images, model=tiny_model, tile=128, batch_size=4, store=tmp_path / "b", **KW)
+    assert max(sizes) == 4  # 4 tiles per forward pass
+    assert a.meta["settings"]["tile"] == 128 and a.meta["settings"]["tile_overlap"] == 0.2
+    assert_same_detections(_dets(a), _dets(b))
+    for t in (0.02, 0.1, 0.3):
+        assert a.counts(t) == b.counts(t)
+
+
+def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, monkeypatch):
+    orig = TiledPredictor.predict
+    n = {"calls": 0}
+
+    def interrupted(self, batch):
+        n["calls"] += 1
+        if n["calls"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, batch)
+
+    monkeypatch.setattr(TiledPredictor, "predict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store", **KW)
+    run_id = mt.list_runs(store="store").iloc[0]["run_id"]
+    r = mt.open_run(run_id, store="store")
+    assert r.status == "cancelled" and r.meta["processed_count"] == 2
+    monkeypatch.setattr(TiledPredictor, "predict", orig)
+    resumed = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store", **KW)
+    assert resumed.run_id == run_id
+    assert resumed.status == "completed" and resumed.meta["inferred_this_call"] == 2
+    straight = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store=tmp_path / "other", **KW)
+    pd.testing.assert_frame_equal(_dets(resumed), _dets(straight))
+    assert resumed.counts(0.3) == straight.counts(0.3)
+
+
+def test_auto_tiles_only_large_images(tmp_path, tiny_model):
+    folder = tmp_path / "mixed"
+    write_images(folder, 2, seed=4, size=(200, 150))  # longest side 200 <= 2 x 128: whole
+    write_images(folder, 1, seed=5, size=(300, 200), start=10)  # 300 > 256: tiled
+    assert AUTO_TILE_FACTOR * IMGSZ == 256
+    p = TiledPredictor(load_model(tiny_model), InferenceSettings(imgsz=IMGSZ, tile="auto"))
+    assert p.prepare(np.zeros((150, 200, 3), np.uint8)).tensor is not None
+    assert p.prepare(np.zeros((200, 300, 3), np.uint8)).tensor is None
+    assert len(p.tiles_for(300, 200)) == len(tile_grid(300, 200, IMGSZ, 0.2)) > 1
+    auto = mt.run(folder, model=tiny_model, tile="auto", store=tmp_path / "a", **KW)
+    plain = mt.run(folder, model=tiny_model, store=tmp_path / "b", **KW)
+    assert auto.meta["inference_key"] != plain.meta["inference_key"]
+    da, dp = _dets(auto), _dets(plain)
+    small = auto.per_image().query("width == 200")["image_id"]
+    pd.testing.assert_frame_equal(
+        da[da.image_id.isin(small)].reset_index(drop=True), dp[dp.image_id.isin(small)].reset_index(drop=True)
+    )
