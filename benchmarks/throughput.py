@@ -35,18 +35,19 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def bench_ultralytics(folder: Path, weights: str, imgsz: int) -> float:
+def bench_ultralytics(folder: Path, weights: str, imgsz: int | None) -> float:
     from ultralytics import YOLO
 
     model = YOLO(weights)
     n = 0
+    size = {"imgsz": imgsz} if imgsz else {}  # default: the model's training size, as a user would get
     t0 = time.perf_counter()
-    for _ in model.predict(source=str(folder), stream=True, imgsz=imgsz, verbose=False):
+    for _ in model.predict(source=str(folder), stream=True, verbose=False, **size):
         n += 1
     return n / (time.perf_counter() - t0)
 
 
-def bench_musseltools(folder: Path, weights: str, imgsz: int) -> tuple[float, dict]:
+def bench_musseltools(folder: Path, weights: str, imgsz: int | None) -> tuple[float, dict]:
     import musseltools as mt
 
     with tempfile.TemporaryDirectory() as store:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="?", default=str(ROOT / "data" / "demo" / "images"))
     ap.add_argument("--model", default=str(ROOT / "data" / "models" / "mussel-demo.pt"))
-    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--imgsz", type=int, help="model input size (default: the model's training size)")
     ap.add_argument("--repeat", type=int, default=2, help="passes per contender; the best is kept")
     args = ap.parse_args(argv)
     folder = Path(args.images)
@@ -85,19 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import torch
 
-    print(f"{n} images in {folder}, weights {args.model}, imgsz {args.imgsz}, torch {torch.__version__}, "
+    print(f"{n} images in {folder}, weights {args.model}, imgsz {args.imgsz or 'of the model'}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
 
     # warm-up: load everything once, measure musseltools' batch size once per machine
     bench_ultralytics(folder, args.model, args.imgsz)
     _, meta = bench_musseltools(folder, args.model, args.imgsz)
     batch = int(meta.get("batch_size") or 1)
+    imgsz = int(meta["settings"]["imgsz"])
 
     rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     for _ in range(args.repeat):  # interleaved so that machine noise hits all three alike
         rates["a"].append(bench_ultralytics(folder, args.model, args.imgsz))
         rates["b"].append(bench_musseltools(folder, args.model, args.imgsz)[0])
-        rates["c"].append(bench_model_only(folder, args.model, args.imgsz, batch))
+        rates["c"].append(bench_model_only(folder, args.model, imgsz, batch))
     a, b, c = (max(rates[k]) for k in "abc")
     print(f"(a) ultralytics predict(source=dir, stream=True)   {a:8.1f} images/s")
     print(f"(b) musseltools run, end to end (batch {batch:<2d})        {b:8.1f} images/s")
