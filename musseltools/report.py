@@ -81,6 +81,7 @@ def render_html(notebook: str | os.PathLike, out: str | os.PathLike, *, show_cod
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
+    _drop_widgets(nb)
     if title:
         nb.metadata["title"] = title
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=not show_code,
@@ -91,6 +92,18 @@ def render_html(notebook: str | os.PathLike, out: str | os.PathLike, *, show_cod
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _drop_widgets(nb: Any) -> None:
+    """Remove widget outputs (the run's progress bar) and widget state: a static report shows no live
+    widgets, and without them the HTML needs no JavaScript from the network."""
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if _WIDGET not in o.get("data", {})]
+    nb.metadata.pop("widgets", None)
 
 
 def _absolute(p: Any) -> Any:
@@ -116,7 +129,7 @@ def report(
     class_map: Mapping[str, str] | None = None,
     tile: int | str | None = None,
     tile_overlap: float = 0.2,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     n_samples: int = 6,
     conf_floor: float = 0.01,
     iou: float = 0.7,
@@ -187,7 +200,7 @@ def report(
         "images": _absolute(images), "model": _absolute(model), "threshold": float(threshold),
         "store": str(Store(store).root.resolve()), "truth": _absolute(truth),
         "title": title or f"Mussel survey: {collection}", "class_map": dict(class_map) if class_map else None,
-        "n_samples": int(n_samples), "tile": tile, "tile_overlap": float(tile_overlap), "imgsz": int(imgsz),
+        "n_samples": int(n_samples), "tile": tile, "tile_overlap": float(tile_overlap), "imgsz": None if imgsz is None else int(imgsz),
         "conf_floor": float(conf_floor), "iou": float(iou), "max_det": int(max_det), "batch_size": batch_size,
         "commit_every": commit_every, "name": name, "device": device, "wait": wait,
     }
@@ -215,21 +228,23 @@ def report(
 
 
 def _cell_error(exc: Any, out_nb: Path) -> ReportError:
-    """A ReportError naming the failing cell, from papermill's error and the saved output notebook."""
-    source = exc.source or ""
-    index = exc.cell_index
-    try:  # papermill saved the notebook before raising: read the cell from the evidence
+    """A ReportError naming the failing cell, found in the output notebook papermill saved."""
+    source, index = exc.source or "", exc.cell_index
+    try:  # papermill saved the notebook (with its error marker cells) before raising: read the evidence
         import nbformat
 
         nb = nbformat.read(str(out_nb), as_version=4)
-        if 0 <= index < len(nb.cells):
-            source = nb.cells[index].source or source
-    except Exception as read_exc:  # noqa: BLE001 - the message from papermill is enough
+        for i, cell in enumerate(nb.cells):
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                index, source = i, cell.source
+                break
+    except Exception as read_exc:  # noqa: BLE001 - papermill's own account is enough
         log.debug("could not read %s: %s", out_nb, read_exc)
     line = _first_line(source)
     return ReportError(
-        f"report notebook failed in cell {index} ({line!r}): {exc.ename}: {exc.evalue} — the partial output "
-        f"notebook is kept at {out_nb} — fix the cause and run the report again",
+        f"report notebook failed in cell {index} of {out_nb.name} (In [{exc.exec_count}]: {line!r}): "
+        f"{exc.ename}: {exc.evalue} — the partial output notebook is kept at {out_nb} — fix the cause and run "
+        "the report again",
         cell_index=index, cell_source=line, ename=exc.ename, evalue=exc.evalue, notebook=out_nb,
     )
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (musseltools)
 #     language: python
@@ -30,7 +32,7 @@ class_map = None
 truth = None  # labels (YOLO folder, COCO JSON or counts CSV): precision, recall and count error live
 tile = None
 tile_overlap = 0.2
-imgsz = 640
+imgsz = None  # model input size (default: the size the model was trained at)
 background = False  # run in a background thread and show a RunMonitor while it works
 
 # %%

@@ -1,0 +1,127 @@
+"""Reports: papermill executes the survey notebook, nbconvert renders HTML; failures name the cell."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from conftest import IMGSZ, write_images
+
+import musseltools as mt
+from musseltools import cli
+from musseltools.report import ReportError, notebook_path
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    folder = root / "quadrats"
+    write_images(folder, 4, seed=7)
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    return root, folder
+
+
+@pytest.fixture(scope="module")
+def default_report(collection, tiny_model):
+    root, folder = collection
+    html = mt.report(folder, model=tiny_model, imgsz=IMGSZ, threshold=0.3, store=root / "store",
+                     out=root / "out", n_samples=2, batch_size=1)
+    return root, html
+
+
+def _text(html: str) -> str:
+    """The page's text (code is syntax-highlighted into many tags)."""
+    import html as html_lib
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img[^>]+src="data:image/png;base64,', html)
+
+
+def test_report_embeds_figures_and_hides_code(default_report, collection):
+    root, path = default_report
+    assert path == root / "out" / "report.html"
+    html = path.read_text()
+    assert len(_images(html)) >= 4  # counts per image, confidence histograms, count vs threshold, samples
+    assert "run = mt.run(" not in _text(html) and "import musseltools" not in _text(html)  # no code cells
+    assert 'class="highlight' not in html
+    for heading in ("Totals", "Counts per image", "Count versus threshold", "Sample images",
+                    "Images that could not be processed", "Provenance"):
+        assert heading in html
+    assert "Mussel survey: quadrats" in html  # default title from the folder
+    run = mt.list_runs(store=root / "store").iloc[0]
+    r = mt.open_run(run.run_id, store=root / "store")
+    assert r.meta["threshold"] == 0.3
+    for value in (r.run_id, r.meta["model"]["fingerprint"], "ultralytics", "torch"):
+        assert value in html  # provenance
+    assert "broken.jpg" in html  # the errored image and why
+    counts = r.counts()
+    for cat, n in counts.items():  # the totals table
+        assert re.search(rf"<th>{cat}</th>\s*<td>{n}</td>", html)
+    assert "widget-view+json" not in html and "widget-state" not in html  # no live widgets in a static page
+    nb = nbformat.read(root / "out" / "report.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "imgsz = 128" in params.source and "n_samples = 2" in params.source
+
+
+def test_cli_report_show_code_and_title(default_report, collection, tiny_model, capsys):
+    root, _ = default_report
+    _, folder = collection
+    out = root / "with-code"
+    code = cli.main(["report", str(folder), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--threshold", "0.3",
+                     "--store", str(root / "store"), "--out", str(out), "--show-code", "--title", "Bay 4, May"])
+    assert code == 0
+    assert str(out / "report.html") in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "run = mt.run(" in _text(html) and "plots.count_vs_threshold(" in _text(html)  # code kept
+    assert 'class="highlight' in html
+    assert "Bay 4, May" in html
+    assert len(_images(html)) >= 4
+    nb = nbformat.read(out / "report.ipynb", as_version=4)
+    assert "0 inferred for this report" in json.dumps(nb.cells[[i for i, c in enumerate(nb.cells)
+                                                                    if "mt.run(" in c.source][0]].outputs)
+
+
+def test_failing_notebook_names_the_cell_and_keeps_the_partial_notebook(collection, tmp_path):
+    _, folder = collection
+    out = tmp_path / "broken-report"
+    out.mkdir()
+    (out / "report.html").write_text("an older report")
+    with pytest.raises(ReportError) as info:
+        mt.report(folder, model=tmp_path / "no-such-model.pt", imgsz=IMGSZ, store=tmp_path / "store", out=out)
+    err = info.value
+    assert isinstance(err, mt.MusselToolsError)
+    assert err.cell_source == "run = mt.run("
+    assert err.ename == "ModelLoadError" and "no-such-model.pt" in err.evalue
+    msg = str(err)
+    assert f"cell {err.cell_index} of report.ipynb" in msg and "'run = mt.run('" in msg and "ModelLoadError" in msg and "report.ipynb" in msg
+    nb = nbformat.read(out / "report.ipynb", as_version=4)  # the partial notebook is kept
+    failed = nb.cells[err.cell_index]
+    assert failed.source.startswith("run = mt.run(")
+    assert any(o.get("output_type") == "error" and o.get("ename") == "ModelLoadError" for o in failed.outputs)
+    assert not (out / "report.html").exists()  # the older HTML does not pass for this report
+
+
+def test_cli_report_failure_is_one_line_and_non_zero(collection, tmp_path, capsys):
+    _, folder = collection
+    code = cli.main(["report", str(folder), "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "musseltools: error: report notebook failed in cell" in err and "ModelLoadError" in err
+    assert (tmp_path / "r" / "report.ipynb").exists()
+
+
+def test_import_is_light_and_mt_report_stays_callable():
+    code = ("import sys, musseltools as mt; assert 'papermill' not in sys.modules and 'nbconvert' not in sys.modules;"
+            "import musseltools.report; assert callable(mt.report); print(mt.report.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "musseltools.report"
+    assert notebook_path().name == "survey_report.ipynb"
+    with pytest.raises(ReportError, match="not found"):
+        notebook_path("nope.ipynb")
