@@ -831,7 +831,7 @@ class Evaluation:
             row.update(best_threshold_count=float(t[i]), count_mae_at_best=float(s["count_mae"][i]),
                        count_bias_at_best=float(s["count_bias"][i]),
                        total_rel_error_at_best=float(s["total_rel_error"][i]))
-            if cur.tp is not None and cur.n_true > 0:
+            if cur.tp is not None and cur.n_true > 0 and np.nanmax(s["f1"], initial=0) > 0:
                 j = _middle_argmin(-np.nan_to_num(s["f1"], nan=-1.0))
                 row.update(best_threshold_f1=float(t[j]), f1_at_best=float(s["f1"][j]),
                            count_mae_at_best_f1=float(s["count_mae"][j]))
@@ -900,8 +900,8 @@ class Evaluation:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = T.sum(0) / P.sum(0) if len(P) else np.full(len(self.classes), np.nan)
             boot_ratio = boot_t / boot_p
-        corrected = ratio * total
-        boot_corr = boot_ratio * total
+            corrected = ratio * total
+            boot_corr = boot_ratio * total
         rows = []
         for k, c in enumerate(self.classes):
             lo, hi = np.quantile(boot_s[:, k], q) if len(S) else (np.nan, np.nan)
@@ -974,7 +974,13 @@ class Evaluation:
         )
 
     def summary(self) -> dict[str, Any]:
-        """The JSON document of ``musseltools evaluate --json`` (NaN as ``None``)."""
+        """The JSON document of ``musseltools evaluate --json`` (NaN as ``None``).
+
+        ``{"threshold", "classes": {class: {"precision", "recall", "f1", "ap50", "ap50_95", "count_mae",
+        "count_bias", "best_threshold_count", "best_threshold_f1"}}}``, and beside them ``run_id, truth,
+        truth_format, iou, objective, images_evaluated, unmatched_images, unmatched_labels, failed_images``
+        and ``survey_totals`` (:attr:`totals` by class).
+        """
         m = self.metrics.set_index("class")
         cal = self.calibration.set_index("class")
         classes = {}
@@ -997,6 +1003,7 @@ class Evaluation:
             "unmatched_images": list(self.unmatched_images),
             "unmatched_labels": list(self.unmatched_labels),
             "failed_images": list(self.failed_images),
+            "survey_totals": {row.pop("class"): row for row in self.totals.to_dict(orient="records")},
         }
         return _jsonable(doc)
 
@@ -1215,7 +1222,9 @@ def evaluate_detections(
     if not any(c in classes for c in mapped.values()):
         raise TruthError(f"truth {truth.source!r} has classes {tclasses}, none of which is a class of "
                          f"{run_label} ({classes}) — name the truth classes like the model's (pass names=...)")
-    missing = [c for c in classes if c not in mapped.values()]
+    # annotated boxes are exhaustive: a class no box has is a class with no object; count columns are not
+    present = set(classes) if truth.has_boxes else set(mapped.values())
+    missing = [c for c in classes if c not in present]
     if missing:
         log.warning("run classes %s have no truth in %s; their metrics are NaN", missing, truth.source)
 
@@ -1249,7 +1258,7 @@ def evaluate_detections(
         boxes = obj[["image_id", "class", "x1", "y1", "x2", "y2"]]
 
     curves = _build_curves(classes, validated["image_id"].to_numpy(), true_counts, dets, boxes, iou,
-                           present=set(mapped.values()))
+                           present=present)
     ev = Evaluation(
         run_id=run_id, classes=classes, curves=curves, threshold=_plain_threshold(threshold), iou=float(iou),
         conf_floor=conf_floor, objective=objective, truth=truth,
@@ -1530,6 +1539,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"run {ev.run_id} against {ev.truth.format} truth {ev.truth.source}: {len(ev._validated)} images, "
           f"IoU {ev.iou:g}")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    tot = ev.totals.set_index("class")
+    print("\nsurvey totals (95% bootstrap intervals over images; corrected: ratio estimator on the validated images)")
+    print(pd.DataFrame({
+        "predicted": tot["predicted_total"], "ci_low": tot["ci_low"], "ci_high": tot["ci_high"],
+        "corrected": tot["corrected_total"], "corr_ci_low": tot["corrected_ci_low"],
+        "corr_ci_high": tot["corrected_ci_high"],
+    }).to_string(float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"))
     if ev.unmatched_labels:
         print(f"{len(ev.unmatched_labels)} truth entries match no image: {_preview(ev.unmatched_labels)}")
     if ev.unmatched_images:

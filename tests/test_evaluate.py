@@ -465,6 +465,7 @@ def test_cli_json(tiny_run, images, tmp_path, capsys):
         assert c["precision"] is None and c["ap50"] is None  # counts only: NaN -> null
         assert isinstance(c["count_mae"], float) and isinstance(c["best_threshold_count"], float)
     assert doc["unmatched_labels"] == ["ghost.jpg"]
+    assert doc["survey_totals"]["live"]["predicted_total"] == tiny_run.counts(0.3)["live"]
     assert main(["evaluate", tiny_run.run_id, str(csv), "--store", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert "count_mae" in out and "ghost.jpg" in out
@@ -510,8 +511,9 @@ def test_agrees_with_ultralytics_val_on_demo_set(tmp_path):
        pixels, boxes mapped back (and clipped) as predict does.
 
     With these, the confidences of every image are checked to be identical to the stored ones, and the
-    metrics agree to 1e-3 (the issue asks for 0.01). Measured with an unmodified ``val(batch=1,
-    rect=True)`` the differences were 0.002-0.007, from the predictions, not from the metric.
+    metrics agree to 1e-3 (the issue asks for 0.01; measured: 1e-5). With an unmodified ``val(batch=1,
+    rect=True)`` the demo model's AP50 and AP50-95 differed by 0.001-0.003 (an earlier checkpoint: up
+    to 0.007): differences of the predictions, not of the metric.
     """
     import cv2
     from ultralytics import YOLO
@@ -586,3 +588,22 @@ def test_agrees_with_ultralytics_val_on_demo_set(tmp_path):
     for t in np.linspace(0.05, 0.95, 20):
         ev.at({"live": float(t), "dead": float(1 - t)})
     assert (time.perf_counter() - t0) / 20 < 0.05  # fast enough for a slider
+
+
+def test_edge_cases_no_detections_and_a_class_without_objects(tmp_path):
+    imgs = images_table(("a", 100, 100), ("b", 100, 100))
+    labels = write_labels(tmp_path / "labels", {"a": ["0 0.5 0.5 0.1 0.1"], "b": []})  # no dead anywhere
+    dets = dets_table([("b", "dead", 0.5, 0, 0, 5, 5)])
+    ev = evaluate_detections(imgs, dets, labels, class_names=["live", "dead"], conf_floor=0.01, threshold=0.4)
+    m = ev.metrics.set_index("class")
+    # annotations are exhaustive: no dead box means no dead mussel, so the dead detection is an FP
+    assert (m.at["dead", "tp"], m.at["dead", "fp"], m.at["dead", "fn"]) == (0, 1, 0)
+    assert m.at["dead", "count_mae"] == 0.5 and math.isnan(m.at["dead", "ap50"])
+    assert m.at["live", "recall"] == 0 and m.at["live", "ap50"] == 0
+    cal = ev.calibration.set_index("class")
+    assert cal.at["dead", "best_threshold_count"] == pytest.approx(0.75)
+    assert math.isnan(cal.at["live", "best_threshold_f1"])  # F1 is 0 at every threshold: no optimum
+    empty = evaluate_detections(imgs, dets.iloc[:0], labels, class_names=["live", "dead"], conf_floor=0.01)
+    assert empty.at(0.3)["live"]["count_mae"] == 0.5 and empty.metrics["predicted_total"].sum() == 0
+    assert empty.to_xarray()["predicted"].sum() == 0
+    assert json.dumps(empty.summary(), allow_nan=False)
