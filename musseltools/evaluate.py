@@ -672,7 +672,8 @@ class Evaluation:
 
     # ------------------------------------------------------------------ thresholds
     def class_thresholds(self, threshold: float | Mapping[str, float] | None = None) -> dict[str, float]:
-        """One threshold per evaluated class from a number, or a mapping by class or model class name."""
+        """One threshold per evaluated class from a number, or a mapping by class or model class name
+        (a class left out of a mapping keeps every stored detection, as in the run's counts)."""
         threshold = self.threshold if threshold is None else threshold
         if isinstance(threshold, Mapping):
             out = {}
@@ -685,9 +686,8 @@ class Evaluation:
                     raise ThresholdError(f"model classes of {c!r} have different thresholds {sorted(members)} — "
                                          "evaluation needs one threshold per category — give the category's "
                                          "threshold by its name")
-                if not members:
-                    raise ThresholdError(f"no threshold for class {c!r} in {dict(threshold)} — give one per class")
-                out[c] = members.pop()
+                # a class left out keeps every stored detection, as in the run's own counts (musseltools.views)
+                out[c] = members.pop() if members else self.conf_floor
             unknown = sorted(set(threshold) - set(self.classes) - set(self._class_of_name))
             if unknown:
                 raise ThresholdError(f"thresholds given for unknown classes {unknown} — the classes are {self.classes}")
