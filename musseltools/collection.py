@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ class Collection:
     table : pandas.DataFrame
         One row per file: ``image_id, path, size, mtime_ns, width, height, error, fspath`` (``error``
         set for files that could not be read at all; ``path`` is printable text, ``fspath`` the name
-        to open, which differs only for names that are not valid UTF-8), sorted by path.
+        to open as bytes, which differ only for names that are not valid UTF-8), sorted by path.
     """
 
     name: str
@@ -182,13 +183,17 @@ def scan(
 
 def _scan_one(path: str, cache: Mapping) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "path": display_path(path), "fspath": path, "size": None, "mtime_ns": None, "width": None, "height": None,
+        "path": display_path(path), "fspath": os.fsencode(path), "size": None, "mtime_ns": None, "width": None, "height": None,
         "error": None,
     }
     try:
         st = os.stat(path)
-        if os.path.isdir(path):
+        if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{display_path(path)} is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the scan for ever; devices are no images
+            row["image_id"] = _path_id(path)
+            row["error"] = f"{display_path(path)} is not a regular file (a FIFO, socket or device) — expected an image file"
+            return row
         row["size"], row["mtime_ns"] = st.st_size, st.st_mtime_ns
         hit = cache.get((display_path(path), st.st_size, st.st_mtime_ns))
         if hit is not None:

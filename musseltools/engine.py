@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import re
 import socket
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +77,15 @@ def decode_image(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             header_ok = True
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image too large to decode safely ({exc})") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, from the header alone
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else limit + 1
+        if pixels > limit:
+            raise ValueError(
+                f"image too large: {pixels / 1e6:.0f} megapixels, above the {limit / 1e6:.0f} megapixel limit "
+                "(decompression-bomb guard) — set MUSSELTOOLS_MAX_PIXELS higher if the image is genuine"
+            ) from None
+        w = h = 0  # allowed by our limit: OpenCV decodes it
     except Exception:  # noqa: BLE001 - not a Pillow format; OpenCV may still read it
         w = h = 0
     if header_ok and w * h > limit:
@@ -114,6 +123,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return {}
 
 
+def _read_regular_file(fspath: str | bytes, shown: str) -> bytes:
+    """The bytes of a regular file; a FIFO, socket or device (which could block for ever) is refused."""
+    fd = os.open(fspath, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(fspath)
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{shown} is not a regular file (a FIFO, socket or device) — expected an image file")
+        return f.read()
+
+
 # ---------------------------------------------------------------------------------------------- units
 @dataclass(frozen=True)
 class ImageRef:
@@ -121,7 +142,7 @@ class ImageRef:
 
     image_id: str
     path: str
-    fspath: str
+    fspath: str | bytes
     error: str | None = None
 
 
@@ -190,8 +211,7 @@ class RunTask:
         if ref.error:
             return ref.error
         try:
-            with open(ref.fspath, "rb") as f:
-                data = f.read()
+            data = _read_regular_file(ref.fspath, ref.path)
         except FileNotFoundError:
             return f"file not found: {ref.path} (removed after it was scanned)"
         except IsADirectoryError:
@@ -525,7 +545,7 @@ class _Job:
         with st.lock(self.key, run_id=run_id, wait=self.wait):
             st.update_scan_cache(self.collection.table)
             st.write_collection(run_id, self.collection.table.drop(columns=["fspath"]))
-            cleaned = st.clean_temporary(self.key)
+            cleaned = st.clean_temporary(self.key, run_id)
             if cleaned:
                 self.log.info("removed %d temporary files left by an interrupted writer", cleaned)
             st.write_settings(self.key, {"model": self.model.info.to_dict(), "settings": self.settings.to_dict(),
@@ -562,7 +582,10 @@ class _Job:
                     from tqdm.auto import tqdm
 
                     bar = tqdm(total=len(refs), unit="img", desc=f"run {run_id}", disable=self.quiet, leave=True)
+                    from ._failpoints import failpoint
+
                     for summary in self.executor.process(task, units, cancel=self.cancel, on_progress=bar.update):
+                        failpoint("part-committed")  # the part is committed, run.json not yet updated
                         processed += summary.n_images
                         failed_new += summary.n_failed
                         for c, k in summary.counts.items():
@@ -570,9 +593,6 @@ class _Job:
                         update_run_meta(st, run_id, processed_count=min(processed, total),
                                         failed_count=done_before["failed"] + failed_new, counts=counts,
                                         inferred_this_call=task.inferred, batch_size=task.batch_size)
-                        from ._failpoints import failpoint
-
-                        failpoint("part-committed")
             except (KeyboardInterrupt, RunCancelled) as exc:
                 state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
                 self.log.warning("cancelled; %d of %d images have results and are kept", state["processed_count"],

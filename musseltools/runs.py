@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import views
 from .errors import CorruptStoreError
-from .store import Store, atomic_write_bytes, utcnow
+from .store import Store, atomic_write_bytes, temp_path, utcnow
 
 __all__ = ["Run", "open_run", "list_runs"]
 
@@ -214,17 +214,20 @@ class Run:
         )
         run_dir = self.store.run_dir(self.run_id)
         final = run_dir / "cube.zarr"
-        tmp = run_dir / f".cube.zarr.{os.getpid()}.tmp"
+        tmp = temp_path(final)  # names a dead writer's leftovers recognisably (removed on the next run)
         shutil.rmtree(tmp, ignore_errors=True)
         with warnings.catch_warnings():  # consolidated metadata lets plain xr.open_zarr(path) open it quietly
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             ds.to_zarr(tmp, mode="w-", consolidated=True)
         failpoint("cube-writing")
-        old = run_dir / f".cube.zarr.{os.getpid()}.old"
+        old = temp_path(final, ".old")
         shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
+        with contextlib.suppress(FileNotFoundError):  # another process may be swapping its own cube in
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process put its cube (from the same Parquet parts) there first
+            shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
         return final
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +44,10 @@ from ._failpoints import failpoint
 from .detections import DETECTIONS_SCHEMA
 from .errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreError
 
-__all__ = ["Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes"]
+__all__ = [
+    "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes", "temp_path",
+    "remove_dead_temporaries",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +82,54 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_TMP_SUFFIX}")
+#: Short tag of this host in temporary names, so that a sweep only judges its own host's processes.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(path: Path, suffix: str = _TMP_SUFFIX) -> Path:
+    """A temporary name beside ``path``: ``.<name>.<host tag>.<pid>.<thread><suffix>`` (hidden, never
+    matched by ``part-*.parquet``), so that a later sweep can tell whether its writer is dead."""
+    return path.with_name(f".{path.name}.{_HOST_TAG}.{os.getpid()}.{threading.get_ident()}{suffix}")
+
+
+_tmp_path = temp_path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str | os.PathLike) -> int:
+    """Remove temporary files and folders in ``folder`` whose writer was a process of this host that no
+    longer exists (killed mid-write); returns how many. Safe to call at any time: a live writer's
+    temporaries, and those of other hosts, are left alone."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(".") and name.endswith((_TMP_SUFFIX, ".old"))):
+            continue
+        bits = name.rsplit(".", 4)  # [.<name>, host tag, pid, thread, tmp|old]
+        if len(bits) != 5 or bits[1] != _HOST_TAG or not bits[2].isdigit() or _pid_alive(int(bits[2])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            n += 1
+            log.info("store: removed %s, left by a writer that was killed", entry)
+    return n
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, failpoint_name: str | None = None) -> None:
@@ -163,15 +213,20 @@ class Store:
         _atomic_write_table(base / "images" / name, images.cast(IMAGES_SCHEMA), failpoint_name="part-written")
         return base / "images" / name
 
-    def clean_temporary(self, key: str) -> int:
-        """Remove temporary files left by killed writers (call only while holding the key's lock)."""
+    def clean_temporary(self, key: str, run_id: str | None = None) -> int:
+        """Remove temporary files left by killed writers (call only while holding the key's lock).
+
+        Part temporaries of the key are removed whoever wrote them (only the lock holder writes parts);
+        elsewhere (the key's folder, the run's folder, the caches) only those of dead local processes.
+        """
         n = 0
         for sub in ("images", "detections"):
             for tmp in (self.results_dir(key) / sub).glob(f".*{_TMP_SUFFIX}"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                     n += 1
-        return n
+        folders = [self.results_dir(key), self.root / "cache"] + ([self.run_dir(run_id)] if run_id else [])
+        return n + sum(remove_dead_temporaries(f) for f in folders)
 
     def _quarantine(self, key: str, name: str, reason: str) -> None:
         qdir = self.results_dir(key) / "quarantine"

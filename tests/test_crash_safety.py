@@ -1,0 +1,236 @@
+"""Crash safety: ``musseltools run`` killed with SIGKILL at random moments and at named failpoints.
+
+After every kill the run is resumed; the final per-image and detections tables must equal those of
+an uninterrupted run in another store (nothing lost, nothing duplicated), committed results seen
+between kills must already be the final ones, and temporary files left by the killed writer must be
+removed or ignored, never read as results.
+
+The random moments come from a seeded ``random.Random`` (``MUSSELTOOLS_CRASH_SEED`` to vary it);
+the kill times are seeded, where they land in the program depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import IMGSZ, write_images
+from procs import Zygote, assert_same_results
+
+import musseltools as mt
+from musseltools.store import IMAGES_SCHEMA, Store
+
+SEED = int(os.environ.get("MUSSELTOOLS_CRASH_SEED", "20261125"))
+MIN_RANDOM_KILLS = 20
+KILLS_PER_CHAIN = 5
+COMMIT_EVERY = 2
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory) -> Path:
+    """14 small images of two sizes and one damaged file (its error must survive kills too)."""
+    folder = tmp_path_factory.mktemp("crash") / "survey"
+    write_images(folder, 9, seed=11)
+    write_images(folder, 4, seed=12, size=(96, 128), start=9)
+    (folder / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 only the start of a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    z = Zygote()
+    yield z
+    z.close()
+
+
+def _argv(survey: Path, model: Path, store: Path) -> list[str]:
+    return ["run", str(survey), "--model", str(model), "--imgsz", str(IMGSZ), "--store", str(store),
+            "--commit-every", str(COMMIT_EVERY), "--batch-size", "1", "--json"]
+
+
+@pytest.fixture(scope="module")
+def baseline(survey, tiny_model, zygote, tmp_path_factory):
+    """An uninterrupted run (a forked command line, like the runs under test) and its duration."""
+    where = tmp_path_factory.mktemp("baseline")
+    t0 = time.perf_counter()
+    status = zygote.run(_argv(survey, tiny_model, where / "store"), cwd=where)
+    seconds = time.perf_counter() - t0
+    assert status["rc"] == 0, status["output"]
+    run = mt.open_run(mt.list_runs(store=where / "store").iloc[0]["run_id"], store=where / "store")
+    assert run.status == "completed"
+    assert run.meta["failed_count"] == 1 and run.meta["total_images"] == 14
+    return run, seconds
+
+
+def _check_committed_prefix(store: Path, baseline_run) -> tuple[int, int]:
+    """Whatever is committed after a kill is already the final result; returns how many images
+    have a committed result, and how many of those a successful one."""
+    key = baseline_run.meta["inference_key"]
+    images, dets = Store(store).read_results(key)
+    ref_images, ref_dets = Store(baseline_run.store.root).read_results(key)
+    if images.empty:
+        assert dets.empty
+        return 0, 0
+    cols = [c for c in IMAGES_SCHEMA.names if c not in ("processed_at", "path")]
+    got = images[cols].sort_values("image_id").reset_index(drop=True)
+    want = ref_images[ref_images["image_id"].isin(images["image_id"])][cols].sort_values("image_id")
+    pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
+    dcols = ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
+    got_d = dets[dcols].sort_values(dcols).reset_index(drop=True)
+    want_d = ref_dets[ref_dets["image_id"].isin(images["image_id"])][dcols].sort_values(dcols)
+    pd.testing.assert_frame_equal(got_d, want_d.reset_index(drop=True))
+    assert not (store / "results" / key / "quarantine").exists(), "a kill left a damaged part"
+    return len(images), int(images["error"].isna().sum())
+
+
+def _plant_poison_temp(store: Path, key: str, image_id: str) -> Path:
+    """A temporary images part as a killed writer leaves it, with a wrong row: it must never be read."""
+    folder = store / "results" / key / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    poison = pa.table({
+        "image_id": [image_id], "path": ["poison"], "width": [1], "height": [1], "n_detections": [0],
+        "cap_hit": [False], "error": ["POISON: read from a temporary file"],
+        "processed_at": pa.array([pd.Timestamp.now(tz="UTC")], pa.timestamp("us", tz="UTC")),
+    }, schema=IMAGES_SCHEMA)
+    path = folder / ".part-0000poison.parquet.4194000.1.tmp"
+    pq.write_table(poison, path)
+    return path
+
+
+def _temporaries(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
+
+
+def _final_run(store: Path) -> mt.Run:
+    runs = mt.list_runs(store=store)
+    assert len(runs) == 1
+    return mt.open_run(runs.iloc[0]["run_id"], store=store)
+
+
+def test_random_sigkills_then_resume_equal_an_uninterrupted_run(survey, tiny_model, zygote, baseline, tmp_path):
+    base_run, full_seconds = baseline
+    key = base_run.meta["inference_key"]
+    rng = random.Random(SEED)
+    kills, chains, committed_seen = 0, 0, set()
+    while kills < MIN_RANDOM_KILLS:
+        chains += 1
+        assert chains <= 3 * MIN_RANDOM_KILLS // KILLS_PER_CHAIN, f"only {kills} kills landed in {chains} chains"
+        store = tmp_path / f"store{chains}"
+        poisons = []
+        for _ in range(KILLS_PER_CHAIN):  # kill, resume and kill again, ...
+            delay = rng.uniform(0.0, full_seconds * 0.9)
+            status = zygote.kill_after(_argv(survey, tiny_model, store), delay, cwd=tmp_path)
+            if status["signal"] != signal.SIGKILL:  # it finished first
+                assert status["rc"] == 0, status["output"]
+                break
+            kills += 1
+            committed_seen.add(_check_committed_prefix(store, base_run)[0])
+            if rng.random() < 0.5:
+                poisons.append(_plant_poison_temp(store, key, base_run.per_image()["image_id"].iloc[0]))
+        else:  # ... then let the last resume finish
+            status = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path)
+            assert status["rc"] == 0, status["output"]
+        final = _final_run(store)
+        assert final.status == "completed"
+        assert_same_results(final, base_run)
+        assert "POISON" not in final.per_image()["error"].astype(str).str.cat()
+        assert not any(p.exists() for p in poisons), "a temporary file of a dead writer was not removed"
+        assert _temporaries(store) == [], "temporary files left behind"
+    # the kills landed at different stages: before anything was committed and in the middle of the run
+    assert len(committed_seen) >= 3, committed_seen
+
+
+# Each step of the chain resumes the store the previous one was killed in, and is killed itself at the
+# named point (``name@N``: the N-th time this process reaches it); the last step completes the run.
+FAILPOINT_CHAIN = ["meta-written@1", "part-written@2", "detections-committed@2", "part-committed@2",
+                   "meta-written@3", "cube-writing"]
+
+
+def test_kill_at_each_failpoint_then_resume(survey, tiny_model, zygote, baseline, tmp_path):
+    base_run, _ = baseline
+    key = base_run.meta["inference_key"]
+    store = tmp_path / "store"
+    results = store / "results" / key
+    before, orphans = 0, 0  # committed parts so far; detections parts whose images part never came
+    for point in FAILPOINT_CHAIN:
+        status = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path, env={"MUSSELTOOLS_FAILPOINTS": point})
+        assert status["signal"] == signal.SIGKILL, f"failpoint {point} was not reached: {status}"
+        n, _ = _check_committed_prefix(store, base_run)
+        name = point.partition("@")[0]
+        leftovers = [p.relative_to(store).parts[-2] for p in _temporaries(store)]
+        parts = len(list((results / "images").glob("part-*.parquet")))
+        new = parts - before
+        if name == "meta-written" and parts == 0:  # killed while creating the run: no run.json yet
+            assert n == 0 and not (store / "runs" / base_run.run_id / "run.json").exists()
+            assert leftovers == [base_run.run_id]
+        elif name == "part-written":  # one unit committed, the next one's images part still temporary
+            assert new == 1 and leftovers == ["images"]
+            orphans += 1
+        elif name == "detections-committed":  # detections part renamed, images part not yet written
+            assert new == 1
+            orphans += 1
+        elif name == "part-committed":  # parts renamed, run.json not yet updated: counts come from the parts
+            assert new == 2
+            assert mt.open_run(base_run.run_id, store=store).meta["processed_count"] < n
+        elif name == "meta-written":
+            assert new == 2 and leftovers == [base_run.run_id]
+            assert mt.open_run(base_run.run_id, store=store).meta["processed_count"] < n  # old run.json intact
+        elif name == "cube-writing":  # every result committed, the cube half-written aside
+            assert n == len(base_run.per_image()) and _final_run(store).status == "completed"
+            assert any(".cube.zarr." in p.name for p in _temporaries(store))
+        # a detections part without its images part is not a commit: it is never read
+        assert len(list((results / "detections").glob("part-*.parquet"))) == parts + orphans
+        before = parts
+    again = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path)
+    assert again["rc"] == 0, again["output"]
+    final = _final_run(store)
+    assert final.meta["inferred_this_call"] == 0
+    assert_same_results(final, base_run)
+    assert _temporaries(store) == []
+    assert int(final.cube()["count"].sel(threshold=0.5).sum()) == sum(base_run.totals.values())
+
+
+def test_real_command_line_killed_and_resumed(survey, tiny_model, zygote, baseline, tmp_path):
+    """``python -m musseltools run`` itself, killed at a failpoint, then resumed."""
+    base_run, _ = baseline
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "musseltools", *_argv(survey, tiny_model, store)]
+    env = dict(os.environ, MUSSELTOOLS_FAILPOINTS="part-committed@3", MUSSELTOOLS_TORCH_THREADS="1")
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    n, n_ok = _check_committed_prefix(store, base_run)
+    assert n == 3 * COMMIT_EVERY
+    done = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path)  # resumed (a forked command line)
+    assert done["rc"] == 0, done["output"]
+    final = _final_run(store)
+    assert final.meta["inferred_this_call"] == 13 - n_ok
+    assert_same_results(final, base_run)
+
+
+def test_store_copied_mid_run_by_a_backup_tool_is_still_consistent(survey, tiny_model, zygote, baseline, tmp_path):
+    """A copy of the store taken at any moment (as ``cp -r`` during a run would) resumes to the same
+    results: only committed parts count, and a copy never contains a half-renamed part."""
+    base_run, full_seconds = baseline
+    store = tmp_path / "store"
+    pid, _ = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
+    time.sleep(full_seconds * 0.5)
+    os.kill(pid, signal.SIGSTOP)  # freeze the writer, copy, then let it finish
+    try:
+        shutil.copytree(store, tmp_path / "copy", symlinks=True)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert zygote.wait(pid)["rc"] == 0
+    _check_committed_prefix(tmp_path / "copy", base_run)
+    again = zygote.run(_argv(survey, tiny_model, tmp_path / "copy"), cwd=tmp_path)
+    assert again["rc"] == 0, again["output"]
+    assert_same_results(_final_run(tmp_path / "copy"), base_run)
