@@ -58,6 +58,7 @@ __all__ = [
     "evaluate",
     "evaluate_detections",
     "box_iou",
+    "polygon_iou",
     "match_detections",
     "average_precision",
     "plot_pr",
@@ -101,9 +102,10 @@ class Truth:
         source gives them).
     objects : pandas.DataFrame or None
         Boxes (``None`` for count-only truth): ``key, class_id, class_name, x1, y1, x2, y2,
-        normalized`` (normalized coordinates are fractions of the image size, converted to pixels
-        with the run's image sizes). Polygons (OBB, segments) are kept as their enclosing boxes, as
-        Ultralytics does for its box metrics.
+        normalized, corners`` (normalized coordinates are fractions of the image size, converted to
+        pixels with the run's image sizes). Segment polygons are kept as their enclosing boxes, as
+        Ultralytics does for its box metrics; OBB labels also keep their four ``corners`` (4 x 2), used
+        for rotated-box IoU when the run's model is an OBB model.
     counts : pandas.DataFrame or None
         Count-only truth: ``key`` and one integer column per class.
 
@@ -213,15 +215,17 @@ class Truth:
                 if not all(math.isfinite(v) for v in box) or box[2] < box[0] or box[3] < box[1]:
                     raise TruthError(f"label file {str(f)!r} line {ln} has an invalid box {box} — expected "
                                      "finite normalized coordinates with positive width and height")
-                rows.append((key, int(vals[0]), *box))
-        obj = pd.DataFrame(rows, columns=["key", "class_id", "x1", "y1", "x2", "y2"])
+                corners = np.asarray(c, np.float64).reshape(4, 2) if k == 8 else None
+                rows.append((key, int(vals[0]), *box, corners))
+        obj = pd.DataFrame(rows, columns=["key", "class_id", "x1", "y1", "x2", "y2", "corners"])
         obj["class_name"] = None
         obj["normalized"] = True
         img = pd.DataFrame(images, columns=["key", "file"])
         img["width"] = np.nan
         img["height"] = np.nan
         _check_unique(img, str(root))
-        t = cls(str(folder), "yolo", img, obj[["key", "class_id", "class_name", "x1", "y1", "x2", "y2", "normalized"]])
+        t = cls(str(folder), "yolo", img,
+                obj[["key", "class_id", "class_name", "x1", "y1", "x2", "y2", "normalized", "corners"]])
         return t.with_names(names) if names is not None else t
 
     @classmethod
@@ -426,14 +430,97 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
 
 
+def polygon_iou(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, min_iou: float = 0.0) -> np.ndarray:
+    """IoU of convex polygons (e.g. rotated boxes as 4 corners): every one of ``a`` with every one of
+    ``b``, shape (len(a), len(b)). Only pairs whose enclosing boxes overlap are intersected, and with
+    ``min_iou``, only pairs that could reach it (the others are left 0).
+
+    The intersection is clipped polygon by polygon (Sutherland-Hodgman), which stays exact for nearly
+    identical polygons, where OpenCV's ``intersectConvexConvex`` can return 0.
+
+    Examples
+    --------
+    >>> sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    >>> diamond = np.array([[5, -5], [15, 5], [5, 15], [-5, 5]], float)   # the square turned 45 degrees
+    >>> polygon_iou([sq], [sq + [5, 0], diamond]).round(4).tolist()
+    [[0.3333, 0.5]]
+    """
+    pa = [_ccw(np.asarray(p, np.float64).reshape(-1, 2)) for p in a]
+    pb = [_ccw(np.asarray(p, np.float64).reshape(-1, 2)) for p in b]
+    out = np.zeros((len(pa), len(pb)))
+    if not pa or not pb:
+        return out
+    box = lambda ps: np.array([[p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()] for p in ps])  # noqa: E731
+    ba, bb = box(pa), box(pb)
+    area_a = np.array([_area(p) for p in pa])
+    area_b = np.array([_area(p) for p in pb])
+    iw = np.minimum(ba[:, None, 2], bb[None, :, 2]) - np.maximum(ba[:, None, 0], bb[None, :, 0])
+    ih = np.minimum(ba[:, None, 3], bb[None, :, 3]) - np.maximum(ba[:, None, 1], bb[None, :, 1])
+    overlap = (iw > 0) & (ih > 0)
+    if min_iou > 0:  # the polygons' intersection is at most their enclosing boxes' intersection
+        bound = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        bound = np.minimum(bound, np.minimum(area_a[:, None], area_b[None, :]))
+        overlap &= bound / (area_a[:, None] + area_b[None, :] - bound + 1e-7) >= min_iou - 1e-9
+    la, lb = [p.tolist() for p in pa], [p.tolist() for p in pb]
+    for i, j in zip(*np.nonzero(overlap)):
+        inter = _area(np.array(_clip(la[i], lb[j]))) if len(la[i]) > 2 and len(lb[j]) > 2 else 0.0
+        out[i, j] = inter / (area_a[i] + area_b[j] - inter + 1e-7)
+    return out
+
+
+def _area(p: np.ndarray) -> float:
+    """Area of a simple polygon (shoelace)."""
+    if len(p) < 3:
+        return 0.0
+    x, y = p[:, 0], p[:, 1]
+    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+
+
+def _ccw(p: np.ndarray) -> np.ndarray:
+    """The polygon with its corners in counter-clockwise order (y up)."""
+    if len(p) < 3:
+        return p
+    x, y = p[:, 0], p[:, 1]
+    return p if np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) >= 0 else p[::-1]
+
+
+def _clip(subject: list, clip: list) -> list:
+    """Sutherland-Hodgman: the part of convex polygon ``subject`` inside convex CCW polygon ``clip``."""
+    out = subject
+    n = len(clip)
+    for k in range(n):
+        if not out:
+            break
+        (cx1, cy1), (cx2, cy2) = clip[k], clip[(k + 1) % n]
+        ex, ey = cx2 - cx1, cy2 - cy1
+        side = [ex * (py - cy1) - ey * (px - cx1) for px, py in out]  # >= 0: inside (left of the edge)
+        nxt = []
+        for m in range(len(out)):
+            p, q = out[m], out[(m + 1) % len(out)]
+            sp, sq = side[m], side[(m + 1) % len(out)]
+            if sp >= 0:
+                nxt.append(p)
+            if (sp >= 0) != (sq >= 0):
+                f = sp / (sp - sq)
+                nxt.append([p[0] + f * (q[0] - p[0]), p[1] + f * (q[1] - p[1])])
+        out = nxt
+    return out
+
+
 def match_detections(
-    pred_xyxy: np.ndarray, confidence: np.ndarray, true_xyxy: np.ndarray, iou_thresholds: Sequence[float] = (0.5,)
+    pred_xyxy: np.ndarray,
+    confidence: np.ndarray,
+    true_xyxy: np.ndarray,
+    iou_thresholds: Sequence[float] = (0.5,),
+    *,
+    iou: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which predictions of one class in one image are true positives, at each IoU threshold.
 
     Greedy by confidence (COCO, Ultralytics): predictions are taken from the most to the least
     confident; each takes the unclaimed truth box it overlaps most, and is a true positive when that
-    IoU reaches the threshold. A truth box is claimed once.
+    IoU reaches the threshold. A truth box is claimed once. ``iou`` (truth x predictions, in the
+    order given) replaces the axis-aligned box IoU, e.g. with :func:`polygon_iou` of rotated boxes.
 
     Returns
     -------
@@ -453,7 +540,9 @@ def match_detections(
     if n == 0 or len(true_xyxy) == 0:
         return correct
     order = np.argsort(-np.asarray(confidence, np.float64), kind="stable")
-    iou = box_iou(true_xyxy, np.asarray(pred_xyxy)[order])  # (M truth, N predictions by confidence)
+    if iou is None:
+        iou = box_iou(true_xyxy, np.asarray(pred_xyxy))
+    iou = np.asarray(iou)[:, order]  # (M truth, N predictions by confidence)
     claimed = np.zeros((iou.shape[0], len(thr)), bool)
     cols = np.arange(len(thr))
     hits = np.zeros((n, len(thr)), bool)
@@ -633,6 +722,7 @@ class Evaluation:
         iou: float,
         conf_floor: float,
         objective: str,
+        iou_type: str = "box",
         truth: Truth,
         validated: pd.DataFrame,
         true_counts: pd.DataFrame,
@@ -648,6 +738,7 @@ class Evaluation:
         self._curves = curves
         self.threshold = threshold
         self.iou = iou
+        self.iou_type = iou_type
         self.conf_floor = conf_floor
         self.objective = objective
         self.truth = truth
@@ -968,7 +1059,7 @@ class Evaluation:
             data,
             coords={"class": np.array(self.classes, object), "threshold": grid, "image": ids.astype(object),
                     "path": ("image", self._validated["path"].astype(str).to_numpy(object))},
-            attrs={"run_id": self.run_id, "iou": self.iou, "truth": self.truth.source,
+            attrs={"run_id": self.run_id, "iou": self.iou, "iou_type": self.iou_type, "truth": self.truth.source,
                    "truth_format": self.truth.format, "threshold": json.dumps(self.threshold),
                    "conf_floor": self.conf_floor},
         )
@@ -998,6 +1089,7 @@ class Evaluation:
             "truth": self.truth.source,
             "truth_format": self.truth.format,
             "iou": self.iou,
+            "iou_type": self.iou_type,
             "objective": self.objective,
             "images_evaluated": len(self._validated),
             "unmatched_images": list(self.unmatched_images),
@@ -1051,6 +1143,7 @@ def evaluate(
     objective: Objective = "mae",
     names: Mapping[int, str] | Sequence[str] | None = None,
     unlabelled: Literal["skip", "empty"] = "skip",
+    iou_type: Literal["auto", "box", "obb"] = "auto",
     store: Any = None,
 ) -> Evaluation:
     """Evaluate a run against ground truth.
@@ -1072,6 +1165,10 @@ def evaluate(
     unlabelled : {"skip", "empty"}
         Images of the run without truth: not evaluated (a validated subset; default), or taken as
         having no objects (Ultralytics' convention for missing label files).
+    iou_type : {"auto", "box", "obb"}
+        How boxes overlap: axis-aligned boxes, or rotated boxes (OBB label corners against an OBB
+        model's corners, intersected exactly). ``"auto"``: rotated for an OBB model with OBB labels.
+        (Ultralytics' OBB ``val()`` uses ProbIoU, a smooth stand-in for the rotated IoU.)
     store : optional
         The store of ``run`` when it is a run id.
 
@@ -1109,6 +1206,7 @@ def evaluate(
         table, run.detections(run.conf_floor), truth, class_names=run.class_names, class_map=run.class_map,
         conf_floor=run.conf_floor, threshold=threshold, iou=iou, objective=objective, names=names,
         unlabelled=unlabelled, root=(meta.get("collection", {}).get("source") or {}).get("root"), run_id=run.run_id,
+        task=meta["model"].get("task"), iou_type=iou_type,
     )
 
 
@@ -1127,6 +1225,8 @@ def evaluate_detections(
     unlabelled: Literal["skip", "empty"] = "skip",
     root: str | None = None,
     run_id: str = "",
+    task: str | None = None,
+    iou_type: Literal["auto", "box", "obb"] = "auto",
 ) -> Evaluation:
     """Evaluate detections given as tables (what :func:`evaluate` does with a run's stored results).
 
@@ -1145,6 +1245,11 @@ def evaluate_detections(
         Model class name -> category; metrics are per category.
     root : str, optional
         Folder the image paths are relative to, for linking truth by relative path.
+    task : str, optional
+        The model's task (``detect``, ``segment``, ``obb``); with ``iou_type="auto"``, OBB models with
+        OBB labels are matched by rotated-box IoU (``detections`` then needs a ``polygon`` column).
+
+    Other parameters are those of :func:`evaluate`.
 
     Examples
     --------
@@ -1161,6 +1266,8 @@ def evaluate_detections(
         raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
     if unlabelled not in ("skip", "empty"):
         raise ValueError(f"unlabelled {unlabelled!r} is not one of ('skip', 'empty')")
+    if iou_type not in ("auto", "box", "obb"):
+        raise ValueError(f"iou_type {iou_type!r} is not one of ('auto', 'box', 'obb')")
     truth = load_truth(truth, names=names)
     class_names = [str(n) for n in class_names]
     if truth.has_boxes and truth.objects["class_name"].isna().any():
@@ -1187,6 +1294,8 @@ def evaluate_detections(
         "x1": detections["x1"].to_numpy(np.float64), "y1": detections["y1"].to_numpy(np.float64),
         "x2": detections["x2"].to_numpy(np.float64), "y2": detections["y2"].to_numpy(np.float64),
     })
+    if "polygon" in detections:
+        dets["polygon"] = detections["polygon"].to_numpy()
     dets = dets[dets["image_id"].isin(set(ok["image_id"])) & dets["class"].notna()].reset_index(drop=True)
 
     # ---- link truth to images
@@ -1255,12 +1364,24 @@ def evaluate_detections(
             for col, s in (("x1", w), ("x2", w), ("y1", h), ("y2", h)):
                 v = obj[col].to_numpy(np.float64)
                 obj[col] = np.where(norm, v * s, v)
-        boxes = obj[["image_id", "class", "x1", "y1", "x2", "y2"]]
+            if "corners" in obj:
+                obj["corners"] = [c * [wi, hi] if c is not None and n else c
+                                  for c, n, wi, hi in zip(obj["corners"], norm, w, h)]
+        boxes = obj[["image_id", "class", "x1", "y1", "x2", "y2"] + (["corners"] if "corners" in obj else [])]
+        has_corners = "corners" in boxes and len(boxes) > 0 and boxes["corners"].notna().all()
+        if iou_type == "obb" and not (has_corners and "polygon" in dets):
+            raise TruthError(f"iou_type='obb' needs OBB labels (4 corners per object) and detections with polygons — "
+                             f"{truth.source!r} has {'them' if has_corners else 'none'}; use iou_type='box'")
+        if iou_type == "auto":
+            iou_type = "obb" if task == "obb" and has_corners and "polygon" in dets else "box"
+    else:
+        iou_type = "box"
 
     curves = _build_curves(classes, validated["image_id"].to_numpy(), true_counts, dets, boxes, iou,
-                           present=present)
+                           present=present, rotated=iou_type == "obb")
     ev = Evaluation(
         run_id=run_id, classes=classes, curves=curves, threshold=_plain_threshold(threshold), iou=float(iou),
+        iou_type=iou_type,
         conf_floor=conf_floor, objective=objective, truth=truth,
         validated=validated[["image_id", "path", "key"]].reset_index(drop=True), true_counts=true_counts,
         detections=dets[["image_id", "class", "confidence"]], survey=ok[["image_id", "path"]],
@@ -1361,6 +1482,7 @@ def _build_curves(
     boxes: pd.DataFrame | None,
     iou: float,
     present: set[str],
+    rotated: bool = False,
 ) -> dict[str, _ClassCurve]:
     index = {v: i for i, v in enumerate(image_ids)}
     d = dets[dets["image_id"].isin(index)]
@@ -1377,15 +1499,19 @@ def _build_curves(
         if boxes is not None and c in present:
             tp_flags = np.zeros((len(dc), len(iou_cols)), bool)
             bc = boxes[boxes["class"] == c]
-            truth_by_img = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) for k, g in bc.groupby("image_id")}
+            truth_by_img = {k: g for k, g in bc.groupby("image_id")}
             pos = np.arange(len(dc))
             for iid, rows in dc.groupby("image_id").indices.items():
                 t = truth_by_img.get(iid)
                 if t is None:
                     continue
                 sub = dc.iloc[rows]
-                tp_flags[pos[rows]] = match_detections(sub[["x1", "y1", "x2", "y2"]].to_numpy(np.float64),
-                                                       sub["confidence"].to_numpy(np.float64), t, iou_cols)
+                t_xyxy = t[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+                p_xyxy = sub[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+                m = polygon_iou(list(t["corners"]), [np.asarray(p.tolist() if hasattr(p, "tolist") else p, float)
+                                                      for p in sub["polygon"]], min_iou=iou_cols.min()) if rotated else None
+                tp_flags[pos[rows]] = match_detections(p_xyxy, sub["confidence"].to_numpy(np.float64), t_xyxy,
+                                                       iou_cols, iou=m)
         order = np.argsort(-conf, kind="stable")
         conf_s = conf[order]
         img_s = dc["image_id"].map(index).to_numpy(np.int64)[order]

@@ -607,3 +607,49 @@ def test_edge_cases_no_detections_and_a_class_without_objects(tmp_path):
     assert empty.at(0.3)["live"]["count_mae"] == 0.5 and empty.metrics["predicted_total"].sum() == 0
     assert empty.to_xarray()["predicted"].sum() == 0
     assert json.dumps(empty.summary(), allow_nan=False)
+
+
+def test_polygon_iou_by_hand():
+    sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    diamond = np.array([[5, -5], [15, 5], [5, 15], [-5, 5]], float)  # area 200, holds the square
+    iou = E.polygon_iou([sq], [sq, sq + [5, 0], diamond, sq + [30, 0]])
+    assert iou[0] == pytest.approx([1.0, 50 / 150, 100 / 200, 0.0], abs=1e-6)
+
+
+def test_rotated_boxes_are_matched_by_rotated_iou_for_obb_models(tmp_path):
+    # a thin mussel lying on the diagonal of a 100x100 image; its enclosing box is the whole image
+    w = h = 100
+    diag = [(0, 10), (10, 0), (100, 90), (90, 100)]
+    labels = write_labels(tmp_path / "obb", {"a": ["0 " + " ".join(f"{x / w} {y / h}" for x, y in diag)]})
+    imgs = images_table(("a", w, h))
+    # prediction 1: the same rotated box; prediction 2: the other diagonal (same enclosing box)
+    other = [(90, 0), (100, 10), (10, 100), (0, 90)]
+    dets = dets_table([("a", "live", 0.9, 0, 0, 100, 100), ("a", "live", 0.8, 0, 0, 100, 100)])
+    dets["polygon"] = [np.array(diag, float), np.array(other, float)]
+    kw = {"class_names": ["live"], "conf_floor": 0.01, "threshold": 0.5}
+    obb = evaluate_detections(imgs, dets, labels, task="obb", **kw)
+    assert obb.iou_type == "obb" and obb.at(0.5)["live"]["tp"] == 1
+    # the wrong diagonal alone is no match when rotated, a perfect one by enclosing boxes
+    wrong = dets.iloc[[1]]
+    assert evaluate_detections(imgs, wrong, labels, task="obb", **kw).at(0.5)["live"]["tp"] == 0
+    boxed = evaluate_detections(imgs, wrong, labels, task="detect", **kw)
+    assert boxed.iou_type == "box" and boxed.at(0.5)["live"]["tp"] == 1
+    with pytest.raises(TruthError, match="OBB labels"):
+        evaluate_detections(imgs, wrong, write_labels(tmp_path / "det", {"a": ["0 0.5 0.5 1 1"]}), iou_type="obb",
+                            **kw)
+
+
+def test_obb_run_against_its_own_rotated_boxes(model_factory, images, tmp_path):
+    run = mt.run(images, model=model_factory("obb"), imgsz=IMGSZ, conf_floor=0.01, threshold=0.2,
+                 store=tmp_path / "store", quiet=True)
+    dets = run.detections(0.2)
+    labels = {}
+    for p in sorted(images.iterdir()):
+        d = dets[dets["path"].str.endswith(p.name)]
+        labels[p.stem] = [f"{int(r.class_id)} " + " ".join(f"{x / 128:.6f} {y / 96:.6f}" for x, y in r.polygon)
+                          for r in d.itertuples()]
+    ev = mt.evaluate(run, write_labels(tmp_path / "labels", labels), threshold=0.2)
+    assert ev.iou_type == "obb" and ev.summary()["iou_type"] == "obb"
+    m = ev.metrics
+    assert (m["fp"] == 0).all() and (m["fn"] == 0).all()
+    assert m["true_total"].sum() == len(dets) > 0
