@@ -128,11 +128,24 @@ class Run:
     def _results(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(per-image table, detections) of this run's images, paths as last scanned."""
         coll = self.store.read_collection(self.run_id)
-        images, dets = self.store.read_results(self.meta["inference_key"])
+        meta = self.meta
+        images, dets = self.store.read_results(meta["inference_key"])
         coll = coll.drop_duplicates("image_id", keep="first")
         table = coll[["image_id", "path"]].merge(
             images.drop(columns=["path"]), on="image_id", how="left"
         )
+        # a completed run had a result for every image: one missing now was in a damaged part that was
+        # quarantined. Say so on the image rather than count it as 0 without a word.
+        qdir = self.store.results_dir(meta["inference_key"]) / "quarantine"
+        if meta.get("status") == "completed" and qdir.is_dir() and any(qdir.iterdir()):
+            lost = table["processed_at"].isna() & table["error"].isna()
+            if lost.any():
+                table.loc[lost, "error"] = (
+                    f"no stored result: it was in a damaged results part, moved to {str(qdir)!r} — run the "
+                    "same run again to process this image again"
+                )
+                log.warning("[run %s] %d images lost their results to damaged parts (quarantined in %s); run "
+                            "again to process them", self.run_id, int(lost.sum()), qdir)
         # files that could not be read at scan time carry their reason in the collection table
         if "error" in coll:
             scan_err = coll.set_index("image_id")["error"]

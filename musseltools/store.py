@@ -66,6 +66,8 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 _TMP_SUFFIX = ".tmp"
+#: Keys every run.json has (written at once when the run is created).
+_RUN_KEYS = ("status", "threshold", "settings", "model", "inference_key", "collection")
 
 
 def default_store_path() -> Path:
@@ -324,6 +326,9 @@ class Store:
             meta = json.loads(path.read_text())
             if not isinstance(meta, dict) or meta.get("run_id") != run_id:
                 raise ValueError("not the metadata of this run")
+            missing = [k for k in _RUN_KEYS if k not in meta]
+            if missing or not isinstance(meta["model"], dict) or "fingerprint" not in meta["model"]:
+                raise ValueError(f"keys missing: {missing or ['model.fingerprint']}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptStoreError(
                 f"run metadata {str(path)!r} is damaged ({exc}) — the results themselves are safe in "
@@ -341,11 +346,13 @@ class Store:
             log.warning("store: damaged run metadata of %s moved to %s (%s)", run_id, dst.name, reason)
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Metadata of every readable run, oldest first."""
+        """Metadata of every readable run, oldest first (damaged ones are left out, with a warning)."""
         runs = []
         for d in sorted((self.root / "runs").glob("*/run.json")) if (self.root / "runs").is_dir() else []:
-            with contextlib.suppress(ValueError, OSError):
-                runs.append(json.loads(d.read_text()))
+            try:
+                runs.append(self.read_run(d.parent.name))
+            except (StoreError, OSError) as exc:
+                log.warning("store: run %s left out of the list: %s", d.parent.name, exc)
         return sorted(runs, key=lambda r: r.get("created_at", ""))
 
     def write_collection(self, run_id: str, table: pd.DataFrame) -> None:
