@@ -441,9 +441,12 @@ def test_evaluate_a_run_with_labels_and_plots(tiny_run, images, tmp_path):
     assert ev.unmatched_images == [] and ev.unmatched_labels == []
     for fig in (E.plot_pr(ev), E.plot_count_error(ev, chosen=0.3), E.plot_pred_vs_true(ev)):
         assert len(fig.axes) >= 1
-        fig.savefig(tmp_path / "fig.png")
         matplotlib.pyplot.close(fig)
-    assert E.plot_count_error(ev).axes[0].get_title() == "live"
+    fig = E.plot_count_error(ev, chosen={"live": 0.3, "dead": 0.5})
+    assert [line.get_xdata()[0] for line in fig.axes[1].lines if line.get_label().startswith("chosen")] == [0.5]
+    fig.savefig(tmp_path / "fig.png", dpi=40)
+    assert fig.axes[0].get_title() == "live"
+    matplotlib.pyplot.close(fig)
 
 
 def test_cli_json(tiny_run, images, tmp_path, capsys):
