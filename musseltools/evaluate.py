@@ -5,7 +5,7 @@ and which confidence threshold makes the totals right. :func:`evaluate` links a 
 (Ultralytics label folders, COCO JSON, or a CSV of counts) to a run's images and computes, per class:
 
 - detection metrics (boxes only): TP/FP/FN by greedy IoU matching, precision, recall, F1, AP50 and
-  AP50-95, computed the way Ultralytics' ``val()`` computes them;
+  AP50-95, computed the way Ultralytics' ``val()`` computes them (rotated-box IoU for OBB models);
 - count metrics: per-image MAE, RMSE and bias, and the relative error of the total;
 - calibration: the threshold that minimises count error, next to the F1-optimal one;
 - survey totals with bootstrap confidence intervals, and ratio-corrected totals.
@@ -15,6 +15,9 @@ detections of each class are sorted by confidence once and every metric is accum
 order, so the value at any threshold (and the exact optimum over all thresholds) is a binary search,
 never a re-filtering of the detections.
 
+This module is callable: ``mt.evaluate(run, truth)`` is :func:`evaluate` (the package attribute
+``musseltools.evaluate`` is this module, so ``mt.evaluate.plot_pr`` works as well).
+
 Examples
 --------
 >>> import musseltools as mt                                                  # doctest: +SKIP
@@ -22,7 +25,7 @@ Examples
 >>> ev = mt.evaluate(run, "data/demo/labels")                                 # doctest: +SKIP
 >>> ev.metrics                                                                # doctest: +SKIP
 >>> ev.calibration                                                            # doctest: +SKIP
->>> run.save_thresholds(ev.best_thresholds())                                 # doctest: +SKIP
+>>> run.save_thresholds(ev.best_thresholds(per="model"))                      # doctest: +SKIP
 """
 
 from __future__ import annotations
