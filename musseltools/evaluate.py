@@ -1370,6 +1370,20 @@ def evaluate_detections(
             if "corners" in obj:
                 obj["corners"] = [c * [wi, hi] if c is not None and n else c
                                   for c, n, wi, hi in zip(obj["corners"], norm, w, h)]
+        if (~norm).any():  # pixel boxes (COCO) of images annotated at another size are scaled to the image
+            sizes = truth.images.set_index("key")[["width", "height"]].astype("float64")
+            tw = obj["key"].map(sizes["width"]).to_numpy(np.float64)
+            th = obj["key"].map(sizes["height"]).to_numpy(np.float64)
+            rw = obj["width"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+            rh = obj["height"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+            sx = np.where(~norm & (tw > 0) & (rw > 0), rw / tw, 1.0)
+            sy = np.where(~norm & (th > 0) & (rh > 0), rh / th, 1.0)
+            sx, sy = np.nan_to_num(sx, nan=1.0), np.nan_to_num(sy, nan=1.0)
+            if np.any(np.abs(sx - 1) > 1e-9) or np.any(np.abs(sy - 1) > 1e-9):
+                log.info("truth %s: boxes of %d images annotated at another size are scaled to the images' size",
+                         truth.source, obj.loc[(sx != 1) | (sy != 1), "key"].nunique())
+                for col, f in (("x1", sx), ("x2", sx), ("y1", sy), ("y2", sy)):
+                    obj[col] = obj[col].to_numpy(np.float64) * f
         boxes = obj[["image_id", "class", "x1", "y1", "x2", "y2"] + (["corners"] if "corners" in obj else [])]
         has_corners = "corners" in boxes and len(boxes) > 0 and boxes["corners"].notna().all()
         if iou_type == "obb" and not (has_corners and "polygon" in dets):

@@ -187,6 +187,14 @@ def test_label_formats_detect_obb_segment_and_coco_agree(tmp_path, box_case):
         pd.testing.assert_frame_equal(got[["tp", "fp", "fn", "ap50"]], ref[["tp", "fp", "fn", "ap50"]],
                                       check_dtype=False, atol=1e-4)
     assert E.load_truth(obb).objects[["x1", "y1", "x2", "y2"]].iloc[0].tolist() == pytest.approx([0, 0, 0.1, 0.125])
+    # COCO annotated on half-size copies of the images: boxes are scaled to the images
+    for im in coco["images"]:
+        im["width"], im["height"] = w / 2, h / 2
+    for a in coco["annotations"]:
+        a["bbox"] = [v / 2 for v in a["bbox"]]
+    (tmp_path / "half.json").write_text(json.dumps(coco))
+    got = evaluate_detections(imgs, dets, tmp_path / "half.json", class_names=["live", "dead"], conf_floor=0.1).metrics
+    pd.testing.assert_frame_equal(got[["tp", "fp", "fn", "ap50"]], ref[["tp", "fp", "fn", "ap50"]], check_dtype=False)
 
 
 # ------------------------------------------------------------------------------- count metrics
