@@ -17,7 +17,7 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,8 +322,15 @@ class RunTask:
 
 
 # ---------------------------------------------------------------------------------------------- metadata
-def update_run_meta(store: Store, run_id: str, /, **changes: Any) -> dict[str, Any]:
-    """Read-modify-write run metadata under the run's metadata lock (no lost updates)."""
+def update_run_meta(
+    store: Store, run_id: str, /, _compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    **changes: Any,
+) -> dict[str, Any]:
+    """Read-modify-write run metadata under the run's metadata lock (no lost updates).
+
+    ``_compute(meta)``, when given, returns more changes computed from the metadata as it is under the
+    lock (e.g. counts at the thresholds in effect, which another process may just have changed).
+    """
     from filelock import FileLock
 
     d = store.run_dir(run_id)
@@ -335,6 +342,8 @@ def update_run_meta(store: Store, run_id: str, /, **changes: Any) -> dict[str, A
             meta = {}
         meta["run_id"] = run_id
         meta.update(changes)
+        if _compute is not None:
+            meta.update(_compute(meta))
         meta["updated_at"] = utcnow().isoformat()
         store.write_run(meta)
     return meta
@@ -590,8 +599,18 @@ class _Job:
                         failed_new += summary.n_failed
                         for c, k in summary.counts.items():
                             counts[c] = counts.get(c, 0) + k
-                        update_run_meta(st, run_id, processed_count=min(processed, total),
-                                        failed_count=done_before["failed"] + failed_new, counts=counts,
+
+                        def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
+                            nonlocal counts
+                            now = meta.get("saved_thresholds") or float(meta["threshold"])
+                            if now != task.thresholds:  # saved by another process meanwhile: count anew
+                                task.thresholds = now
+                                counts = views.totals(run.per_image(now), run.categories)
+                            return {"counts": counts}
+
+                        update_run_meta(st, run_id, recount_if_thresholds_changed,
+                                        processed_count=min(processed, total),
+                                        failed_count=done_before["failed"] + failed_new,
                                         inferred_this_call=task.inferred, batch_size=task.batch_size)
             except (KeyboardInterrupt, RunCancelled) as exc:
                 state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
@@ -624,9 +643,11 @@ class _Job:
         return {"processed": processed, "failed": failed, "counts": views.totals(table, run.categories)}
 
     def _finish(self, run: Run, status: str, task: RunTask, error: str | None = None) -> dict[str, Any]:
-        state = self._state(run)
+        def final_state(meta: dict[str, Any]) -> dict[str, Any]:  # at the thresholds saved right now
+            state = self._state(run)
+            return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"]}
+
         return update_run_meta(
-            self.store, self.run_id, status=status, processed_count=state["processed"],
-            failed_count=state["failed"], counts=state["counts"], error=error, inferred_this_call=task.inferred,
+            self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=task.inferred,
             finished_at=utcnow().isoformat(), batch_size=task.batch_size,
         )

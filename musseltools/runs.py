@@ -115,7 +115,13 @@ class Run:
         from .engine import update_run_meta
 
         t = self._threshold(thresholds)
-        update_run_meta(self.store, self.run_id, saved_thresholds=t if isinstance(t, Mapping) else None,
+
+        def counts_at_new_thresholds(meta: dict[str, Any]) -> dict[str, Any]:
+            # the run's counts always match its thresholds (status shows them), even while it is running
+            return {"counts": views.totals(self.per_image(t), self.categories)}
+
+        update_run_meta(self.store, self.run_id, counts_at_new_thresholds,
+                        saved_thresholds=t if isinstance(t, Mapping) else None,
                         **({} if isinstance(t, Mapping) else {"threshold": t}))
         log.info("[run %s] thresholds saved: %s", self.run_id, t)
 
