@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from . import views
-from .errors import CorruptStoreError
+from .errors import CorruptStoreError, MusselToolsError
 from .store import Store, atomic_write_bytes, temp_path, utcnow
 
 __all__ = ["Run", "open_run", "list_runs"]
@@ -266,11 +266,21 @@ class Run:
         by_image = dict(tuple(dets.groupby("image_id"))) if len(dets) else {}
         written, used = [], set()
         empty = dets.iloc[:0]
+        base = out_dir.resolve()
         for row in table.itertuples(index=False):
             rel = _safe_relative(row.path, root)
-            if rel in used:
-                rel = rel.with_name(f"{rel.stem}-{row.image_id[:8]}.json")
+            n = 0
+            while rel in used:  # two images with one name (a.jpg and a.png): tell them apart by id
+                n += 1
+                rel = rel.with_name(f"{rel.stem}-{row.image_id[: 8 * n]}.json")
             used.add(rel)
+            parent = (out_dir / rel).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            if not parent.resolve().is_relative_to(base):  # e.g. a symlinked subfolder in out_dir
+                raise MusselToolsError(
+                    f"refusing to write {str(out_dir / rel)!r}: it resolves to {str(parent.resolve())!r}, outside "
+                    f"the output folder {str(base)!r} — remove the symbolic link or choose another folder"
+                )
             doc = views.polygon_document(by_image.get(row.image_id, empty), threshold=t, width=row.width,
                                          height=row.height, class_map=self.class_map)
             doc["image"] = row.path
@@ -293,8 +303,20 @@ def _safe_relative(path: str, root: str | None) -> Path:
         with contextlib.suppress(ValueError):
             rel = p.relative_to(root)
     parts = [_UNSAFE.sub("_", s) for s in (rel.parts if rel else (p.name,)) if s not in ("", ".", "..", "/")]
-    parts = [s.replace("/", "_").replace("\\", "_") for s in parts] or ["image"]
-    return Path(*parts).with_suffix(".json")
+    parts = [_short_name(s.replace("/", "_").replace("\\", "_")) for s in parts] or ["image"]
+    return Path(*parts[:-1], _short_name(Path(parts[-1]).stem + ".json", keep=".json"))
+
+
+def _short_name(name: str, keep: str = "") -> str:
+    """``name`` cut to fit a file system's 255-byte limit (with a digest of the whole, so it stays unique)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 255:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[: 255 - len(keep.encode()) - 13].decode("utf-8", "ignore")
+    return f"{head}-{digest}{keep}"
 
 
 def open_run(run_id: str, *, store: Store | str | os.PathLike | None = None) -> Run:

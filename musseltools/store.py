@@ -91,7 +91,10 @@ _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 def temp_path(path: Path, suffix: str = _TMP_SUFFIX) -> Path:
     """A temporary name beside ``path``: ``.<name>.<host tag>.<pid>.<thread><suffix>`` (hidden, never
     matched by ``part-*.parquet``), so that a later sweep can tell whether its writer is dead."""
-    return path.with_name(f".{path.name}.{_HOST_TAG}.{os.getpid()}.{threading.get_ident()}{suffix}")
+    name = path.name
+    if len(name.encode("utf-8", "surrogateescape")) > 160:  # keep within the 255-byte name limit
+        name = name[:40] + "-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return path.with_name(f".{name}.{_HOST_TAG}.{os.getpid()}.{threading.get_ident()}{suffix}")
 
 
 _tmp_path = temp_path
