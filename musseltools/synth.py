@@ -111,6 +111,7 @@ _SMALL_SIZES = [
     (1280, 960),
 ]
 _LARGE_SIZE = (4000, 3000)
+_BIG = 1_300_000  # pixels; larger frames take faster (slightly different) paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +423,7 @@ def _fractal(rng: np.random.Generator, w: int, h: int, octaves: int = 5, scale: 
 
 def _grain(rng: np.random.Generator, w: int, h: int, sigma: float) -> np.ndarray:
     """Per-pixel Gaussian noise; frames above 1 Mpx tile a random 509x503 block (fast)."""
-    if w * h <= 1_300_000:
+    if w * h <= _BIG:
         return rng.standard_normal((h, w), dtype=np.float32) * np.float32(sigma)
     block = rng.standard_normal((503, 509), dtype=np.float32) * np.float32(sigma)
     ry, rx = -(-h // 503), -(-w // 509)
@@ -455,10 +456,16 @@ def _background(rng: np.random.Generator, w: int, h: int, style: str) -> np.ndar
     lum = f * np.float32(var) + _grain(rng, w, h, grain)
     tint = _fractal(rng, w, h, octaves=2, scale=big * 2) - 0.5
     tw = rng.uniform(-25, 25, 3)
-    chans = [
-        np.clip(lum + tint * np.float32(tw[ch]) + np.float32(base[ch]), 0, 255).astype(np.uint8)
-        for ch in range(3)
-    ]
+    if w * h > _BIG:  # large frames: one saturating cv2 pass per channel (rounds instead of truncating)
+        chans = [
+            cv2.add(cv2.scaleAdd(tint, float(tw[ch]), lum), float(base[ch]), dtype=cv2.CV_8U)
+            for ch in range(3)
+        ]
+    else:
+        chans = [
+            np.clip(lum + tint * np.float32(tw[ch]) + np.float32(base[ch]), 0, 255).astype(np.uint8)
+            for ch in range(3)
+        ]
     img = cv2.merge(chans)
 
     scale = 30.0 if style == "quadrat" else max(8.0, short * rng.uniform(0.02, 0.06))
@@ -799,7 +806,7 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, noise_scale: float =
     gain3 = cv2.resize(
         (gain[..., None] * cast[None, None, :]).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
     )
-    out = cv2.multiply(img.astype(np.float32), gain3)
+    out = cv2.multiply(img, gain3, dtype=cv2.CV_32F)
     # blur: none, gaussian, or slight motion blur
     r = rng.random()
     if r < 0.35:
@@ -815,6 +822,8 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, noise_scale: float =
         out = cv2.filter2D(out, -1, kern)
     noise = rng.uniform(1.0, 5.0) * noise_scale
     g = _grain(rng, w, h, noise)
+    if w * h > _BIG:  # large frames: add and saturate to uint8 in one cv2 pass
+        return cv2.add(out, cv2.merge([g, g, g]), dtype=cv2.CV_8U)
     out = cv2.add(out, cv2.merge([g, g, g]))
     return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
