@@ -353,3 +353,19 @@ def test_auto_tiles_only_large_images(tmp_path, tiny_model):
     pd.testing.assert_frame_equal(
         da[da.image_id.isin(small)].reset_index(drop=True), dp[dp.image_id.isin(small)].reset_index(drop=True)
     )
+
+
+def test_cli_tile_flags_are_recorded_on_the_run(capsys, tiny_model, large_images):
+    import json
+
+    from musseltools.cli import main
+
+    code = main(["run", str(large_images), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store", "store",
+                 "--tile", "auto", "--tile-overlap", "0.3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run = mt.open_run(json.loads(out)["run_id"], store="store")
+    assert run.meta["settings"]["tile"] == "auto" and run.meta["settings"]["tile_overlap"] == 0.3
+    assert run.per_image()["width"].tolist() == [300] * 4
+    other = mt.run(large_images, model=tiny_model, tile="auto", tile_overlap=0.2, store="store", **KW)
+    assert other.meta["inference_key"] != run.meta["inference_key"]  # the overlap keys the cached results
