@@ -37,7 +37,17 @@ def _png(rgb: np.ndarray) -> bytes:
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB array
-        raise MusselToolsError("could not encode the preview image as PNG")
+        raise MusselToolsError("could not encode the plot as PNG")
+    return buf.tobytes()
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 88) -> bytes:
+    """Photographs as JPEG: ~10x faster to encode than PNG for a 1024 px survey photo."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover
+        raise MusselToolsError("could not encode the preview image as JPEG")
     return buf.tobytes()
 
 
@@ -125,14 +135,16 @@ class ThresholdTuner(widgets.VBox):
         self.picker = widgets.Dropdown(options=options, value=0 if options else None, description="image",
                                        layout=widgets.Layout(width="26em"))
         self.picker.observe(self._on_change, names="value")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(
+            width="50%", max_width="640px", height="auto", object_fit="contain", align_self="flex-start"))
         self.image_counts_html = widgets.HTML()
         self.image_counts_html.add_class("mt-image-counts")
         self.survey_counts_html = widgets.HTML()
         self.survey_counts_html.add_class("mt-survey-counts")
         self.metrics_html = widgets.HTML()
         self.metrics_html.add_class("mt-metrics")
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(
+            width="50%", max_width="480px", height="auto", object_fit="contain", align_self="flex-start"))
         self.save_button = widgets.Button(description="Save thresholds", icon="save", button_style="primary",
                                           tooltip="record these thresholds on the run (counts, exports, reports)")
         self.save_button.on_click(lambda _b: self.save())
@@ -263,7 +275,7 @@ class ThresholdTuner(widgets.VBox):
         rows = self._dets.iloc[sl][kept[sl]]
         if self.class_map:
             rows = rows.assign(category=rows["class_name"].map(lambda n: self.class_map.get(n, n)))
-        self.image.value = _png(plots.draw_detections(rgb, rows, self._colours, scale=scale))
+        self.image.value = _jpeg(plots.draw_detections(rgb, rows, self._colours, scale=scale))
 
     def _on_change(self, _change: Any = None) -> None:
         self._update()

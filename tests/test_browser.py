@@ -1,0 +1,192 @@
+"""The threshold tuning notebook in a real JupyterLab, driven by headless Chromium (Playwright).
+
+Starts JupyterLab from this virtual environment on 127.0.0.1 with a token, opens a copy of
+``threshold_tuning.ipynb`` whose parameters point at a tiny generated survey, runs all cells, moves a
+slider with the keyboard and checks that the displayed survey counts change. The screenshot is kept
+as ``test-artifacts/threshold_tuner.png``. Fails (does not skip) when Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import IMGSZ, write_images
+
+import musseltools as mt
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ARTIFACT = ROOT / "test-artifacts" / "threshold_tuner.png"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"JupyterLab did not answer at {url} in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _parameterised_copy(root: Path, **params) -> Path:
+    nb = nbformat.read(ROOT / "notebooks" / "threshold_tuning.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    lines = []
+    for line in cell.source.splitlines():
+        name = line.split("=", 1)[0].strip()
+        lines.append(f"{name} = {params[name]!r}" if "=" in line and name in params else line)
+    cell.source = "\n".join(lines)
+    out = root / "threshold_tuning.ipynb"
+    nbformat.write(nb, out)
+    return out
+
+
+def _accept_kernel_dialog(page) -> bool:
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count() and accept.first.is_visible():
+        accept.first.click(force=True)
+        return True
+    return False
+
+
+def _wait_for_idle_kernel(page, timeout: float) -> None:
+    """Wait until the notebook's kernel is connected and idle (accepting a "Select Kernel" dialog)."""
+    deadline = time.monotonic() + timeout
+    idle = page.get_by_text(re.compile(r"\|\s*Idle"))
+    while time.monotonic() < deadline:
+        _accept_kernel_dialog(page)
+        if idle.count():
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the kernel was not idle after {timeout} s")
+
+
+def _wait_for_tuner(page, timeout: float) -> None:
+    """Wait for the tuner's counts; fail early with the traceback when a cell raised."""
+    deadline = time.monotonic() + timeout
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+    while time.monotonic() < deadline:
+        if page.locator(".mt-survey-counts").count():
+            return
+        if errors.count():
+            raise AssertionError(f"a notebook cell failed:\n{errors.first.inner_text()}")
+        page.wait_for_timeout(1000)
+    raise AssertionError(f"the ThresholdTuner did not appear in {timeout} s")
+
+
+def _survey_text(page) -> str:
+    return page.locator(".mt-survey-counts").first.inner_text()
+
+
+def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing — install Debian's chromium (make dev does)"
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "lab"
+    folder = root / "images"
+    write_images(folder, 5, seed=17)
+    store = root / "store"
+    run = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, batch_size=1)
+    _parameterised_copy(root, images=str(folder), model=str(tiny_model), imgsz=IMGSZ, store=str(store),
+                        threshold=0.5)
+
+    ARTIFACT.with_name("threshold_tuner-failure.png").unlink(missing_ok=True)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "MUSSELTOOLS_BATCH_SIZE": "1"}
+    log = tmp_path / "jupyterlab.log"
+    jupyter = Path(sys.executable).with_name("jupyter")
+    with open(log, "wb") as log_file:
+        server = subprocess.Popen(
+            [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+             "--LabApp.news_url=", "--ServerApp.open_browser=False"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(f"{base}/api/status?token={token}", server, log)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page.goto(f"{base}/lab/tree/threshold_tuning.ipynb?token={token}", timeout=120_000)
+                page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+                _wait_for_idle_kernel(page, timeout=180)
+                page.get_by_role("menuitem", name="Run").first.click(force=True)
+                page.get_by_role("menuitem", name="Run All Cells").first.click(force=True)
+
+                _wait_for_tuner(page, timeout=240)
+                page.wait_for_function(
+                    "() => document.querySelector('.mt-survey-counts')?.innerText.includes('live')", timeout=60_000
+                )
+                before = _survey_text(page)
+                assert f"live {run.counts(0.5)['live']}" in before, before
+
+                handle = page.locator(".mt-threshold-tuner .widget-slider .noUi-handle").first
+                handle.scroll_into_view_if_needed()
+                handle.focus()
+                for _ in range(15):
+                    page.keyboard.press("ArrowRight")
+                readout = page.locator(".mt-threshold-tuner .widget-readout").first
+                deadline = time.monotonic() + 30
+                while True:  # the kernel answers each key press; wait until it has caught up with the last
+                    t = float(readout.inner_text())
+                    after = _survey_text(page)
+                    live_after = int(re.search(r"live (\d+)", after).group(1))
+                    if live_after == run.counts({"live": t, "dead": 0.5})["live"] or time.monotonic() > deadline:
+                        break
+                    page.wait_for_timeout(300)
+                assert t > 0.5, t
+                assert after != before
+                assert live_after == run.counts({"live": t, "dead": 0.5})["live"], (after, t)
+                assert live_after < run.counts(0.5)["live"]
+
+                news = page.locator(".jp-Notification-Toast-Close, .Toastify__close-button")  # "Jupyter news" toast
+                for close in news.all():
+                    close.click(force=True)
+                page.locator(".mt-threshold-tuner").first.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACT), full_page=False)
+            except BaseException:
+                ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACT.with_name("threshold_tuner-failure.png")), full_page=True)
+                raise
+            finally:
+                browser.close()
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
