@@ -41,6 +41,8 @@ test: dev
 ## demo: run the demo survey on the bundled collection and detector, then write its report
 demo: setup
 	$(BIN)/musseltools run data/demo/images --model data/models/mussel-demo.pt
+	$(BIN)/musseltools report data/demo/images --model data/models/mussel-demo.pt --out reports/demo
+	@echo "demo report: $(CURDIR)/reports/demo/report.html"
 
 lint: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
