@@ -220,7 +220,8 @@ class Predictor:
     device : str, optional
         ``cpu``, ``cuda:0``...; the fastest available by default.
     threads : int, optional
-        torch CPU threads (all cores by default; Ultralytics leaves one idle).
+        torch CPU threads: all cores but one by default (the decode thread uses that one), or
+        ``$MUSSELTOOLS_TORCH_THREADS``.
     """
 
     def __init__(
@@ -237,7 +238,9 @@ class Predictor:
         yolo.predict(dummy, verbose=False, **self._predict_args())  # builds Ultralytics' predictor once
         self._p = yolo.predictor
         if self.device.startswith("cpu"):
-            threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or os.cpu_count() or 1
+            # one core is left to the decode thread: oversubscribed OpenMP threads stall each other (on 2 cores,
+            # 2 torch threads next to a busy decoder ran 20x slower than 1)
+            threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
             torch.set_num_threads(threads)
         self._inference_mode = torch.inference_mode
 
