@@ -146,9 +146,11 @@ else:
     ev = evaluate(run, truth, threshold=t)
     display(Markdown(f"Labels: `{truth}`"))
     display(ev.metrics.set_index("class"))
-    display(plot_pr(ev))
-    display(plot_count_error(ev, chosen=t))
-    display(plot_pred_vs_true(ev))
+    import matplotlib.pyplot as plt
+
+    for fig in (plot_pr(ev), plot_count_error(ev, chosen=t), plot_pred_vs_true(ev)):
+        display(fig)
+        plt.close(fig)  # shown once: the inline backend would show open pyplot figures again
     if ev.unmatched_images:
         display(Markdown(f"{len(ev.unmatched_images)} images have no labels: {', '.join(map(str, ev.unmatched_images[:20]))}"))
     if ev.unmatched_labels:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import time
@@ -128,7 +129,8 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path, capsys):
     html = mt.report(DEMO_IMAGES, model=DEMO_MODEL, truth=DEMO_LABELS, store=store, out=tmp_path / "demo")
     text = html.read_text()
     assert "Evaluation against labels" in text and "precision" in text
-    assert text.count('src="data:image/png;base64,') >= 7  # 4 survey figures + 3 evaluation figures
+    figures = re.findall(r'<img[^>]+src="data:image/png;base64,', text)
+    assert len(figures) == 7  # 4 survey figures + 3 evaluation figures, each shown once
     run = mt.open_run(mt.list_runs(store=store).run_id.iloc[0], store=store)
     assert run.status == "completed" and run.meta["total_images"] == 40
 
