@@ -132,7 +132,9 @@ class ThresholdTuner(widgets.VBox):
             self.sliders[n] = s
 
         options = [(self._image_label(i), i) for i in range(len(table))]
-        self.picker = widgets.Dropdown(options=options, value=0 if options else None, description="image",
+        ok = np.flatnonzero(table["error"].isna().to_numpy()) if len(table) else np.array([], int)
+        first = int(ok[0]) if len(ok) else (0 if options else None)  # start on an image that has results
+        self.picker = widgets.Dropdown(options=options, value=first, description="image",
                                        layout=widgets.Layout(width="26em"))
         self.picker.observe(self._on_change, names="value")
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(

@@ -173,3 +173,9 @@ def test_tuner_with_truth_shows_metrics_live(survey, tmp_path):
             assert f"<td>{c}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>" in shown
             assert f"<td>{m['count_mae']:.2f}</td>" in shown
     assert ThresholdTuner(survey, truth=ev).metrics == ev.at(survey.thresholds)
+
+
+def test_tuner_starts_on_an_image_with_results(survey):
+    tuner = ThresholdTuner(survey)
+    assert not isinstance(tuner.table.loc[tuner.picker.value, "error"], str)
+    assert bytes(tuner.image.value).startswith(JPEG)
