@@ -5,8 +5,8 @@ overlap and model input size:
 
 - **whole**: the image squeezed into one model input (no tiling), musseltools' ``Predictor``;
 - **musseltools**: ``TiledPredictor`` (tiles batched through the model, seams merged), once per
-  merge method (``edge``, the default, and ``ios``), detections kept down to the 0.01 floor and
-  counted at ``--threshold``;
+  merge method (``edge``, the default; ``ios``; ``nmm``, which also merges within a tile as SAHI
+  does), detections kept down to the 0.01 floor and counted at ``--threshold``;
 - **sahi**: SAHI's ``get_sliced_prediction`` (one forward pass per tile, its default ``batch_size=1``;
   greedy NMM with intersection over the smaller box 0.5, no extra full-image pass), at confidence
   ``--threshold`` as a SAHI user would run it.
@@ -143,12 +143,12 @@ def timed(fns: list[Callable[[Image], Detections]], images: list[Image], repeat:
 
 
 def musseltools_fn(weights: str, imgsz: int, tile: int | None, overlap: float, merge: str, batch: int | None,
-                   threads: int) -> tuple[Callable[[Image], Detections], dict]:
+                   threads: int, iou: float) -> tuple[Callable[[Image], Detections], dict]:
     from musseltools.models import InferenceSettings, Predictor, load_model
     from musseltools.tiling import TiledPredictor
 
     model = load_model(weights)
-    settings = InferenceSettings(imgsz=imgsz, tile=tile, tile_overlap=overlap)
+    settings = InferenceSettings(imgsz=imgsz, tile=tile, tile_overlap=overlap, iou=iou)
     info: dict = {}
     if tile is None:
         p = Predictor(model, settings, threads=threads)
@@ -165,13 +165,14 @@ def musseltools_fn(weights: str, imgsz: int, tile: int | None, overlap: float, m
     return fn, info
 
 
-def sahi_fn(weights: str, imgsz: int, tile: int, overlap: float, threshold: float, device: str,
+def sahi_fn(weights: str, imgsz: int, tile: int, overlap: float, threshold: float, device: str, iou: float,
             batch: int = 1) -> Callable[[Image], Detections]:
     from sahi import AutoDetectionModel
     from sahi.predict import get_sliced_prediction
 
     model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model_path=weights, device=device,
                                                confidence_threshold=threshold, image_size=imgsz)
+    model.model.overrides["iou"] = iou  # the per-slice NMS IoU (SAHI passes only conf and imgsz)
 
     def fn(im: Image) -> Detections:
         rgb = np.ascontiguousarray(im.bgr[:, :, ::-1])
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, help="tile size in pixels (default: the model input size)")
     ap.add_argument("--overlap", type=float, default=0.2)
     ap.add_argument("--threshold", type=float, default=0.5, help="confidence at which mussels are counted")
+    ap.add_argument("--iou", type=float, default=0.7, help="NMS IoU within a tile (whole image), for every method")
     ap.add_argument("--min-side", type=int, default=2000, help="use images whose longest side exceeds this")
     ap.add_argument("--limit", type=int, help="at most this many images")
     ap.add_argument("--batch-size", type=int, help="tiles per forward pass for musseltools (default: measured)")
@@ -227,23 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     n_truth = sum(len(im.boxes) for im in images)
     sizes = sorted({f"{im.bgr.shape[1]}x{im.bgr.shape[0]}" for im in images})
     print(f"{len(images)} images ({', '.join(sizes)}), {n_truth} labelled mussels; model {Path(args.model).name} "
-          f"at imgsz {imgsz}; tiles {tile} px, overlap {args.overlap}; counted at conf >= {args.threshold}; "
+          f"at imgsz {imgsz}, NMS IoU {args.iou}; tiles {tile} px, overlap {args.overlap}; counted at conf >= "
+          f"{args.threshold}; "
           f"{args.threads} torch threads on {device}")
 
     methods: list[tuple[str, Callable[[], tuple[Callable, dict]]]] = [
         ("whole image (no tiles)", lambda: musseltools_fn(args.model, imgsz, None, args.overlap, "edge", None,
-                                                          args.threads)),
+                                                          args.threads, args.iou)),
         ("musseltools tiled, merge=edge", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "edge",
-                                                                 args.batch_size, args.threads)),
+                                                                 args.batch_size, args.threads, args.iou)),
         ("musseltools tiled, merge=ios", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "ios",
-                                                                args.batch_size, args.threads)),
+                                                                args.batch_size, args.threads, args.iou)),
+        ("musseltools tiled, merge=nmm", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "nmm",
+                                                                args.batch_size, args.threads, args.iou)),
     ]
     if not args.no_sahi:
         if args.sahi_batch:
             methods.append((f"sahi, batch_size={args.sahi_batch}", lambda: (
-                sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device, args.sahi_batch), {})))
+                sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device, args.iou,
+                        args.sahi_batch), {})))
         methods.append(("sahi get_sliced_prediction", lambda: (
-            sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device), {})))
+            sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device, args.iou), {})))
     made = [make() for _, make in methods]
     results = timed([fn for fn, _ in made], images, args.repeat, args.threads)
     rows = []

@@ -25,6 +25,9 @@ Merging across seams (default ``"edge"``, see :data:`MERGE_METHODS`)
       (IoS) is at least :data:`MERGE_IOS` (the half that a neighbouring tile saw).
     - ``"ios"``: a pair matches when its IoS is at least :data:`MERGE_IOS` (SAHI's greedy NMM
       criterion, but never between detections of the same tile).
+    - ``"nmm"``: IoS as ``"ios"``, between any two detections, those of one tile included, as
+      SAHI's greedy NMM does: it also merges the partial boxes that the model's own NMS kept within
+      a tile (an NMS matter, which whole-image inference shares: lower ``iou`` there).
 
     When the kept detection is itself cut, its outline is replaced by that of the best uncut
     detection it absorbed (the whole mussel as the neighbouring tile saw it), or by the union of
@@ -86,7 +89,7 @@ log = logging.getLogger(__name__)
 #: ``tile="auto"`` tiles an image when its longest side exceeds this multiple of the model input size.
 AUTO_TILE_FACTOR = 2.0
 #: Ways of merging duplicates across tile seams (see the module docstring).
-MERGE_METHODS = ("edge", "ios")
+MERGE_METHODS = ("edge", "ios", "nmm")
 #: The merge method used by default (chosen on ``benchmarks/tiling.py``).
 DEFAULT_MERGE = "edge"
 #: Two detections of different tiles with at least this IoU are the same object seen twice.
@@ -250,7 +253,7 @@ def merge_tiles(
     cut : array (N,) of bool
         Whether each detection touches an inner edge of its tile.
     tiles : sequence of Tile
-    method : {"edge", "ios"}
+    method : {"edge", "ios", "nmm"}
         The matching rule (see the module docstring).
     iou, ios : float
         Matching thresholds.
@@ -281,7 +284,10 @@ def merge_tiles(
     cut = np.asarray(cut, bool)
     members: list[list[int]] = [[] for _ in range(n)]  # matches of lower rank, per detection
     by_tile = {int(t): np.flatnonzero(tile_index == t) for t in np.unique(tile_index)}
-    for a, b in _overlapping_pairs(tiles):
+    pairs = _overlapping_pairs(tiles)
+    if method == "nmm":  # also within a tile, as SAHI's greedy NMM
+        pairs = [(t, t) for t in range(len(tiles))] + pairs
+    for a, b in pairs:
         ia, ib = by_tile.get(a), by_tile.get(b)
         if ia is None or ib is None:
             continue
@@ -292,13 +298,15 @@ def merge_tiles(
             continue
         m_iou, m_ios = _pair_metrics(det.xyxy[ia], det.xyxy[ib])
         same = det.class_id[ia][:, None] == det.class_id[ib][None, :]
-        if method == "ios":
+        if method in ("ios", "nmm"):
             match = m_ios >= ios
         else:
             either_cut = cut[ia][:, None] | cut[ib][None, :]
             match = (m_iou >= iou) | (either_cut & (m_ios >= ios))
         for i, j in zip(*np.nonzero(match & same)):
             gi, gj = int(ia[i]), int(ib[j])
+            if gi == gj:
+                continue
             if rank[gi] < rank[gj]:
                 members[gi].append(gj)
             else:
@@ -362,7 +370,7 @@ class TiledPredictor:
     device : str, optional
     threads : int, optional
         As for :class:`~musseltools.models.Predictor`, which runs the model here (composition).
-    merge : {"edge", "ios"}
+    merge : {"edge", "ios", "nmm"}
         How duplicates across seams are merged (:data:`DEFAULT_MERGE`).
 
     Attributes

@@ -166,8 +166,8 @@ def test_plain_iou_merging_would_count_seams_twice(blob_predictor):
     tile_index, cut = np.concatenate(tile_index), np.concatenate(cut)
     iou_only = merge_tiles(all_dets, tile_index, cut, tiles, ios=1.01)  # IoS matching switched off
     assert len(iou_only) > len(ON_SEAMS)
-    for method in ("edge", "ios"):
-        assert len(merge_tiles(all_dets, tile_index, cut, tiles, method=method)) == len(ON_SEAMS)
+    for method in ("edge", "ios", "nmm"):
+        assert len(merge_tiles(all_dets, tile_index, cut, tiles, method=method)) == len(ON_SEAMS), method
     assert p.merge == "edge"
 
 
@@ -202,7 +202,18 @@ def test_a_cut_detection_kept_first_takes_the_outline_of_the_whole_one():
     assert len(merge_tiles(d, np.array([0, 0]), np.array([True, False]), tiles)) == 2
 
 
-@pytest.mark.parametrize("method", ["edge", "ios"])
+def test_nmm_also_merges_partial_boxes_within_a_tile_edge_and_ios_do_not():
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    whole, part = [10, 10, 40, 30], [10, 10, 25, 30]  # the model's own partial box, kept by its NMS
+    d = Detections([whole, part], [0.9, 0.6], [0, 0], names=NAMES)
+    for method, n in (("edge", 2), ("ios", 2), ("nmm", 1)):
+        merged = merge_tiles(d, np.array([0, 0]), np.array([False, False]), tiles, method=method)
+        assert len(merged) == n, method
+    with pytest.raises(ValueError, match="edge, ios, nmm"):
+        merge_tiles(d, np.array([0, 0]), np.array([False, False]), tiles, method="nms")
+
+
+@pytest.mark.parametrize("method", ["edge", "ios", "nmm"])
 def test_merging_is_exact_at_every_threshold(method):
     """Merged at the floor then filtered at T == merged from the detections at or above T."""
     rng = np.random.default_rng(5)
