@@ -14,8 +14,8 @@ Tile geometry
     tile is one tile of that side's length.
 
 Merging across seams (default ``"edge"``, see :data:`MERGE_METHODS`)
-    The model's own NMS already resolved duplicates *within* a tile, so only detections of
-    *different, overlapping* tiles are compared, and only those of the same class. Detections are
+    The model's own NMS already resolved duplicates *within* a tile, so (but for ``"nmm"``) only
+    detections of *different, overlapping* tiles are compared, and only those of the same class. Detections are
     visited in decreasing confidence; each one not yet absorbed keeps its place and absorbs the
     lower-confidence detections of other tiles that match it:
 
@@ -34,17 +34,16 @@ Merging across seams (default ``"edge"``, see :data:`MERGE_METHODS`)
     the group when every member is cut (a mussel larger than the overlap). The kept confidence is
     the kept detection's own.
 
-    ``"edge"`` is the default. On the three demo quadrats (4000x3000, 1785 mussels, demo model,
-    320-px tiles, overlap 0.2, counted at 0.5; ``benchmarks/tiling.py``) both rules count alike:
-    recall 0.815 for both, count error -59 (``edge``) and -60 (``ios``), summed absolute error per
-    image and class 211 and 210. Matching by IoU alone counted seam halves twice: precision 0.802
-    instead of 0.843, absolute error 226 (its net +28 is duplicates hiding missed mussels).
-    ``edge`` is kept because it merges only what a seam explains (a cut box, or two boxes with
-    IoU >= 0.5), so two whole mussels that neighbouring tiles both see are never merged merely
-    because one box covers most of the other.
-    Detections of one tile are left as the model's own NMS made them (as in whole-image inference;
-    lower ``iou`` for a stricter NMS): merging those too, as SAHI's greedy NMM does, raised precision
-    there (0.843 to 0.88) but undercounted more (-140).
+    ``"edge"`` is the default, chosen on the three demo quadrats (4000x3000, 1785 labelled mussels,
+    demo model, 320-px tiles, overlap 0.2, NMS IoU 0.7; ``benchmarks/tiling.py`` and the same tile
+    detections merged each way). ``edge`` and ``ios`` count alike (recall 0.922; count error +402
+    and +401 at confidence 0.5). Matching by IoU alone counts seam halves twice (+562 at 0.5,
+    precision 0.700 against 0.752). ``nmm`` comes closer at 0.5 (+265) only because it also
+    removes the model's partial boxes inside a tile, an overcount that whole-image inference
+    shares; at the threshold where each counts best (0.6), ``edge`` is better (summed absolute
+    error per image and class 122 against 135; with NMS IoU 0.5: 130 against 135) and its recall
+    was never lower. So: ``edge`` at the seams, and calibrate the threshold or lower ``iou`` for
+    the model's own duplicates.
 
 Exact threshold views
     Matching uses the original boxes and visits detections by confidence, so whether a detection
