@@ -9,10 +9,13 @@ Run semantics (plan, status, counts) stay in the engine, whatever the executor.
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .errors import RunCancelled
@@ -45,19 +48,34 @@ _END_UNIT = object()
 _DONE = object()
 
 
+def default_decode_workers() -> int:
+    """Decode threads: ``$MUSSELTOOLS_DECODE_WORKERS``, else 2 (4 with 8 or more cores)."""
+    env = os.environ.get("MUSSELTOOLS_DECODE_WORKERS")
+    if env:
+        return max(1, int(env))
+    return 4 if (os.cpu_count() or 1) >= 8 else 2
+
+
 class LocalExecutor:
-    """Process units in this process: a worker thread decodes ahead while the model runs.
+    """Process units in this process: worker threads decode ahead while the model runs.
+
+    Decoding (read, hash check, decode, letterbox) runs in ``workers`` threads, in order, at most
+    ``prefetch`` images ahead of the model, so memory stays flat whatever the collection. Two workers
+    let a large photo decode beside a small one, so the model is not left waiting behind it.
 
     Parameters
     ----------
     prefetch : int
         Decoded images held ahead of the model at most (bounds memory whatever the collection).
+    workers : int, optional
+        Decode threads (see :func:`default_decode_workers`).
     """
 
-    def __init__(self, prefetch: int = 8) -> None:
+    def __init__(self, prefetch: int = 8, workers: int | None = None) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.prefetch = prefetch
+        self.workers = workers or default_decode_workers()
 
     def process(
         self,
@@ -80,16 +98,30 @@ class LocalExecutor:
             return False
 
         def produce() -> None:
+            in_flight: collections.deque = collections.deque()
+            pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="musseltools-decode")
             try:
                 for unit in units:
                     for ref in unit.images:
-                        if stop.is_set() or not put((ref, task.load(ref))):
+                        if stop.is_set():
+                            return
+                        in_flight.append((ref, pool.submit(task.load, ref)))
+                        if len(in_flight) > self.workers:  # keep the workers busy, in order
+                            done_ref, fut = in_flight.popleft()
+                            if not put((done_ref, fut.result())):
+                                return
+                    while in_flight:
+                        done_ref, fut = in_flight.popleft()
+                        if not put((done_ref, fut.result())):
                             return
                     if not put((None, _END_UNIT)):
                         return
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
                 put((None, exc))
             finally:
+                for _, fut in in_flight:
+                    fut.cancel()
+                pool.shutdown(wait=True)
                 put((None, _DONE))
 
         worker = threading.Thread(target=produce, name="musseltools-decode", daemon=True)
@@ -133,7 +165,9 @@ class LocalExecutor:
                     if batch_size is None:
                         batch_size = task.choose_batch_size(item)
                     pending.append((ref, item))
-                    if len(pending) >= batch_size:
+                    # a full batch goes at once; a partial one too when nothing more is decoded yet, so the
+                    # model never idles waiting to fill a batch (results do not depend on the batch)
+                    if len(pending) >= batch_size or q.empty():
                         flush(pending, outcomes)
                         if cancel.is_set():
                             raise RunCancelled("cancelled")
