@@ -77,7 +77,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imgsz", type=_positive_int, metavar="N",
                    help="model input size (default: the size the model was trained at, else 640)")
     p.add_argument("--iou", type=float, default=0.7, metavar="F", help="NMS IoU threshold (0.7)")
-    p.add_argument("--max-det", type=_positive_int, default=3000, metavar="N", help="detection cap per image (3000)")
+    p.add_argument("--max-det", type=_positive_int, default=10000, metavar="N",
+                   help="detection cap per image (10000)")
     p.add_argument("--tile", type=_tile_arg, metavar="SIZE", help="tile size in pixels, or 'auto', for large images")
     p.add_argument("--tile-overlap", type=float, default=0.2, metavar="FRAC", help="tile overlap fraction (0.2)")
     p.add_argument("--class-map", type=_class_map_arg, metavar="MAP", help="NAME=CATEGORY,... grouping classes")

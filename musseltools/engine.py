@@ -439,7 +439,7 @@ def run(
     conf_floor: float = 0.01,
     imgsz: int | None = None,
     iou: float = 0.7,
-    max_det: int = 3000,
+    max_det: int = 10000,
     tile: int | str | None = None,
     tile_overlap: float = 0.2,
     class_map: Mapping[str, str] | None = None,

@@ -80,7 +80,7 @@ class InferenceSettings:
     imgsz: int = 640
     iou: float = 0.7
     conf_floor: float = 0.01
-    max_det: int = 3000
+    max_det: int = 10000
     tile: int | str | None = None
     tile_overlap: float = 0.2
 

@@ -133,7 +133,7 @@ def report(
     n_samples: int = 6,
     conf_floor: float = 0.01,
     iou: float = 0.7,
-    max_det: int = 3000,
+    max_det: int = 10000,
     batch_size: int | None = None,
     commit_every: int | None = None,
     name: str | None = None,
