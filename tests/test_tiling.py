@@ -202,6 +202,21 @@ def test_a_cut_detection_kept_first_takes_the_outline_of_the_whole_one():
     assert len(merge_tiles(d, np.array([0, 0]), np.array([True, False]), tiles)) == 2
 
 
+@pytest.mark.parametrize("task", ["segment", "obb"])
+def test_a_mussel_cut_in_every_tile_gets_one_joined_outline(task):
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    left = np.array([[60, 10], [100, 12], [100, 28], [60, 30]], np.float32)  # cut at x=100 (tile 0)
+    right = np.array([[80, 11], [118, 14], [118, 26], [80, 29]], np.float32)  # cut at x=80 (tile 1)
+    d = Detections([[60, 10, 100, 30], [80, 11, 118, 29]], [0.7, 0.8], [0, 0], [left, right], NAMES)
+    merged = merge_tiles(d, np.array([0, 1]), np.array([True, True]), tiles, task=task)
+    assert len(merged) == 1
+    np.testing.assert_allclose(merged.xyxy[0], [60, 10, 118, 30])
+    outline = merged.polygons[0]
+    if task == "obb":
+        assert outline.shape == (4, 2)
+    assert outline[:, 0].min() == pytest.approx(60, abs=0.5) and outline[:, 0].max() == pytest.approx(118, abs=0.5)
+
+
 def test_nmm_also_merges_partial_boxes_within_a_tile_edge_and_ios_do_not():
     tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
     whole, part = [10, 10, 40, 30], [10, 10, 25, 30]  # the model's own partial box, kept by its NMS
