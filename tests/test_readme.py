@@ -26,15 +26,17 @@ def test_python_example_runs_on_the_demo(tmp_path, monkeypatch):
     for sub in ("demo", "models"):
         (tmp_path / "data" / sub).symlink_to(ROOT / "data" / sub)
     monkeypatch.delenv("MUSSELTOOLS_BATCH_SIZE")
-    code = blocks("python")[0]
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    for code in blocks("python"):  # every Python example, in order, as a reader would run them
+        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own examples
     run = scope["run"]
     assert isinstance(run, mt.Run) and run.status == "completed"
     assert run.totals["live"] > 0 and run.totals["dead"] > 0
     assert isinstance(scope["table"], pd.DataFrame) and len(scope["table"]) == 40
     assert isinstance(scope["cube"], xr.Dataset)
     assert len(list((tmp_path / "exports" / "demo").rglob("*.json"))) == 40
+    ev = scope["ev"]
+    assert set(ev.metrics["class"]) == {"live", "dead"} and ev.metrics["recall"].gt(0.5).all()
 
 
 def test_cli_synopsis_matches_the_parser():
