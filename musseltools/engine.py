@@ -243,6 +243,11 @@ class RunTask:
         self.inferred += len(batch)
         return dets
 
+    def images_per_call(self, batch_size: int) -> int:
+        """Images handed to the predictor at once: the batch size, but at most 2 when tiling (the tiled
+        predictor batches *tiles*; holding a batch of 8000x6000 photos would cost gigabytes)."""
+        return batch_size if self.settings.tile is None else min(batch_size, 2)
+
     def choose_batch_size(self, sample: Prepared) -> int:
         """The model batch size: measured once per device, model and input shape, then remembered."""
         if self.batch_size:

@@ -144,6 +144,7 @@ class LocalExecutor:
             pending.clear()
 
         batch_size = getattr(task, "batch_size", None)
+        per_call = getattr(task, "images_per_call", lambda b: b)(batch_size) if batch_size else 1
         try:
             for unit in units:
                 outcomes: list[tuple[Any, Any, str | None]] = []
@@ -164,10 +165,11 @@ class LocalExecutor:
                         continue
                     if batch_size is None:
                         batch_size = task.choose_batch_size(item)
+                        per_call = getattr(task, "images_per_call", lambda b: b)(batch_size)
                     pending.append((ref, item))
                     # a full batch goes at once; a partial one too when nothing more is decoded yet, so the
                     # model never idles waiting to fill a batch (results do not depend on the batch)
-                    if len(pending) >= batch_size or q.empty():
+                    if len(pending) >= per_call or q.empty():
                         flush(pending, outcomes)
                         if cancel.is_set():
                             raise RunCancelled("cancelled")
