@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".
 
 ImagesLike = Union[str, os.PathLike, Iterable[str | os.PathLike], "Collection"]
 
-_COLUMNS = ["image_id", "path", "size", "mtime_ns", "width", "height", "error", "fspath"]
+_COLUMNS = ["image_id", "path", "size", "mtime_ns", "ctime_ns", "width", "height", "error", "fspath"]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -128,7 +128,7 @@ def scan(
     name : str, optional
         Name of the collection; defaults to the folder's name.
     cache : mapping, optional
-        ``(path, size, mtime_ns) -> (image_id, width, height)`` from an earlier scan, so unchanged
+        ``(path, size, mtime_ns, ctime_ns) -> (image_id, width, height)`` from an earlier scan, so unchanged
         files are not hashed again.
 
     Examples
@@ -176,14 +176,16 @@ def scan(
     for p in paths:
         rows.append(_scan_one(p, cache))
     table = pd.DataFrame(rows, columns=_COLUMNS)
-    table = table.astype({"size": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"})
+    table = table.astype({"size": "Int64", "mtime_ns": "Int64", "ctime_ns": "Int64", "width": "Int64",
+                          "height": "Int64"})
     log.debug("scanned %d files in %s", len(table), name)
     return Collection(name=str(name), source=source, table=table)
 
 
 def _scan_one(path: str, cache: Mapping) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "path": display_path(path), "fspath": os.fsencode(path), "size": None, "mtime_ns": None, "width": None, "height": None,
+        "path": display_path(path), "fspath": os.fsencode(path), "size": None, "mtime_ns": None, "ctime_ns": None,
+        "width": None, "height": None,
         "error": None,
     }
     try:
@@ -194,8 +196,8 @@ def _scan_one(path: str, cache: Mapping) -> dict[str, Any]:
             row["image_id"] = _path_id(path)
             row["error"] = f"{display_path(path)} is not a regular file (a FIFO, socket or device) — expected an image file"
             return row
-        row["size"], row["mtime_ns"] = st.st_size, st.st_mtime_ns
-        hit = cache.get((display_path(path), st.st_size, st.st_mtime_ns))
+        row["size"], row["mtime_ns"], row["ctime_ns"] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        hit = cache.get((display_path(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         if hit is not None:
             row["image_id"], row["width"], row["height"] = hit
         else:

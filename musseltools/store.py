@@ -288,7 +288,11 @@ class Store:
                     raise CorruptStoreError("detections do not add up to the images' n_detections")
             except FileNotFoundError:
                 continue  # quarantined or replaced meanwhile by another reader
-            except Exception as exc:  # noqa: BLE001 - any unreadable part is quarantined
+            except PermissionError as exc:  # the part may be fine: a reader without rights must not move it
+                raise StoreError(
+                    f"cannot read results part {str(p)!r}: {exc.strerror or exc} — check the store's permissions"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - any other unreadable part is damaged: quarantined
                 self._quarantine(key, p.name, f"{type(exc).__name__}: {exc}")
                 continue
             img_tables.append(it.append_column("_part", pa.array([i] * len(it), pa.int32())))
@@ -408,29 +412,37 @@ class Store:
         return None
 
     # ------------------------------------------------------------------ caches
-    def scan_cache(self) -> dict[tuple[str, int, int], tuple[str, int | None, int | None]]:
-        """``(path, size, mtime_ns) -> (image_id, width, height)`` from earlier scans."""
+    def scan_cache(self) -> dict[tuple[str, int, int, int], tuple[str, int | None, int | None]]:
+        """``(path, size, mtime_ns, ctime_ns) -> (image_id, width, height)`` from earlier scans.
+
+        The change time is part of the key because a rewrite can keep size and modification time
+        (``touch -d``); the inode change time cannot be set back by users."""
         path = self.root / "cache" / "scan.parquet"
         try:
             t = pd.read_parquet(path)
         except Exception:  # noqa: BLE001 - a lost cache only costs hashing time
             return {}
+        if "ctime_ns" not in t:  # written by an older version: hash again
+            return {}
         w = t["width"].astype("Int64")
         h = t["height"].astype("Int64")
         return {
-            (p, int(s), int(m)): (i, None if pd.isna(wi) else int(wi), None if pd.isna(hi) else int(hi))
-            for p, s, m, i, wi, hi in zip(t["path"], t["size"], t["mtime_ns"], t["image_id"], w, h)
+            (p, int(s), int(m), int(c)): (i, None if pd.isna(wi) else int(wi), None if pd.isna(hi) else int(hi))
+            for p, s, m, c, i, wi, hi in zip(t["path"], t["size"], t["mtime_ns"], t["ctime_ns"], t["image_id"], w, h)
         }
 
     def update_scan_cache(self, table: pd.DataFrame) -> None:
-        ok = table[table["error"].isna()][["path", "size", "mtime_ns", "image_id", "width", "height"]]
+        ok = table[table["error"].isna()][["path", "size", "mtime_ns", "ctime_ns", "image_id", "width", "height"]]
         path = self.root / "cache" / "scan.parquet"
         try:
             old = pd.read_parquet(path)
+            if "ctime_ns" not in old:
+                raise ValueError("scan cache of an older version")
             merged = pd.concat([old[~old["path"].isin(ok["path"])], ok], ignore_index=True)
         except Exception:  # noqa: BLE001
             merged = ok
-        merged = merged.astype({"size": "int64", "mtime_ns": "int64", "width": "Int64", "height": "Int64"})
+        merged = merged.astype({"size": "int64", "mtime_ns": "int64", "ctime_ns": "int64", "width": "Int64",
+                                "height": "Int64"})
         _atomic_write_table(path, pa.Table.from_pandas(merged, preserve_index=False))
 
     def read_json_cache(self, name: str) -> dict[str, Any]:

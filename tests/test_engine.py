@@ -319,3 +319,19 @@ def test_saved_thresholds_apply_to_counts(images, tiny_model):
     r.save_thresholds({"live": 0.3, "dead": 0.8})
     assert r.thresholds == {"live": 0.3, "dead": 0.8}
     assert r.totals == {"live": r.counts(0.3)["live"], "dead": r.counts(0.8)["dead"]}
+
+
+def test_rewrite_keeping_size_and_mtime_is_still_a_new_image(images, tiny_model):
+    import os
+
+    before = set(mt.run(images, model=tiny_model, **KW).per_image()["image_id"])
+    target = images / "img0004.jpg"
+    st = os.stat(target)
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes, then the old modification time forced back
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = mt.run(images, model=tiny_model, **KW)
+    assert again.meta["inferred_this_call"] == 1
+    assert again.per_image()["error"].isna().all()
+    assert len(set(again.per_image()["image_id"]) - before) == 1
