@@ -13,6 +13,7 @@ a last line ``ratio_vs_ultralytics=X.XX``.
 
     python benchmarks/throughput.py                      # demo images and demo model
     python benchmarks/throughput.py IMAGES --model W.pt --imgsz 640 --repeat 3
+    python benchmarks/throughput.py --synth 200          # 200 generated survey frames (seed 7)
 """
 
 from __future__ import annotations
@@ -78,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "data" / "models" / "mussel-demo.pt"))
     ap.add_argument("--imgsz", type=int, help="model input size (default: the model's training size)")
     ap.add_argument("--repeat", type=int, default=2, help="passes per contender; the best is kept")
+    ap.add_argument("--synth", type=int, metavar="N", help="use N synthetic survey frames instead of IMAGES")
     args = ap.parse_args(argv)
     folder = Path(args.images)
+    if args.synth:
+        from musseltools import synth
+
+        folder = Path(tempfile.mkdtemp(prefix="mt-bench-")) / "survey"
+        synth.generate(folder, n=args.synth, seed=7)
+        folder = folder / "images"
     n = len(_images(folder))
     if not n:
         print(f"no images in {folder}", file=sys.stderr)

@@ -569,13 +569,19 @@ class _Job:
             images, _ = st.read_results(self.key)
             ok = set(images.loc[images["error"].isna(), "image_id"])
             todo_table = self.collection.images[~self.collection.images["image_id"].isin(ok)]
+            # in content-hash order: deterministic, and large photos spread among small ones, so the decode
+            # thread stays ahead of the model instead of stalling it behind a run of large files
+            todo_table = todo_table.sort_values("image_id", kind="stable")
             refs = [
                 ImageRef(r.image_id, r.path, r.fspath, r.error if isinstance(r.error, str) else None)
                 for r in todo_table.itertuples(index=False)
             ]
             units = make_units(refs, self.key, self.commit_every)
             total = len(self.collection)
-            done_before = self._state(run)
+            if images.empty and self.collection.table["error"].isna().all():  # nothing done yet: no need to count
+                done_before = {"processed": 0, "failed": 0, "counts": {c: 0 for c in run.categories}}
+            else:
+                done_before = self._state(run)
             update_run_meta(
                 st, run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
                 finished_at=None, error=None, inferred_this_call=0, commit_every=self.commit_every,
