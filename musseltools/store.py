@@ -66,6 +66,9 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 _TMP_SUFFIX = ".tmp"
+#: Integer columns read as nullable integers, so that their dtype does not depend on whether some
+#: rows (images that failed) are null.
+_NULLABLE_INTS = {pa.int32(): pd.Int32Dtype()}
 #: Keys every run.json has (written at once when the run is created).
 _RUN_KEYS = ("status", "threshold", "settings", "model", "inference_key", "collection")
 
@@ -230,6 +233,14 @@ class Store:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                     n += 1
+        # a detections part whose images part never came is no commit (never read); its unit is redone
+        # and may be cut differently, so the orphan is removed rather than left to be overwritten
+        images_dir = self.results_dir(key) / "images"
+        for orphan in (self.results_dir(key) / "detections").glob("part-*.parquet"):
+            if not (images_dir / orphan.name).exists():
+                with contextlib.suppress(OSError):
+                    orphan.unlink()
+                    n += 1
         folders = [self.results_dir(key), self.root / "cache"] + ([self.run_dir(run_id)] if run_id else [])
         return n + sum(remove_dead_temporaries(f) for f in folders)
 
@@ -298,10 +309,11 @@ class Store:
             img_tables.append(it.append_column("_part", pa.array([i] * len(it), pa.int32())))
             det_tables.append(dt.append_column("_part", pa.array([i] * len(dt), pa.int32())))
         if img_tables:
-            images = pa.concat_tables(img_tables).to_pandas()
+            images = pa.concat_tables(img_tables).to_pandas(types_mapper=_NULLABLE_INTS.get)
             dets = pa.concat_tables(det_tables).to_pandas()
         else:
-            images = IMAGES_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
+            images = IMAGES_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas(
+                types_mapper=_NULLABLE_INTS.get)
             dets = DETECTIONS_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
         if len(images):
             images["_ok"] = images["error"].isna()

@@ -169,7 +169,7 @@ def test_kill_at_each_failpoint_then_resume(survey, tiny_model, zygote, baseline
     key = base_run.meta["inference_key"]
     store = tmp_path / "store"
     results = store / "results" / key
-    before, orphans = 0, 0  # committed parts so far; detections parts whose images part never came
+    before = 0  # committed parts so far
     for point in FAILPOINT_CHAIN:
         status = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path, env={"MUSSELTOOLS_FAILPOINTS": point})
         assert status["signal"] == signal.SIGKILL, f"failpoint {point} was not reached: {status}"
@@ -178,15 +178,16 @@ def test_kill_at_each_failpoint_then_resume(survey, tiny_model, zygote, baseline
         leftovers = [p.relative_to(store).parts[-2] for p in _temporaries(store)]
         parts = len(list((results / "images").glob("part-*.parquet")))
         new = parts - before
+        orphans = 0  # detections parts whose images part never came (the next run removes them)
         if name == "meta-written" and parts == 0:  # killed while creating the run: no run.json yet
             assert n == 0 and not (store / "runs" / base_run.run_id / "run.json").exists()
             assert leftovers == [base_run.run_id]
         elif name == "part-written":  # one unit committed, the next one's images part still temporary
             assert new == 1 and leftovers == ["images"]
-            orphans += 1
+            orphans = 1
         elif name == "detections-committed":  # detections part renamed, images part not yet written
             assert new == 1
-            orphans += 1
+            orphans = 1
         elif name == "part-committed":  # parts renamed, run.json not yet updated: counts come from the parts
             assert new == 2
             assert mt.open_run(base_run.run_id, store=store).meta["processed_count"] < n
