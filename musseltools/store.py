@@ -32,9 +32,9 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -140,32 +140,29 @@ def remove_dead_temporaries(folder: str | os.PathLike) -> int:
     return n
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, failpoint_name: str | None = None) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the folder."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], failpoint_name: str | None) -> None:
+    """Temporary file beside ``path``, ``write`` into it, fsync, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
-        f.write(data)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     if failpoint_name:
         failpoint(failpoint_name)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, failpoint_name: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the folder."""
+    _atomic_write(path, lambda f: f.write(data), failpoint_name)
 
 
 def _atomic_write_table(path: Path, table: pa.Table, *, failpoint_name: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    if failpoint_name:
-        failpoint(failpoint_name)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Write a Parquet file atomically (zstd-compressed)."""
+    _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"), failpoint_name)
 
 
 def utcnow() -> _dt.datetime:
