@@ -1,7 +1,7 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
-Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth`` (and the commands that
-other modules register: ``report``, ``evaluate``). Errors print one line and exit non-zero.
+Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``evaluate`` (and the
+commands that other modules register: ``report``). Errors print one line and exit non-zero.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ __all__ = ["main", "build_parser"]
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def _threshold_arg(text: str) -> float:
+def _threshold_arg(text: str) -> float | dict[str, float]:
+    """``0.5``, or one per class or category: ``live=0.45,dead=0.6`` (validated against the run later)."""
+    from .errors import ThresholdError
+    from .thresholds import Thresholds
+
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold {text!r} is not a number") from None
+        t = Thresholds.parse(text)
+    except ThresholdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return t.default if t.default is not None else dict(t.per_class)
 
 
 def _positive_int(text: str) -> int:
@@ -152,7 +157,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             done = m.get("processed_count", 0)
             total = m.get("total_images", 0) or 0
             print(f"run {m['run_id']}  {m['status']}  {done}/{total} images, {m.get('failed_count', 0)} failed")
-            print(f"  counts at {m['threshold']}: {m.get('counts')}")
+            print(f"  counts at {r.rule().label(r.class_names)}: {m.get('counts')}")
             if m.get("error"):
                 print(f"  error: {m['error']}")
         return EXIT_OK
@@ -172,11 +177,11 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     from .runs import Run
 
     r = Run(args.store, args.run_id)
-    t = r._threshold(args.threshold)
+    t = r.rule(args.threshold)
     table = r.per_image(t)
     cats = r.categories
     out = {
-        "run_id": r.run_id, "threshold": t, "counts": {c: int(table[c].sum()) for c in cats},
+        "run_id": r.run_id, "threshold": t.to_json(r.class_names), "counts": {c: int(table[c].sum()) for c in cats},
         "images": [
             {"image_id": row["image_id"], "path": row["path"], "counts": {c: int(row[c]) for c in cats},
              "error": row["error"] if isinstance(row["error"], str) else None}
@@ -186,7 +191,7 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
     else:
-        print(f"run {r.run_id} at threshold {t}: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
+        print(f"run {r.run_id} at threshold {t.label(r.class_names)}: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
         print(table[["path", *cats, "error"]].to_string(index=False))
     return EXIT_OK
 
@@ -214,6 +219,65 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------------ evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .evaluation import evaluate
+    from .evaluation.linking import preview
+    from .runs import Run
+
+    run = Run(args.store, args.run_id)
+    ev = evaluate(run, args.truth, iou=args.iou, threshold=args.threshold, objective=args.objective)
+    if args.json:
+        print(json.dumps(ev.summary(), indent=2, allow_nan=False))
+        return EXIT_OK
+    m = ev.metrics.set_index("class")
+    cal = ev.calibration.set_index("class")
+    table = pd.DataFrame({
+        "threshold": m["threshold"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+        "ap50": m["ap50"], "ap50_95": m["ap50_95"], "count_mae": m["count_mae"], "count_bias": m["count_bias"],
+        "best_t_count": cal["best_threshold_count"], "best_t_f1": cal["best_threshold_f1"],
+    })
+    print(f"run {ev.run_id} against {ev.truth.format} truth {ev.truth.source}: {ev.images_evaluated} images, "
+          f"IoU {ev.iou:g}")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    tot = ev.totals.set_index("class")
+    print("\nsurvey totals (95% bootstrap intervals over images; corrected: ratio estimator on the validated images)")
+    print(pd.DataFrame({
+        "predicted": tot["predicted_total"], "ci_low": tot["ci_low"], "ci_high": tot["ci_high"],
+        "corrected": tot["corrected_total"], "corr_ci_low": tot["corrected_ci_low"],
+        "corr_ci_high": tot["corrected_ci_high"],
+    }).to_string(float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"))
+    if ev.unmatched_labels:
+        print(f"{len(ev.unmatched_labels)} truth entries match no image: {preview(ev.unmatched_labels)}")
+    if ev.unmatched_images:
+        print(f"{len(ev.unmatched_images)} images have no truth (not evaluated)")
+    if ev.failed_images:
+        print(f"{len(ev.failed_images)} images have no result (not evaluated)")
+    return EXIT_OK
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``musseltools evaluate RUN_ID TRUTH [--store DIR] [--threshold T] [--json]``."""
+    from .evaluation.calibration import OBJECTIVES
+
+    p = sub.add_parser(
+        "evaluate", help="metrics of a run against hand counts or labels, and calibrated thresholds",
+        description="Compare a run with ground truth (Ultralytics label folder, COCO JSON, or a CSV of counts "
+                    "per image and class): precision, recall, F1, AP, count error, and thresholds that "
+                    "minimise count error. No inference.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("truth", metavar="TRUTH", help="label folder, COCO .json or counts .csv")
+    _store_arg(p)
+    p.add_argument("--threshold", type=float, metavar="T", help="confidence threshold (default: the run's)")
+    p.add_argument("--iou", type=float, default=0.5, metavar="F", help="IoU of a match (0.5)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="mae", help="what calibration minimises (mae)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+
 # ------------------------------------------------------------------------------------------------ parser
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -235,7 +299,8 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("counts", help="counts at a threshold, without inference")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--threshold", type=_threshold_arg, metavar="T",
-                   help="confidence threshold (default: the run's saved thresholds)")
+                   help="confidence threshold, or one per class: live=0.45,dead=0.6 (default: the run's saved "
+                   "thresholds; a class left out keeps the run's threshold)")
     _store_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_counts)
@@ -243,7 +308,8 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-polygons", help="one polygon JSON per image (the older per-image format)")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--threshold", type=_threshold_arg, metavar="T")
+    p.add_argument("--threshold", type=_threshold_arg, metavar="T",
+                   help="confidence threshold, or one per class: live=0.45,dead=0.6 (default: the run's saved thresholds)")
     _store_arg(p)
     p.set_defaults(func=_cmd_export)
 
@@ -259,13 +325,14 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
 
 def _registrars() -> list[Registrar]:
     regs: list[Registrar] = [_register_core]
-    for mod in ("report", "evaluate"):
+    for mod in ("report",):
         try:
             module = __import__(f"musseltools.{mod}", fromlist=["register_cli"])
         except ImportError:
             continue
         if hasattr(module, "register_cli"):
             regs.append(module.register_cli)
+    regs.append(_register_evaluate)
     return regs
 
 

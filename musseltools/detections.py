@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .thresholds import ThresholdLike, Thresholds
+
 __all__ = ["Detections", "DETECTIONS_SCHEMA"]
 
 #: Arrow schema of the stored detections table (one row per detection).
@@ -168,16 +170,16 @@ class Detections:
             self.image_size,
         )
 
-    def above(self, threshold: float | Mapping[str, float]) -> Detections:
-        """Detections with confidence >= threshold (one value, or one per class name)."""
-        return self[self.confidence >= self.thresholds_per_row(threshold)]
+    def above(self, threshold: ThresholdLike) -> Detections:
+        """The detections that count at a threshold (one value, or one per class name; the rule of
+        :mod:`musseltools.thresholds`)."""
+        t = Thresholds.parse(threshold, classes=list(self.names.values()) or None)
+        return self[t.keep(self.confidence, self.class_names)]
 
-    def thresholds_per_row(self, threshold: float | Mapping[str, float]) -> np.ndarray:
-        """The threshold that applies to each detection."""
-        if isinstance(threshold, Mapping):
-            per_id = {i: float(threshold.get(name, np.inf)) for i, name in self.names.items()}
-            return np.array([per_id.get(int(c), np.inf) for c in self.class_id], dtype=np.float32)
-        return np.full(len(self), threshold, dtype=np.float32)
+    @property
+    def class_names(self) -> list[str]:
+        """The class name of each detection."""
+        return [self.names.get(int(c), str(int(c))) for c in self.class_id]
 
     def shifted(self, dx: float, dy: float) -> Detections:
         """The same detections moved by (dx, dy): maps a tile's detections into its image."""
@@ -187,7 +189,7 @@ class Detections:
             self.image_size,
         )
 
-    def counts(self, threshold: float | Mapping[str, float] = 0.0) -> dict[str, int]:
+    def counts(self, threshold: ThresholdLike = 0.0) -> dict[str, int]:
         """Number of detections per class name at a threshold (every class of the model listed)."""
         kept = self.above(threshold)
         ids, n = np.unique(kept.class_id, return_counts=True)
@@ -199,7 +201,7 @@ class Detections:
     def to_arrow(self, image_id: str, path: str) -> pa.Table:
         """The detections as rows of the stored detections table."""
         n = len(self)
-        names = [self.names.get(int(c), str(int(c))) for c in self.class_id]
+        names = self.class_names
         polys = pa.array([p.tolist() for p in self.polygons], type=DETECTIONS_SCHEMA.field("polygon").type)
         return pa.table(
             {

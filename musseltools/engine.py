@@ -40,6 +40,7 @@ from .executors import LocalExecutor
 from .models import InferenceSettings, LoadedModel, Prepared, load_model, make_predictor
 from .runs import Run
 from .store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
+from .thresholds import ClassMap, Thresholds
 
 __all__ = ["run", "RunHandle", "decode_image", "update_run_meta", "DEFAULT_COMMIT_EVERY", "MAX_PIXELS"]
 
@@ -183,7 +184,7 @@ class RunTask:
         model: LoadedModel,
         settings: InferenceSettings,
         inference_key: str,
-        thresholds: views.Threshold,
+        thresholds: Thresholds,
         device: str | None = None,
         batch_size: int | None = None,
     ) -> None:
@@ -281,7 +282,7 @@ class RunTask:
         det_tables = []
         counts: dict[str, int] = {}
         n_failed = 0
-        cmap = self.model.info.class_map or {}
+        classes = ClassMap(self.model.info.names.values(), self.model.info.class_map)
         for ref in unit.images:
             _, det, err = by_id[ref.image_id]
             h = w = None
@@ -289,7 +290,7 @@ class RunTask:
                 w, h = det.image_size or (None, None)
                 det_tables.append(det.to_arrow(ref.image_id, ref.path))
                 for name, k in det.counts(self.thresholds).items():
-                    cat = cmap.get(name, name)
+                    cat = classes.category(name)
                     counts[cat] = counts.get(cat, 0) + k
             else:
                 n_failed += 1
@@ -482,9 +483,10 @@ def run(
     settings = InferenceSettings(imgsz=imgsz or loaded.train_imgsz, iou=iou, conf_floor=conf_floor, max_det=max_det,
                                  tile=tile, tile_overlap=tile_overlap)
     names = list(loaded.info.names.values())
-    t = views.check_threshold(threshold, conf_floor, names)
-    if isinstance(t, Mapping):
+    rule = Thresholds.parse(threshold, floor=conf_floor, classes=names)
+    if rule.default is None or rule.per_class:
         raise MusselToolsError("run() takes one threshold; save per-class thresholds with Run.save_thresholds()")
+    t = rule.default
     batch_size = batch_size or _env_int("MUSSELTOOLS_BATCH_SIZE")
     commit_every = commit_every or _env_int("MUSSELTOOLS_COMMIT_EVERY") or DEFAULT_COMMIT_EVERY
     if batch_size is not None and batch_size < 1 or commit_every < 1:
@@ -565,7 +567,7 @@ class _Job:
             st.write_settings(self.key, {"model": self.model.info.to_dict(), "settings": self.settings.to_dict(),
                                          "inference_key": self.key})
             run = Run(st, run_id)
-            thresholds = run.thresholds
+            thresholds = run.rule()
             images, _ = st.read_results(self.key)
             ok = set(images.loc[images["error"].isna(), "image_id"])
             todo_table = self.collection.images[~self.collection.images["image_id"].isin(ok)]
@@ -613,7 +615,7 @@ class _Job:
 
                         def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
                             nonlocal counts
-                            now = meta.get("saved_thresholds") or float(meta["threshold"])
+                            now = run.rule()
                             if now != task.thresholds:  # saved by another process meanwhile: count anew
                                 task.thresholds = now
                                 counts = views.totals(run.per_image(now), run.categories)

@@ -18,9 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .thresholds import TOLERANCE, ClassMap, Thresholds
+
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from matplotlib.figure import Figure
+
+    from .evaluation import Evaluation
+    from .thresholds import ThresholdLike
 
 __all__ = [
     "class_colours",
@@ -33,6 +38,10 @@ __all__ = [
     "threshold_curves",
     "sample_grid",
     "pick_samples",
+    "threshold_label",
+    "plot_pr",
+    "plot_count_error",
+    "plot_pred_vs_true",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,7 +199,7 @@ def counts_per_image(
         ax.scatter(x[errored], np.zeros(errored.sum()), marker="x", color="black", zorder=3, label="error (no result)")
     ax.set_xlabel("image")
     ax.set_ylabel("detections per image (count)")
-    t = "" if threshold is None else f" at threshold {_fmt_threshold(threshold)}"
+    t = "" if threshold is None else f" at threshold {threshold_label(threshold)}"
     ax.set_title(title or f"Detections per image{t}")
     if n <= max_labels:
         ax.set_xticks(x, _short_names(per_image["path"].astype(str).tolist()), rotation=90,
@@ -203,19 +212,16 @@ def counts_per_image(
     return fig
 
 
-def _fmt_threshold(threshold: Any) -> str:
-    if isinstance(threshold, Mapping):
-        return ", ".join(f"{k} {float(v):.2f}" for k, v in threshold.items())
-    return f"{float(threshold):.2f}"
+def threshold_label(threshold: Any) -> str:
+    """A threshold as shown in titles: ``0.50``, or ``live 0.45, dead 0.60``."""
+    return Thresholds.parse(threshold).label()
 
 
-def _threshold_of(threshold: Any, name: str) -> float | None:
-    if threshold is None:
+def _threshold_line(rule: Thresholds | None, name: str) -> float | None:
+    """The threshold to draw for a class (none when the thresholds do not name it and have no default)."""
+    if rule is None or (name not in rule.per_class and rule.default is None):
         return None
-    if isinstance(threshold, Mapping):
-        v = threshold.get(name)
-        return None if v is None else float(v)
-    return float(threshold)
+    return rule.of(name)
 
 
 def confidence_histograms(
@@ -247,13 +253,14 @@ def confidence_histograms(
     fig = _figure(REPORT_WIDTH, 3.4)
     axes = fig.subplots(1, k, squeeze=False)[0]
     edges = np.linspace(max(0.0, conf_floor), 1.0, bins + 1)
+    rule = None if threshold is None else Thresholds.parse(threshold)
     for ax, c in zip(axes, classes):
         conf = detections.loc[detections["class_name"] == c, "confidence"].to_numpy(np.float64)
         ax.hist(conf, bins=edges, color=colours[c], alpha=0.85)
-        t = _threshold_of(threshold, c)
+        t = _threshold_line(rule, c)
         if t is not None:
             ax.axvline(t, color="black", linestyle="--", linewidth=1.2, label=f"threshold {t:.2f}")
-            kept = int((conf >= t - 1e-9).sum())
+            kept = int(Thresholds.parse(t).keep(conf, [c] * len(conf)).sum())
             ax.legend(loc="upper right", frameon=False, title=f"{kept} of {len(conf)} kept")
         ax.set_title(f"{c} ({len(conf)} detections)")
         ax.set_xlabel("confidence (0-1)")
@@ -311,7 +318,7 @@ def count_vs_threshold(
     for cat, t in marks:
         y = float(np.interp(t, grid, curves[cat].to_numpy())) if len(grid) else 0.0
         # exact value: counts are a step function, take the grid point at or below t
-        i = int(np.searchsorted(grid, t + 1e-9, side="right") - 1)
+        i = int(np.searchsorted(grid, t + TOLERANCE, side="right") - 1)
         if 0 <= i < len(grid):
             y = float(curves[cat].to_numpy()[i])
         ax.axvline(t, color=colours[cat], linestyle="--", linewidth=1)
@@ -328,17 +335,20 @@ def count_vs_threshold(
 
 
 def _marks(threshold: Any, categories: Sequence[str], class_map: Mapping[str, str] | None) -> list[tuple[str, float]]:
-    """(category, threshold) pairs to mark on count-versus-threshold curves."""
+    """(category, threshold) pairs to mark on count-versus-threshold curves (a category whose classes
+    have different thresholds is marked at its first class's)."""
     if threshold is None:
         return []
-    if isinstance(threshold, Mapping):
-        out: dict[str, float] = {}
-        for name, t in threshold.items():
-            cat = class_map.get(name, name) if class_map else name
-            if cat in categories:
-                out.setdefault(cat, float(t))
-        return list(out.items())
-    return [(c, float(threshold)) for c in categories]
+    rule = Thresholds.parse(threshold)
+    names = list(dict.fromkeys([*(class_map or {}), *rule.per_class]))
+    cmap = ClassMap(names, {k: v for k, v in (class_map or {}).items()})
+    out: dict[str, float] = {}
+    for name in rule.per_class:
+        out.setdefault(cmap.category(name), rule.of(name))
+    if rule.default is not None:
+        for c in categories:
+            out.setdefault(c, rule.default)
+    return [(c, t) for c, t in out.items() if c in categories]
 
 
 def pick_samples(per_image: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -407,8 +417,108 @@ def sample_grid(
     if samples.empty:
         axes[0].text(0.5, 0.5, "no processed image to show", ha="center", va="center", transform=axes[0].transAxes)
     handles = [Patch(facecolor="none", edgecolor=colours[c], linewidth=2, label=c) for c in cats]
-    t = "" if threshold is None else f" (threshold {_fmt_threshold(threshold)})"
+    t = "" if threshold is None else f" (threshold {threshold_label(threshold)})"
     fig.suptitle(title or f"Sample images with detections{t}")
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    return fig
+
+
+# ========================================================================================= evaluation
+def plot_pr(ev: Evaluation, *, ax: Any = None) -> Figure:
+    """Precision-recall curves per class of an evaluation (AP50 in the legend), the threshold's point marked.
+
+    Examples
+    --------
+    >>> fig = plot_pr(ev); fig.savefig("pr.png")                                # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=(5, 4.5))
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    at = ev.at()
+    ap50 = ev.metrics.set_index("class")["ap50"]
+    for c in ev.classes:
+        pr = ev.precision_recall(c)
+        if pr is None:
+            continue
+        line, = ax.plot(pr["recall"].to_numpy(), pr["precision"].to_numpy(), label=f"{c} (AP50 {ap50[c]:.3f})")
+        ax.plot(at[c]["recall"], at[c]["precision"], "o", color=line.get_color(), markersize=6)
+    if not ev.has_boxes:
+        ax.text(0.5, 0.5, "no boxes in the truth:\nprecision and recall need boxes", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+           title=f"Precision-recall at IoU {ev.iou:g} (dots: threshold)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_count_error(ev: Evaluation, chosen: ThresholdLike | None = None) -> Figure:
+    """Per-image count MAE and bias versus threshold, per class of an evaluation, with the chosen threshold
+    (solid), the count-calibrated one (dashed) and the F1-optimal one (dotted) marked.
+
+    Examples
+    --------
+    >>> fig = plot_count_error(ev, chosen=0.5)                                    # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    th = ev.class_thresholds(chosen)
+    cal = ev.calibration.set_index("class")
+    n = len(ev.classes)
+    fig = Figure(figsize=(4.5 * n, 3.8))
+    axes = fig.subplots(1, n, squeeze=False)
+    curves = ev.curves
+    for ax, c in zip(axes[0], ev.classes):
+        cv = curves[curves["class"] == c]
+        ax.plot(cv["threshold"], cv["count_mae"], label="MAE per image")
+        ax.plot(cv["threshold"], cv["count_bias"], label="bias per image", alpha=0.8)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.axvline(th[c], color="k", lw=1.2, label=f"chosen {th[c]:.3f}")
+        bc = cal.at[c, "best_threshold_count"]
+        if pd.notna(bc):
+            ax.axvline(bc, color="tab:red", ls="--", lw=1.2, label=f"calibrated ({ev.objective}) {bc:.3f}")
+        bf = cal.at[c, "best_threshold_f1"]
+        if pd.notna(bf):
+            ax.axvline(bf, color="tab:green", ls=":", lw=1.5, label=f"best F1 {bf:.3f}")
+        ax.set(title=c, xlabel="confidence threshold", ylabel="count error (detections per image)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pred_vs_true(ev: Evaluation, threshold: ThresholdLike | None = None) -> Figure:
+    """Predicted versus true counts per image of an evaluation, one panel per class, with the 1:1 line.
+
+    Examples
+    --------
+    >>> fig = plot_pred_vs_true(ev)                                               # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    th = ev.class_thresholds(threshold)
+    pred = ev.predicted_counts(th)
+    true = ev.true_counts.loc[pred.index]
+    n = len(ev.classes)
+    fig = Figure(figsize=(4.2 * n, 4))
+    axes = fig.subplots(1, n, squeeze=False)
+    for ax, c in zip(axes[0], ev.classes):
+        t = true[c].to_numpy()
+        p = pred[c].to_numpy()
+        hi = max(1, int(max(t.max(initial=0), p.max(initial=0)) * 1.05) + 1)
+        ax.plot([0, hi], [0, hi], color="0.5", lw=1, ls="--", label="1:1")
+        ax.scatter(t, p, s=18, alpha=0.75)
+        mae = float(np.mean(np.abs(p - t))) if len(t) else float("nan")
+        ax.set(title=f"{c} at {th[c]:.3f} (MAE {mae:.2f})", xlabel="true count", ylabel="predicted count",
+               xlim=(0, hi), ylim=(0, hi), aspect="equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
     return fig

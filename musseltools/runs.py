@@ -19,7 +19,9 @@ import pandas as pd
 
 from . import views
 from .errors import CorruptStoreError, MusselToolsError
+from .results import RunResults, class_map_of, load_results, results_signature, thresholds_of
 from .store import Store, atomic_write_bytes, temp_path, utcnow
+from .thresholds import ClassMap, Thresholds
 
 __all__ = ["Run", "open_run", "list_runs"]
 
@@ -52,7 +54,7 @@ class Run:
         m = self.meta
         return (
             f"<Run {self.run_id} {m['status']}: {m.get('processed_count', 0)}/{m.get('total_images', 0)} images, "
-            f"{m.get('failed_count', 0)} failed, counts {m.get('counts', {})} at {m['threshold']}>"
+            f"{m.get('failed_count', 0)} failed, counts {m.get('counts', {})} at {self.rule().label(self.class_names)}>"
         )
 
     # ------------------------------------------------------------------ metadata
@@ -72,10 +74,20 @@ class Run:
         return float(self.meta["threshold"])
 
     @property
-    def thresholds(self) -> views.Threshold:
-        """Thresholds in effect: those saved with :meth:`save_thresholds`, else :attr:`threshold`."""
-        m = self.meta
-        return m.get("saved_thresholds") or float(m["threshold"])
+    def thresholds(self) -> float | dict[str, float]:
+        """Thresholds in effect: those saved with :meth:`save_thresholds`, else :attr:`threshold`.
+
+        One number when every class has the same threshold, else one per model class name."""
+        return self.rule().to_json(self.class_names)
+
+    def rule(self, threshold: Any | None = None) -> Thresholds:
+        """The :class:`~musseltools.thresholds.Thresholds` that a view of this run applies.
+
+        ``threshold`` (a number, ``"live=0.45,dead=0.6"`` or a mapping by class or category) is validated
+        against the run's floor and classes; a class it leaves out keeps the run's threshold. None gives
+        the thresholds in effect.
+        """
+        return thresholds_of(self.meta, threshold)
 
     @property
     def conf_floor(self) -> float:
@@ -90,8 +102,12 @@ class Run:
     @property
     def categories(self) -> list[str]:
         """What totals are counted in: the class map's categories, else the class names."""
-        cmap = self.class_map
-        return list(dict.fromkeys(cmap.get(n, n) for n in self.class_names)) if cmap else self.class_names
+        return self.classes.categories
+
+    @property
+    def classes(self) -> ClassMap:
+        """The model's classes and the run's class map."""
+        return class_map_of(self.meta)
 
     @property
     def class_map(self) -> dict[str, str] | None:
@@ -110,77 +126,46 @@ class Run:
                 "finished_at", "error")
         return {k: m.get(k) for k in keys}
 
-    def save_thresholds(self, thresholds: views.Threshold) -> None:
-        """Record chosen thresholds (one, or one per class) on the run; counts, exports and reports use them."""
+    def save_thresholds(self, thresholds: Any) -> None:
+        """Record chosen thresholds (one, or one per class) on the run; counts, exports and reports use them.
+
+        A class that a mapping leaves out keeps the run's threshold; the saved thresholds name every class.
+        """
         from .engine import update_run_meta
 
-        t = self._threshold(thresholds)
+        t = self.rule(thresholds)
+        plain = t.to_json(self.class_names)
 
         def counts_at_new_thresholds(meta: dict[str, Any]) -> dict[str, Any]:
             # the run's counts always match its thresholds (status shows them), even while it is running
             return {"counts": views.totals(self.per_image(t), self.categories)}
 
         update_run_meta(self.store, self.run_id, counts_at_new_thresholds,
-                        saved_thresholds=t if isinstance(t, Mapping) else None,
-                        **({} if isinstance(t, Mapping) else {"threshold": t}))
-        log.info("[run %s] thresholds saved: %s", self.run_id, t)
+                        saved_thresholds=plain if isinstance(plain, Mapping) else None,
+                        **({} if isinstance(plain, Mapping) else {"threshold": plain}))
+        log.info("[run %s] thresholds saved: %s", self.run_id, t.label(self.class_names))
 
     # ------------------------------------------------------------------ data
-    def _threshold(self, threshold: Any | None) -> views.Threshold:
-        if threshold is None:
-            threshold = self.thresholds
-        return views.check_threshold(threshold, self.conf_floor, self.class_names)
+    def results(self) -> RunResults:
+        """Every stored result of the run's images (see :mod:`musseltools.results`): the source of all views."""
+        return load_results(self.store, self.run_id, self.meta)
 
-    def _results(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(per-image table, detections) of this run's images, paths as last scanned."""
-        coll = self.store.read_collection(self.run_id)
-        meta = self.meta
-        images, dets = self.store.read_results(meta["inference_key"])
-        coll = coll.drop_duplicates("image_id", keep="first")
-        table = coll[["image_id", "path"]].merge(
-            images.drop(columns=["path"]), on="image_id", how="left"
-        )
-        # a completed run had a result for every image: one missing now was in a damaged part that was
-        # quarantined. Say so on the image rather than count it as 0 without a word.
-        qdir = self.store.results_dir(meta["inference_key"]) / "quarantine"
-        if meta.get("status") == "completed" and qdir.is_dir() and any(qdir.iterdir()):
-            lost = table["processed_at"].isna() & table["error"].isna()
-            if lost.any():
-                table.loc[lost, "error"] = (
-                    f"no stored result: it was in a damaged results part, moved to {str(qdir)!r} — run the "
-                    "same run again to process this image again"
-                )
-                log.warning("[run %s] %d images lost their results to damaged parts (quarantined in %s); run "
-                            "again to process them", self.run_id, int(lost.sum()), qdir)
-        # files that could not be read at scan time carry their reason in the collection table
-        if "error" in coll:
-            scan_err = coll.set_index("image_id")["error"]
-            missing = table["processed_at"].isna() & table["image_id"].map(scan_err).notna()
-            table.loc[missing, "error"] = table.loc[missing, "image_id"].map(scan_err)
-        for col in ("width", "height"):
-            if col in coll:
-                scanned = table["image_id"].map(coll.set_index("image_id")[col]).astype("Int64")
-                table[col] = table[col].astype("Int64").fillna(scanned)
-        dets = dets[dets["image_id"].isin(coll["image_id"])].drop(columns=["path"])
-        dets = dets.merge(coll[["image_id", "path"]], on="image_id", how="left")
-        dets = dets[["image_id", "path"] + [c for c in dets.columns if c not in ("image_id", "path")]]
-        return table, dets
-
-    def per_image(self, threshold: views.Threshold | None = None) -> pd.DataFrame:
+    def per_image(self, threshold: Any | None = None) -> pd.DataFrame:
         """One row per image: ``image_id, path, width, height, n_detections, cap_hit, error,
         processed_at`` and one count column per category at the threshold."""
-        table, dets = self._results()
-        return views.per_image_counts(table, dets, self._threshold(threshold), self.categories, self.class_map)
+        res = self.results()
+        return views.per_image_counts(res.images, res.detections, self.rule(threshold), res.classes)
 
-    def detections(self, threshold: views.Threshold | None = None) -> pd.DataFrame:
-        """One row per detection at or above the threshold (``polygon`` as a list of [x, y])."""
-        _, dets = self._results()
-        out = views.above_threshold(dets, self._threshold(threshold)).reset_index(drop=True)
-        if self.class_map:
-            out["category"] = out["class_name"].map(lambda n: self.class_map.get(n, n))
+    def detections(self, threshold: Any | None = None) -> pd.DataFrame:
+        """One row per detection that counts at the threshold (``polygon`` as a list of [x, y]); with a
+        class map, a ``category`` column."""
+        res = self.results()
+        out = views.above_threshold(res.detections, self.rule(threshold)).reset_index(drop=True)
+        if res.classes.mapping:
+            out["category"] = res.classes.categories_of(out["class_name"])
         return out
 
-    def counts(self, threshold: views.Threshold | None = None) -> dict[str, int]:
+    def counts(self, threshold: Any | None = None) -> dict[str, int]:
         """Totals per category at the threshold (the run's thresholds by default)."""
         return views.totals(self.per_image(threshold), self.categories)
 
@@ -192,7 +177,7 @@ class Run:
         import xarray as xr
 
         path = self.store.run_dir(self.run_id) / "cube.zarr"
-        signature = self._signature()
+        signature = results_signature(self.store, self.run_id, self.meta)
         if not rebuild and path.exists():
             try:
                 ds = xr.open_zarr(path)
@@ -203,16 +188,6 @@ class Run:
         self.write_cube()
         return xr.open_zarr(path)
 
-    def _signature(self) -> str:
-        import hashlib
-
-        parts = self.store._part_files(self.meta["inference_key"])
-        coll = self.store.run_dir(self.run_id) / "collection.parquet"
-        items = [p.name + str(p.stat().st_mtime_ns) for p in parts if p.exists()]
-        if coll.exists():
-            items.append(str(coll.stat().st_mtime_ns))
-        return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]
-
     def write_cube(self) -> Path:
         """(Re)build ``cube.zarr`` from the Parquet results, atomically (write aside, then swap)."""
         import shutil
@@ -220,14 +195,12 @@ class Run:
         from ._failpoints import failpoint
 
         m = self.meta
-        table, dets = self._results()
-        extra = [float(m["threshold"])]
-        if m.get("saved_thresholds"):
-            extra += [float(v) for v in m["saved_thresholds"].values()]
+        res = load_results(self.store, self.run_id, m)
+        extra = sorted(set(self.rule().by_class(res.classes).values()) | {float(m["threshold"])})
         ds = views.build_cube(
-            table, dets, self.categories, float(m["settings"]["conf_floor"]), class_map=self.class_map,
-            extra_thresholds=extra,
-            attrs={"run_id": self.run_id, "threshold": float(m["threshold"]), "signature": self._signature(),
+            res.images, res.detections, res.classes, res.conf_floor, extra_thresholds=extra,
+            attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
+                   "signature": results_signature(self.store, self.run_id, m),
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
                    "created_at": utcnow().isoformat()},
         )
@@ -250,7 +223,7 @@ class Run:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def export_polygons(self, out_dir: str | os.PathLike, threshold: views.Threshold | None = None) -> list[Path]:
+    def export_polygons(self, out_dir: str | os.PathLike, threshold: Any | None = None) -> list[Path]:
         """Write one polygon JSON per image in the replaced system's format; returns the files.
 
         Files are named after the image's path (relative to the collection folder), with ``.json``;
@@ -258,8 +231,9 @@ class Run:
         """
         import json
 
-        t = self._threshold(threshold)
-        table, dets = self._results()
+        t = self.rule(threshold)
+        res = self.results()
+        table, dets = res.images, res.detections
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         root = self.meta["collection"]["source"].get("root")
@@ -281,8 +255,8 @@ class Run:
                     f"refusing to write {str(out_dir / rel)!r}: it resolves to {str(parent.resolve())!r}, outside "
                     f"the output folder {str(base)!r} — remove the symbolic link or choose another folder"
                 )
-            doc = views.polygon_document(by_image.get(row.image_id, empty), threshold=t, width=row.width,
-                                         height=row.height, class_map=self.class_map)
+            doc = views.polygon_document(by_image.get(row.image_id, empty), thresholds=t, classes=res.classes,
+                                         width=row.width, height=row.height)
             doc["image"] = row.path
             if isinstance(row.error, str):
                 doc["error"] = row.error

@@ -258,7 +258,7 @@ class Store:
             name, key, reason,
         )
 
-    def _part_files(self, key: str) -> list[Path]:
+    def part_files(self, key: str) -> list[Path]:
         d = self.results_dir(key) / "images"
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
@@ -268,7 +268,7 @@ class Store:
         Each image appears once: its latest successful result, else its latest error. Damaged parts
         are moved to quarantine (their images count as not processed) and reported in the log.
         """
-        parts = self._part_files(key)
+        parts = self.part_files(key)
         stamp = []
         for p in parts:
             with contextlib.suppress(OSError):

@@ -24,12 +24,11 @@ from . import plots
 from .errors import MusselToolsError
 from .runs import TERMINAL, Run
 from .store import Store
+from .thresholds import Thresholds
 
 __all__ = ["ThresholdTuner", "RunMonitor"]
 
 log = logging.getLogger(__name__)
-
-_EPS = 1e-9  # the same tolerance as musseltools.views.above_threshold
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -72,7 +71,7 @@ class ThresholdTuner(widgets.VBox):
     run : Run
         A run with results (completed, or partly done: the tuner shows what is stored).
     truth : path or Truth or Evaluation, optional
-        Labels to score against (see :func:`musseltools.evaluate.evaluate`): precision, recall and
+        Labels to score against (see :func:`musseltools.evaluation.evaluate`): precision, recall and
         count error are shown live.
     max_side : int
         Longer side in pixels of the image preview (large quadrats are shrunk once, when picked).
@@ -92,7 +91,7 @@ class ThresholdTuner(widgets.VBox):
         self.max_side = max_side
         self.class_names = run.class_names
         self.categories = run.categories
-        self.class_map = run.class_map or {}
+        self.classes = run.classes
         floor = run.conf_floor
         self.conf_floor = floor
         table = run.per_image(floor).reset_index(drop=True)
@@ -102,7 +101,7 @@ class ThresholdTuner(widgets.VBox):
         index = index[~index.index.duplicated()]
         cls_index = {n: i for i, n in enumerate(self.class_names)}
         cat_index = {c: i for i, c in enumerate(self.categories)}
-        self._class_cat = np.array([cat_index[self.class_map.get(n, n)] for n in self.class_names], np.int64)
+        self._class_cat = np.array([cat_index[self.classes.category(n)] for n in self.class_names], np.int64)
         img = dets["image_id"].map(index).to_numpy(np.float64)
         keep = ~np.isnan(img)
         dets = dets[keep].reset_index(drop=True)
@@ -120,10 +119,10 @@ class ThresholdTuner(widgets.VBox):
         self.metrics: dict[str, dict[str, float]] | None = None
         self.last_update_s = 0.0
 
-        start = run.thresholds
+        start = run.rule()
         self.sliders: dict[str, widgets.FloatSlider] = {}
         for n in self.class_names:
-            v = start.get(n, floor) if isinstance(start, Mapping) else start
+            v = start.of(n)
             s = widgets.FloatSlider(
                 value=float(v), min=floor, max=1.0, step=0.01, description=n, readout_format=".2f",
                 continuous_update=False, style={"description_width": "4em"}, layout=widgets.Layout(width="26em"),
@@ -172,7 +171,7 @@ class ThresholdTuner(widgets.VBox):
             return None
         if hasattr(truth, "at") and hasattr(truth, "metrics"):
             return truth  # an Evaluation already
-        from .evaluate import evaluate
+        from .evaluation import evaluate
 
         return evaluate(self.run, truth)
 
@@ -186,9 +185,13 @@ class ThresholdTuner(widgets.VBox):
         """The slider values: class name -> threshold (rounded to 4 decimals)."""
         return {n: round(float(s.value), 4) for n, s in self.sliders.items()}
 
+    @property
+    def rule(self) -> Thresholds:
+        """The sliders' values as :class:`~musseltools.thresholds.Thresholds` (the one counting rule)."""
+        return Thresholds.parse(self.thresholds, floor=self.conf_floor, classes=self.classes)
+
     def _kept(self) -> np.ndarray:
-        thr = np.array([self.sliders[n].value for n in self.class_names], np.float64)
-        return self._conf >= thr[self._cls] - _EPS
+        return self.rule.keep_codes(self._conf, self._cls, self.class_names)
 
     def counts_table(self) -> np.ndarray:
         """Counts per image (rows, in :attr:`table` order) and category (columns) at the sliders' values."""
@@ -241,7 +244,7 @@ class ThresholdTuner(widgets.VBox):
         h = img.shape[0]
         left, top, right, bottom = self._plot_box
         for n, s in self.sliders.items():
-            cat = self.class_map.get(n, n)
+            cat = self.classes.category(n)
             colour = plots.colour_of(cat, self._colours)
             t = float(s.value)
             px, py = self._plot_transform.transform((t, survey.get(cat, 0)))
@@ -275,8 +278,8 @@ class ThresholdTuner(widgets.VBox):
         rgb, scale = prev
         sl = self._slices[i]
         rows = self._dets.iloc[sl][kept[sl]]
-        if self.class_map:
-            rows = rows.assign(category=rows["class_name"].map(lambda n: self.class_map.get(n, n)))
+        if self.classes.mapping:
+            rows = rows.assign(category=self.classes.categories_of(rows["class_name"]))
         self.image.value = _jpeg(plots.draw_detections(rgb, rows, self._colours, scale=scale))
 
     def _on_change(self, _change: Any = None) -> None:
@@ -333,7 +336,7 @@ class ThresholdTuner(widgets.VBox):
             self.status_html.value = f"<span style='color:#b00'>not saved: {html.escape(str(exc))}</span>"
             raise
         when = time.strftime("%H:%M:%S")
-        self.status_html.value = f"saved {html.escape(plots._fmt_threshold(t))} at {when}"
+        self.status_html.value = f"saved {html.escape(self.rule.label(self.class_names))} at {when}"
         return t
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import xarray as xr
 
 import musseltools as mt
 from musseltools import views
+from musseltools.thresholds import ClassMap, Thresholds
 
 
 def test_cube_equals_counts_at_every_threshold(images, tiny_model):
@@ -38,19 +38,10 @@ def test_cube_is_rebuilt_when_results_change(images, tiny_model):
     assert r2.cube().sizes["image"] == 8
 
 
-def test_check_threshold_messages():
-    with pytest.raises(mt.ThresholdError, match="not a number"):
-        views.check_threshold("high", 0.01)
-    with pytest.raises(mt.ThresholdError, match="expected a number in"):
-        views.check_threshold(1.5, 0.01)
-    with pytest.raises(mt.ThresholdError, match="unknown classes"):
-        views.check_threshold({"zebra": 0.5}, 0.01, ["live", "dead"])
-    assert views.check_threshold({"live": 0.2}, 0.01, ["live", "dead"]) == {"live": 0.2}
-
-
 def test_per_image_counts_with_class_map():
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["a.jpg", "b.jpg"]})
     dets = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "class_name": ["live", "dead", "gaping", "live"],
                          "confidence": [0.9, 0.6, 0.7, 0.2]})
-    out = views.per_image_counts(images, dets, 0.5, ["live", "dead"], {"gaping": "dead"})
+    classes = ClassMap(["live", "dead", "gaping"], {"gaping": "dead"})
+    out = views.per_image_counts(images, dets, Thresholds.parse(0.5, classes=classes), classes)
     assert out[["live", "dead"]].values.tolist() == [[1, 2], [0, 0]]

@@ -1,0 +1,125 @@
+"""Every view of one store agrees with every other, whatever the thresholds, mapping and class map.
+
+The views: ``Run.counts``, ``Run.per_image``, ``Run.detections``, the count cube, the polygon export,
+``musseltools counts --json``, the ThresholdTuner, and the counts ``run.json`` holds after the
+thresholds are saved. The reference is computed here from the raw stored Parquet parts with the rule
+the documentation states (a class a mapping leaves out keeps the run's threshold; ``confidence >= T``
+up to the one tolerance), independently of musseltools' views.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import IMGSZ, write_images
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import musseltools as mt
+from musseltools import cli
+from musseltools.widgets import ThresholdTuner
+
+RUN_THRESHOLD = 0.4
+CLASS_MAPS = [None, {"live": "mussel", "dead": "mussel"}, {"dead": "shell"}]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("crossviews")
+    folder = root / "images"
+    write_images(folder, 5, seed=11)
+    out = {}
+    for i, cmap in enumerate(CLASS_MAPS):
+        r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=root / "store", quiet=True, batch_size=1,
+                   threshold=RUN_THRESHOLD, class_map=cmap)
+        out[i] = r
+    raw = pd.read_parquet(root / "store" / "results" / out[0].meta["inference_key"] / "detections")
+    assert len(raw) > 50  # enough detections for thresholds to matter
+    return out, raw
+
+
+def _reference(raw: pd.DataFrame, threshold, cmap) -> dict[str, int]:
+    if isinstance(threshold, dict):
+        per = {}
+        for key, t in threshold.items():  # categories first, class names win
+            if key not in ("live", "dead"):
+                per.update({n: t for n in ("live", "dead") if (cmap or {}).get(n, n) == key})
+        per.update({k: t for k, t in threshold.items() if k in ("live", "dead")})
+        thr = raw["class_name"].map(lambda n: per.get(n, RUN_THRESHOLD))
+    else:
+        thr = pd.Series(float(threshold), index=raw.index)
+    kept = raw[raw["confidence"].astype(np.float64) >= thr.astype(np.float64) - 1e-9]
+    cats = list(dict.fromkeys((cmap or {}).get(n, n) for n in ("live", "dead")))
+    got = kept["class_name"].map(lambda n: (cmap or {}).get(n, n)).value_counts()
+    return {c: int(got.get(c, 0)) for c in cats}
+
+
+grid = st.integers(1, 99).map(lambda k: round(k / 100, 2))
+
+
+@st.composite
+def thresholds(draw, cmap_index):
+    cmap = CLASS_MAPS[cmap_index]
+    if draw(st.booleans()):
+        return draw(grid)
+    keys = ["live", "dead"] + sorted(set((cmap or {}).values()) - {"live", "dead"})
+    chosen = draw(st.lists(st.sampled_from(keys), min_size=1, max_size=len(keys), unique=True))
+    return {k: draw(grid) for k in chosen}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_view_agrees_with_the_stored_results(runs, data, capsys, tmp_path):
+    by_map, raw = runs
+    i = data.draw(st.sampled_from(sorted(by_map)), label="class map")
+    run, cmap = by_map[i], CLASS_MAPS[i]
+    t = data.draw(thresholds(i), label="thresholds")
+    expect = _reference(raw, t, cmap)
+
+    assert run.counts(t) == expect
+    table = run.per_image(t)
+    assert {c: int(table[c].sum()) for c in expect} == expect
+    dets = run.detections(t)
+    col = "category" if cmap else "class_name"
+    assert {c: int((dets[col] == c).sum()) for c in expect} == expect
+
+    capsys.readouterr()
+    arg = ",".join(f"{k}={v}" for k, v in t.items()) if isinstance(t, dict) else str(t)
+    assert cli.main(["counts", run.run_id, "--store", str(run.store.root), "--json", "--threshold", arg]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == expect
+
+    files = run.export_polygons(tmp_path / f"export-{i}", threshold=t)
+    exported = [json.loads(f.read_text()) for f in files]
+    polys = pd.Series([p["class"] for doc in exported for p in doc["polygons"]], dtype=object)
+    assert {c: int((polys == c).sum()) for c in expect} == expect
+
+    rule = run.rule(t)
+    if rule.uniform is not None:  # the cube is a count per threshold, one threshold for all classes
+        cube = run.cube()["count"].sel(threshold=rule.uniform, method="nearest")
+        assert float(cube["threshold"]) == pytest.approx(rule.uniform)
+        assert {c: int(cube.sel({"class": c}).sum()) for c in expect} == expect
+
+    tuner = ThresholdTuner(run)
+    for name, s in tuner.sliders.items():
+        s.value = rule.of(name)
+    assert tuner.survey_counts == expect
+
+
+@pytest.mark.parametrize("i", range(len(CLASS_MAPS)))
+def test_saved_thresholds_keep_the_run_threshold_for_classes_left_out(runs, i):
+    by_map, raw = runs
+    run, cmap = by_map[i], CLASS_MAPS[i]
+    before = run.counts()
+    run.save_thresholds({"live": 0.45})
+    try:
+        expect = _reference(raw, {"live": 0.45}, cmap)
+        assert run.meta["counts"] == run.counts() == expect  # run.json and the views agree
+        assert run.thresholds == {"live": 0.45, "dead": RUN_THRESHOLD}
+        if cmap is None:  # dead still counts at the run's threshold, not down to the floor
+            assert run.counts()["dead"] == before["dead"]
+        assert f"live 0.45, dead {RUN_THRESHOLD:.2f}" in repr(run)
+    finally:
+        run.save_thresholds(RUN_THRESHOLD)
