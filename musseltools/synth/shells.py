@@ -167,7 +167,12 @@ def draw_shadow(img: np.ndarray, obj: Shell, dx: float, dy: float, rng: np.rando
 
 
 def paint_object(img: np.ndarray, obj: Shell, rng: np.random.Generator, light: float) -> None:
-    """Paint the object's colours into ``img`` (soft edges; labels use the hard mask)."""
+    """Paint the object's colours into ``img`` (soft edges; labels use the hard mask).
+
+    Length: one recipe per kind of shell (live, gaping, single valve, fragment) sharing the same patch
+    coordinates and draws from ``rng`` in a fixed order; splitting it would change the order of draws,
+    and so every synthetic image, including the committed demo data.
+    """
     h, w = img.shape[:2]
     mh, mw = obj.mask.shape
     patch = np.zeros((mh, mw, 3), np.float32)
