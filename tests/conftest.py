@@ -109,13 +109,27 @@ def images(tmp_path) -> Path:
     return folder
 
 
+def _isolate(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    mp.chdir(folder)
+    mp.setenv("MUSSELTOOLS_BATCH_SIZE", "1")
+    mp.delenv("MUSSELTOOLS_STORE", raising=False)
+    mp.delenv("MUSSELTOOLS_FAILPOINTS", raising=False)
+    mp.setenv("MPLBACKEND", "Agg")
+    mp.setenv("MUSSELTOOLS_CACHE", str(folder / "user-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """The same isolation for the whole session, set up before any module- or session-scoped fixture
+    (a survey built once per module must not write into the real working directory or user cache)."""
+    mp = pytest.MonkeyPatch()
+    _isolate(mp, tmp_path_factory.mktemp("session"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Each test works in its own folder (so the default store is private) with batch size 1 unless a
     test measures it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MUSSELTOOLS_BATCH_SIZE", "1")
-    monkeypatch.delenv("MUSSELTOOLS_STORE", raising=False)
-    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("MUSSELTOOLS_CACHE", str(tmp_path / "user-cache"))
+    _isolate(monkeypatch, tmp_path)

@@ -89,3 +89,18 @@ def test_import_layers_hold():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Contracts: " in proc.stdout and " broken" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def _where_module_fixtures_run():
+    import os
+
+    return Path.cwd(), os.environ.get("MUSSELTOOLS_CACHE"), os.environ.get("MUSSELTOOLS_STORE")
+
+
+def test_module_scoped_fixtures_are_isolated(_where_module_fixtures_run, tmp_path_factory):
+    cwd, cache, store = _where_module_fixtures_run
+    base = tmp_path_factory.getbasetemp()
+    assert cwd.is_relative_to(base), f"a module fixture ran in {cwd}, outside the test's temporary folders"
+    assert cache and Path(cache).is_relative_to(base), f"a module fixture saw MUSSELTOOLS_CACHE={cache!r}"
+    assert store is None
