@@ -63,9 +63,9 @@ def bench_musseltools(folder: Path, weights: str, imgsz: int | None) -> tuple[fl
 def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int) -> float:
     import cv2
 
-    from musseltools.models import InferenceSettings, Predictor, load_model
+    from musseltools.models import InferenceSettings, load_model, make_predictor
 
-    predictor = Predictor(load_model(weights), InferenceSettings(imgsz=imgsz))
+    predictor = make_predictor(load_model(weights), InferenceSettings(imgsz=imgsz))
     prepared = [predictor.prepare(cv2.imread(str(p))) for p in _images(folder)]
     t0 = time.perf_counter()
     for i in range(0, len(prepared), batch_size):

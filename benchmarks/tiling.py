@@ -144,16 +144,16 @@ def timed(fns: list[Callable[[Image], Detections]], images: list[Image], repeat:
 
 def musseltools_fn(weights: str, imgsz: int, tile: int | None, overlap: float, merge: str, batch: int | None,
                    threads: int, iou: float) -> tuple[Callable[[Image], Detections], dict]:
-    from musseltools.models import InferenceSettings, Predictor, load_model
-    from musseltools.tiling import TiledPredictor
+    from musseltools.models import InferenceSettings, TiledPredictor, load_model, make_predictor
 
     model = load_model(weights)
     settings = InferenceSettings(imgsz=imgsz, tile=tile, tile_overlap=overlap, iou=iou)
     info: dict = {}
     if tile is None:
-        p = Predictor(model, settings, threads=threads)
+        p = make_predictor(model, settings, threads=threads)
         return (lambda im: p.predict([p.prepare(im.bgr)])[0]), info
-    p = TiledPredictor(model, settings, threads=threads, merge=merge)
+    inner = make_predictor(model, InferenceSettings(imgsz=imgsz, tile_overlap=overlap, iou=iou), threads=threads)
+    p = TiledPredictor(inner, settings, merge=merge)
 
     def fn(im: Image) -> Detections:
         prepared = p.prepare(im.bgr)

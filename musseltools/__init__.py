@@ -20,6 +20,7 @@ from .detections import Detections  # noqa: E402
 from .engine import RunHandle, run  # noqa: E402
 from .errors import (  # noqa: E402
     CollectionError,
+    CorrectionError,
     CorruptStoreError,
     InferenceError,
     ModelChangedError,
@@ -31,7 +32,9 @@ from .errors import (  # noqa: E402
     StoreError,
     ThresholdError,
 )
+from .evaluation import evaluate  # noqa: E402
 from .models import InferenceSettings, load_model  # noqa: E402
+from .reports import report  # noqa: E402 - papermill and nbconvert load only when a report is made
 from .runs import Run, list_runs, open_run  # noqa: E402
 from .store import Store  # noqa: E402
 
@@ -40,21 +43,6 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-
-def report(images: str | _os.PathLike | list, **kwargs: object) -> _os.PathLike:
-    """Run (or resume) a survey and write its HTML report; see :func:`musseltools.report.report`.
-
-    >>> mt.report("data/demo/images", model="data/models/mussel-demo.pt", out="reports/demo")  # doctest: +SKIP
-    """
-    from .report import report as _report  # papermill and nbconvert load only when a report is made
-
-    return _report(images, **kwargs)
-
-
-# ``musseltools.evaluate`` is the module *and* the function: importing a submodule rebinds the package
-# attribute of the same name, so a wrapper function would be replaced by the module on first import;
-# the module is callable instead (``mt.evaluate(run, truth)``), and ``mt.evaluate.plot_pr`` works.
-from . import evaluate  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -73,6 +61,7 @@ __all__ = [
     "InferenceSettings",
     "MusselToolsError",
     "CollectionError",
+    "CorrectionError",
     "ModelLoadError",
     "ModelChangedError",
     "StoreError",

@@ -8,7 +8,8 @@ exactly as an out-of-memory killer or a power cut would stop it.
 Named points: ``part-written`` (a part's temporary file is written but not renamed),
 ``part-committed`` (a part is renamed but run metadata is not updated), ``meta-written`` (run
 metadata's temporary file is written but not renamed), ``cube-writing`` (in the middle of a Zarr
-cube update), ``detections-committed`` (detections part renamed, images part not yet written).
+cube update), ``detections-committed`` (detections part renamed, images part not yet written),
+``correction-written`` (a corrections file's temporary is written but not renamed).
 """
 
 from __future__ import annotations

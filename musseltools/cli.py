@@ -1,7 +1,9 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
-Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``evaluate`` (and the
-commands that other modules register: ``report``). Errors print one line and exit non-zero.
+Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
+``corrections export|import``, ``export-dataset``.
+The flags of ``run`` and ``report`` are generated from :mod:`musseltools.options`. Errors print one
+line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -14,51 +16,33 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+from .options import OPTIONS, Option, parse_positive_int, parse_threshold
+
+__all__ = ["main", "build_parser", "add_options", "add_run_options", "run_kwargs", "report_kwargs"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+#: ``musseltools ... | head -1``: the reader went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 
-def _threshold_arg(text: str) -> float | dict[str, float]:
-    """``0.5``, or one per class or category: ``live=0.45,dead=0.6`` (validated against the run later)."""
-    from .errors import ThresholdError
-    from .thresholds import Thresholds
+def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser of :mod:`musseltools.options` (its ValueError becomes the usage error);
+    ``float`` and ``int`` are used as they are (argparse's own message)."""
+    if parse in (float, int, str):
+        return parse
 
-    try:
-        t = Thresholds.parse(text)
-    except ThresholdError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return t.default if t.default is not None else dict(t.per_class)
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return n
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def _tile_arg(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    return _positive_int(text)
-
-
-def _class_map_arg(text: str) -> dict[str, str]:
-    """``name=category,name=category`` or a JSON object."""
-    text = text.strip()
-    if text.startswith("{"):
-        return {str(k): str(v) for k, v in json.loads(text).items()}
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, cat = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"class map entry {item!r} is not NAME=CATEGORY")
-        out[name.strip()] = cat.strip()
-    return out
+_positive_int = _arg_type(parse_positive_int)
+_threshold_arg = _arg_type(parse_threshold)
 
 
 def _print_json(obj: Any) -> None:
@@ -66,40 +50,41 @@ def _print_json(obj: Any) -> None:
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="DIR", help="results store (default $MUSSELTOOLS_STORE or ./data/store)")
+    p.add_argument("--store", metavar=OPTIONS.store.metavar, help=OPTIONS.store.help_text)
 
 
 # ------------------------------------------------------------------------------------------------ run
+def _add_option(p: argparse.ArgumentParser, o: Option) -> None:
+    if o.flag is None:
+        p.add_argument(o.name, metavar=o.metavar, help=o.help_text)
+    elif o.switch:
+        p.add_argument(o.flag, action="store_true", help=o.help_text)
+    else:
+        kwargs: dict[str, Any] = {"required": True} if o.required else {"default": o.default}
+        if o.parse is not None:
+            kwargs["type"] = _arg_type(o.parse)
+        p.add_argument(o.flag, metavar=o.metavar, help=o.help_text, **kwargs)
+
+
+def add_options(p: argparse.ArgumentParser, scope: str) -> None:
+    """The flags of the options of a scope (``run`` or ``report``), generated from :mod:`musseltools.options`."""
+    for o in OPTIONS.of_scope(scope):
+        _add_option(p, o)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``run`` and ``report`` (the inference settings of a run)."""
-    p.add_argument("images", metavar="IMAGES", help="folder of images (searched recursively) or one image")
-    p.add_argument("--model", required=True, metavar="WEIGHTS", help="Ultralytics YOLO weights (.pt)")
-    p.add_argument("--threshold", type=_threshold_arg, default=0.5, metavar="T", help="confidence threshold (0.5)")
-    _store_arg(p)
-    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="images per model call (measured if unset)")
-    p.add_argument("--commit-every", type=_positive_int, metavar="N", help="images per committed part (32)")
-    p.add_argument("--conf-floor", type=float, default=0.01, metavar="F", help="lowest confidence stored (0.01)")
-    p.add_argument("--imgsz", type=_positive_int, metavar="N",
-                   help="model input size (default: the size the model was trained at, else 640)")
-    p.add_argument("--iou", type=float, default=0.7, metavar="F", help="NMS IoU threshold (0.7)")
-    p.add_argument("--max-det", type=_positive_int, default=10000, metavar="N",
-                   help="detection cap per image (10000)")
-    p.add_argument("--tile", type=_tile_arg, metavar="SIZE", help="tile size in pixels, or 'auto', for large images")
-    p.add_argument("--tile-overlap", type=float, default=0.2, metavar="FRAC", help="tile overlap fraction (0.2)")
-    p.add_argument("--class-map", type=_class_map_arg, metavar="MAP", help="NAME=CATEGORY,... grouping classes")
-    p.add_argument("--name", help="collection name (the folder's name by default)")
-    p.add_argument("--device", help="cpu, cuda:0, ... (the fastest available by default)")
-    p.add_argument("--wait", action="store_true", help="wait for another process holding the run, not fail")
+    """Options shared by ``run`` and ``report`` (the settings of a run)."""
+    add_options(p, "run")
 
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``musseltools.run`` from parsed ``run`` options."""
-    return {
-        "model": args.model, "threshold": args.threshold, "store": args.store, "batch_size": args.batch_size,
-        "commit_every": args.commit_every, "conf_floor": args.conf_floor, "imgsz": args.imgsz, "iou": args.iou,
-        "max_det": args.max_det, "tile": args.tile, "tile_overlap": args.tile_overlap, "class_map": args.class_map,
-        "name": args.name, "device": args.device, "wait": args.wait,
-    }
+    return {name: getattr(args, name) for name in OPTIONS.keywords("run")}
+
+
+def report_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The report's own keyword arguments of ``musseltools.reports.report`` from parsed ``report`` options."""
+    return {name: getattr(args, name) for name in OPTIONS.keywords("report")}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -182,6 +167,7 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     cats = r.categories
     out = {
         "run_id": r.run_id, "threshold": t.to_json(r.class_names), "counts": {c: int(table[c].sum()) for c in cats},
+        "model_counts": r.counts(t, corrected=False), "corrections_applied": r.corrections_applied,
         "images": [
             {"image_id": row["image_id"], "path": row["path"], "counts": {c: int(row[c]) for c in cats},
              "error": row["error"] if isinstance(row["error"], str) else None}
@@ -192,6 +178,9 @@ def _cmd_counts(args: argparse.Namespace) -> int:
         _print_json(out)
     else:
         print(f"run {r.run_id} at threshold {t.label(r.class_names)}: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
+        if out["corrections_applied"]:
+            print(f"  with {out['corrections_applied']} hand corrections; the model alone: "
+                  + ", ".join(f"{k} {v}" for k, v in out["model_counts"].items()))
         print(table[["path", *cats, "error"]].to_string(index=False))
     return EXIT_OK
 
@@ -269,13 +258,93 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
                     "minimise count error. No inference.",
     )
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("truth", metavar="TRUTH", help="label folder, COCO .json or counts .csv")
+    p.add_argument("truth", metavar="TRUTH", help="label folder, COCO .json, counts .csv, or 'verified' (the images "
+                   "verified by hand; the model alone is scored against them)")
     _store_arg(p)
     p.add_argument("--threshold", type=float, metavar="T", help="confidence threshold (default: the run's)")
     p.add_argument("--iou", type=float, default=0.5, metavar="F", help="IoU of a match (0.5)")
     p.add_argument("--objective", choices=OBJECTIVES, default="mae", help="what calibration minimises (mae)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reports import report
+
+    path = report(args.images, **run_kwargs(args), **report_kwargs(args))
+    print(f"report written to {path}")
+    return EXIT_OK
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    """``musseltools report IMAGES --model WEIGHTS [--truth DIR] --out reports/NAME [--show-code]``."""
+    p = sub.add_parser("report", help="run (or resume) a survey and write its HTML report",
+                       description="Execute the survey report notebook with papermill into OUT/report.ipynb "
+                       "and render OUT/report.html (code hidden unless --show-code).")
+    add_options(p, "run")
+    add_options(p, "report")
+    p.set_defaults(func=_cmd_report)
+
+
+# ------------------------------------------------------------------------------------------------ corrections
+def _cmd_corrections_export(args: argparse.Namespace) -> int:
+    from .correction_csv import export_corrections_csv
+    from .runs import Run
+
+    n = export_corrections_csv(Run(args.store, args.run_id), args.file)
+    print(f"wrote {n} corrections of run {args.run_id} to {args.file}")
+    return EXIT_OK
+
+
+def _cmd_corrections_import(args: argparse.Namespace) -> int:
+    from .correction_csv import import_corrections_csv
+    from .runs import Run
+
+    r = Run(args.store, args.run_id)
+    done = import_corrections_csv(r, args.file)
+    print(f"imported {args.file}: {done['rows']} rows, {done['saved']} corrections saved, {done['already_saved']} "
+          f"already saved; counts now {r.counts()}")
+    report = r.corrections_report()
+    if len(report):
+        print(f"{len(report)} corrections of this run's images do not apply to it (see run.corrections_report())")
+    return EXIT_OK
+
+
+def _cmd_export_dataset(args: argparse.Namespace) -> int:
+    from .dataset import export_dataset
+    from .runs import Run
+
+    path = export_dataset(Run(args.store, args.run_id), args.out, format=args.format, val_fraction=args.val_fraction,
+                          seed=args.seed)
+    print(f"dataset of the verified images written: {path}")
+    return EXIT_OK
+
+
+def _register_corrections(sub: argparse._SubParsersAction) -> None:
+    """``musseltools corrections export|import RUN_ID FILE.csv`` and ``musseltools export-dataset RUN_ID OUT``."""
+    p = sub.add_parser("corrections", help="export or import hand corrections as CSV",
+                       description="Hand corrections of a run as CSV (columns image, detection_id, action, class, "
+                       "x1, y1, x2, y2, note; see musseltools.correction_csv). An import saves every row or none.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, func, text in (("export", _cmd_corrections_export, "write the run's corrections to FILE.csv"),
+                             ("import", _cmd_corrections_import, "check and save the corrections of FILE.csv")):
+        v = verbs.add_parser(verb, help=text, description=text)
+        v.add_argument("run_id", metavar="RUN_ID")
+        v.add_argument("file", metavar="FILE.csv")
+        _store_arg(v)
+        v.set_defaults(func=func)
+
+    p = sub.add_parser("export-dataset", help="the verified images and their corrected labels as a training dataset",
+                       description="Write the images verified by hand, with their corrected labels, as an "
+                       "Ultralytics dataset (images/, labels/, data.yaml; train/val split by image).")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--format", choices=["yolo"], default="yolo", help="dataset format (yolo)")
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of images in val (0.2)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="changes the train/val split (0)")
+    _store_arg(p)
+    p.set_defaults(func=_cmd_export_dataset)
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -324,16 +393,7 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
 
 
 def _registrars() -> list[Registrar]:
-    regs: list[Registrar] = [_register_core]
-    for mod in ("report",):
-        try:
-            module = __import__(f"musseltools.{mod}", fromlist=["register_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "register_cli"):
-            regs.append(module.register_cli)
-    regs.append(_register_evaluate)
-    return regs
+    return [_register_core, _register_report, _register_evaluate, _register_corrections]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import MusselToolsError
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away (| head -1) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("musseltools: cancelled; committed work is kept — run again to resume", file=sys.stderr)
         return EXIT_CANCELLED
@@ -373,6 +437,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"musseltools: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: end quietly (Python's documented way: point stdout at devnull, so
+    that the flush at exit does not fail again)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

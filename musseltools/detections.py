@@ -7,7 +7,8 @@ rotated corners for OBB models). It is validated when it is built, so downstream
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,10 @@ import pyarrow as pa
 
 from .thresholds import ThresholdLike, Thresholds
 
-__all__ = ["Detections", "DETECTIONS_SCHEMA"]
+__all__ = ["Detections", "DETECTIONS_SCHEMA", "detection_ids", "DETECTION_ID_LENGTH"]
+
+#: Hex digits of SHA-256 kept in a detection id (64 bits: no collision in any survey).
+DETECTION_ID_LENGTH = 16
 
 #: Arrow schema of the stored detections table (one row per detection).
 DETECTIONS_SCHEMA = pa.schema(
@@ -33,6 +37,67 @@ DETECTIONS_SCHEMA = pa.schema(
         ("polygon", pa.list_(pa.list_(pa.float32(), 2))),
     ]
 )
+
+
+def detection_ids(
+    image_id: Iterable[str],
+    inference_key: str,
+    class_name: Iterable[str],
+    xyxy: np.ndarray,
+    confidence: Iterable[float],
+) -> np.ndarray:
+    """Stable ids of detections: the same detection gets the same id on any machine, in any run.
+
+    The id of a detection is the first :data:`DETECTION_ID_LENGTH` hex digits of the SHA-256 of the
+    UTF-8 text ``"{image_id}|{inference_key}|{class_name}|{x1}|{y1}|{x2}|{y2}"``, where the box corners
+    are rounded to the nearest pixel (half to even, :func:`numpy.rint`) and written as integers. So it
+    depends on the image's content (``image_id``), the model and inference settings (``inference_key``),
+    the class and the box: not on file paths, parts, thresholds or the order results were stored in.
+    Boxes identical after rounding, of one class in one image, are told apart by confidence: the most
+    confident keeps the bare id, the next ones get ``-2``, ``-3``... (equal confidences keep their
+    stored order, which is the model's).
+
+    Parameters
+    ----------
+    image_id, class_name : sequences of str
+        One entry per detection.
+    inference_key : str
+        The key of the results (model fingerprint and inference settings).
+    xyxy : array (N, 4)
+        Boxes in pixels.
+    confidence : sequence of float
+
+    Returns
+    -------
+    numpy.ndarray of str
+
+    Examples
+    --------
+    >>> detection_ids(["img"], "key", ["live"], np.array([[1.2, 2, 30.6, 40]]), [0.9]).tolist()
+    ['10c4829d92a53bac']
+    """
+    image_id = [str(v) for v in image_id]
+    names = [str(v) for v in class_name]
+    n = len(image_id)
+    if not n:
+        return np.array([], dtype=object)
+    box = np.rint(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)).astype(np.int64).tolist()
+    base = [
+        hashlib.sha256(f"{i}|{inference_key}|{c}|{b[0]}|{b[1]}|{b[2]}|{b[3]}".encode()).hexdigest()[:DETECTION_ID_LENGTH]
+        for i, c, b in zip(image_id, names, box)
+    ]
+    ids = np.array(base, dtype=object)
+    uniq, inverse, counts = np.unique(ids.astype(str), return_inverse=True, return_counts=True)
+    if (counts > 1).any():  # identical boxes: suffix by descending confidence, ties in stored order
+        conf = np.asarray(list(confidence), dtype=np.float64).reshape(-1)
+        dup = np.flatnonzero(counts[inverse] > 1)
+        order = dup[np.lexsort((dup, -conf[dup], inverse[dup]))]
+        rank = 0
+        for k, row in enumerate(order):
+            rank = rank + 1 if k and inverse[order[k - 1]] == inverse[row] else 0
+            if rank:
+                ids[row] = f"{base[row]}-{rank + 1}"
+    return ids
 
 
 def _box_corners(xyxy: np.ndarray) -> list[np.ndarray]:

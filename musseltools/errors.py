@@ -18,6 +18,7 @@ __all__ = [
     "ThresholdError",
     "InferenceError",
     "RunCancelled",
+    "CorrectionError",
 ]
 
 
@@ -66,3 +67,7 @@ class InferenceError(MusselToolsError):
 
 class RunCancelled(MusselToolsError):
     """The run was cancelled (Ctrl-C, kernel interrupt or ``handle.cancel()``); committed work is kept."""
+
+
+class CorrectionError(MusselToolsError, ValueError):
+    """A hand correction (or a file of them) is not valid for the run; nothing of it was saved."""

@@ -60,6 +60,52 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def alt_text(fig: Figure) -> str:
+    """A text alternative of a figure for readers who cannot see it: its title, and per panel the panel's
+    title and what its axes show.
+
+    Examples
+    --------
+    >>> fig = _figure(4, 3); ax = fig.add_subplot(); _ = ax.set(title="Counts", xlabel="image", ylabel="count")
+    >>> alt_text(fig)
+    'Figure: Counts (x: image; y: count)'
+    """
+    parts = []
+    sup = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    panels = []
+    for ax in fig.axes:
+        axis = "; ".join(f"{k}: {v}" for k, v in (("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if v)
+        title = ax.get_title()
+        text = " ".join(filter(None, [title, f"({axis})" if axis else ""]))
+        if text:
+            panels.append(text)
+    if sup:
+        parts.append(sup)
+    parts.extend(panels)
+    return "Figure: " + " — ".join(p.replace("\n", " ") for p in parts) if parts else "Figure"
+
+
+def png_with_alt(fig: Figure) -> tuple[bytes, dict[str, str]]:
+    """The figure as PNG bytes and ``{"alt": alt_text(fig)}``: an IPython ``image/png`` formatter, so a
+    notebook's figures carry their text alternative into the HTML report (see :func:`show_alt_text`)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue(), {"alt": alt_text(fig)}
+
+
+def show_alt_text() -> None:
+    """In a notebook: show matplotlib figures as PNG images that carry :func:`alt_text` (the HTML report
+    writes it as the image's ``alt``)."""
+    from IPython import get_ipython
+    from matplotlib.figure import Figure as _Fig
+
+    ip = get_ipython()
+    if ip is not None:
+        ip.display_formatter.formatters["image/png"].for_type(_Fig, png_with_alt)
+
+
 def class_colours(names: Sequence[str]) -> dict[str, str]:
     """A fixed hex colour per class or category name (``live`` green, ``dead`` red).
 
@@ -85,11 +131,11 @@ def read_image_rgb(path: str | os.PathLike, max_side: int | None = 1024) -> tupl
     """Read an image as RGB uint8, shrunk so its longer side is at most ``max_side``.
 
     Returns the array and the scale applied (1.0 when not shrunk), so that detection coordinates can
-    be scaled to it. EXIF orientation is applied as in :func:`musseltools.engine.decode_image`.
+    be scaled to it. EXIF orientation is applied as in :func:`musseltools.imageio.decode_image`.
     """
     import cv2
 
-    from .engine import decode_image
+    from .imageio import decode_image
 
     bgr = decode_image(Path(path).read_bytes())
     scale = 1.0

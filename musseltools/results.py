@@ -2,8 +2,10 @@
 
 Every view of a run (counts, the per-image table, detections, the cube, exports, widgets, evaluation,
 reports) starts from :func:`load_results`. It joins the run's collection (paths as last scanned) with
-the results cached under the run's inference key, and says on each image why it has no result. Hand
-corrections, when they exist, are applied here and nowhere else, so every view shows the same thing.
+the results cached under the run's inference key, and says on each image why it has no result. Every
+detection gets its stable ``detection_id`` here (:func:`musseltools.detections.detection_ids`), and
+hand corrections (:mod:`musseltools.corrections`) are applied here and nowhere else, so every view
+shows the same thing; ``corrected=False`` gives the model alone.
 
 Examples
 --------
@@ -17,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from .corrections import apply_corrections, corrections_signature, member, read_corrections
+from .detections import detection_ids
 from .store import Store
 from .thresholds import ClassMap, Thresholds
 
@@ -39,19 +43,39 @@ class RunResults:
     images : pandas.DataFrame
         One row per image of the run: ``image_id, path, width, height, n_detections, cap_hit, error,
         processed_at`` (``processed_at`` is missing for images without a result).
+        With corrections, ``n_detections`` counts the corrected detections; ``verified`` says whether
+        the image was marked checked by hand.
     detections : pandas.DataFrame
         Every stored detection of those images, down to the confidence floor: ``image_id, path,
-        class_id, class_name, confidence, x1, y1, x2, y2, polygon``.
+        class_id, class_name, confidence, x1, y1, x2, y2, polygon, detection_id, source``. ``source``
+        is ``model``, ``reclassified`` or ``added`` (added detections have confidence 1.0, so they count
+        at every threshold); deleted detections are left out.
     classes : ClassMap
         The model's classes and the run's class map.
     conf_floor : float
         The confidence floor the detections were stored with.
+    corrected : bool
+        Whether hand corrections were applied.
+    removed : pandas.DataFrame
+        Detections that corrections deleted (empty with ``corrected=False``).
+    applied : pandas.DataFrame
+        The corrections in effect on the run (rows of :data:`musseltools.corrections.CORRECTIONS_SCHEMA`).
+    unapplied : pandas.DataFrame
+        Corrections of the run's images that could not be applied, with a ``reason``.
+    verified : pandas.DataFrame
+        ``image_id, thresholds, author, created_at`` of the images marked verified.
     """
 
     images: pd.DataFrame
     detections: pd.DataFrame
     classes: ClassMap
     conf_floor: float
+    corrected: bool = False
+    removed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    applied: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unapplied: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verified: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["image_id", "thresholds", "author", "created_at"]))
 
 
 def class_map_of(meta: Mapping[str, Any]) -> ClassMap:
@@ -73,22 +97,73 @@ def thresholds_of(meta: Mapping[str, Any], value: Any = None) -> Thresholds:
                             classes=class_map_of(meta))
 
 
-def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = None) -> RunResults:
-    """The results of a run's images (see :class:`RunResults`)."""
+def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = None, *, corrected: bool = True,
+                 image_ids: Any = None) -> RunResults:
+    """The results of a run's images (see :class:`RunResults`), with hand corrections applied.
+
+    Parameters
+    ----------
+    store : Store
+    run_id : str
+    meta : mapping, optional
+        The run's metadata (read from the store when not given).
+    corrected : bool
+        Apply the saved corrections (default); False gives the model alone.
+    image_ids : collection of str, optional
+        Only these images of the run (e.g. the image an editor shows).
+    """
     meta = store.read_run(run_id) if meta is None else meta
     coll = store.read_collection(run_id)
-    images, dets = store.read_results(meta["inference_key"])
+    key = meta["inference_key"]
+    images, dets = store.read_results(key)
+    dets = dets.assign(detection_id=_ids(store, key, dets))
     coll = coll.drop_duplicates("image_id", keep="first")
+    if image_ids is not None:
+        coll = coll[member(coll["image_id"], set(image_ids))]
     table = coll[["image_id", "path"]].merge(images.drop(columns=["path"]), on="image_id", how="left")
     _explain_missing(store, run_id, meta, coll, table)
     for col in ("width", "height"):
         if col in coll:
             scanned = table["image_id"].map(coll.set_index("image_id")[col]).astype("Int64")
             table[col] = table[col].astype("Int64").fillna(scanned)
-    dets = dets[dets["image_id"].isin(coll["image_id"])].drop(columns=["path"])
+    dets = dets[member(dets["image_id"], coll["image_id"])].drop(columns=["path"])
     dets = dets.merge(coll[["image_id", "path"]], on="image_id", how="left")
     dets = dets[["image_id", "path"] + [c for c in dets.columns if c not in ("image_id", "path")]]
-    return RunResults(table, dets, class_map_of(meta), float(meta["settings"]["conf_floor"]))
+    classes = class_map_of(meta)
+    floor = float(meta["settings"]["conf_floor"])
+    applied = apply_corrections(table, dets, read_corrections(store), inference_key=key, classes=classes)
+    _warn_unapplied(run_id, applied.unapplied)
+    if not corrected:
+        table = table.assign(verified=applied.images["verified"].to_numpy())
+        return RunResults(table, dets.assign(source="model"), classes, floor, False, verified=applied.verified)
+    return RunResults(applied.images, applied.detections, classes, floor, True, applied.removed, applied.applied,
+                      applied.unapplied, applied.verified)
+
+
+#: (store root, inference key) -> (the detections table the ids were computed for, the ids)
+_ID_CACHE: dict[tuple[str, str], tuple[pd.DataFrame, Any]] = {}
+#: corrections already warned about, so that every view does not repeat the warning
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _ids(store: Store, key: str, dets: pd.DataFrame) -> Any:
+    """Detection ids of a stored detections table (computed once per committed state of the results)."""
+    hit = _ID_CACHE.get((str(store.root), key))
+    if hit is not None and hit[0] is dets:
+        return hit[1]
+    ids = detection_ids(dets["image_id"], key, dets["class_name"], dets[["x1", "y1", "x2", "y2"]].to_numpy(),
+                        dets["confidence"])
+    _ID_CACHE[(str(store.root), key)] = (dets, ids)
+    return ids
+
+
+def _warn_unapplied(run_id: str, unapplied: pd.DataFrame) -> None:
+    new = [c for c in unapplied.get("correction_id", []) if (run_id, c) not in _WARNED]
+    if new:
+        _WARNED.update((run_id, c) for c in new)
+        first = unapplied[unapplied["correction_id"] == new[0]].iloc[0]
+        log.warning("[run %s] %d corrections cannot be applied to this run, e.g. %s of %s: %s — see "
+                    "run.corrections_report()", run_id, len(new), first["kind"], first["path"], first["reason"])
 
 
 def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: pd.DataFrame,
@@ -114,10 +189,11 @@ def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: p
 
 
 def results_signature(store: Store, run_id: str, meta: Mapping[str, Any]) -> str:
-    """Changes whenever a run's results change (a part committed, the collection re-scanned)."""
+    """Changes whenever a run's results change (a part committed, the collection re-scanned, a correction saved)."""
     parts = store.part_files(meta["inference_key"])
     coll = store.run_dir(run_id) / "collection.parquet"
     items = [p.name + str(p.stat().st_mtime_ns) for p in parts if p.exists()]
     if coll.exists():
         items.append(str(coll.stat().st_mtime_ns))
+    items.append(corrections_signature(store))
     return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from . import views
+from .correcting import CorrectionsMixin
 from .errors import CorruptStoreError, MusselToolsError
 from .results import RunResults, class_map_of, load_results, results_signature, thresholds_of
 from .store import Store, atomic_write_bytes, temp_path, utcnow
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class Run:
+class Run(CorrectionsMixin):
     """A run in a store. Get one from :func:`musseltools.run` or :func:`open_run`.
 
     Every property re-reads the run's metadata, so a Run opened in one notebook follows a run
-    executing in another process.
+    executing in another process. Every view shows the results with hand corrections applied
+    (:mod:`musseltools.corrections`); ``corrected=False`` shows the model alone.
 
     Examples
     --------
@@ -131,7 +133,7 @@ class Run:
 
         A class that a mapping leaves out keeps the run's threshold; the saved thresholds name every class.
         """
-        from .engine import update_run_meta
+        from .store import update_run_meta
 
         t = self.rule(thresholds)
         plain = t.to_json(self.class_names)
@@ -146,36 +148,52 @@ class Run:
         log.info("[run %s] thresholds saved: %s", self.run_id, t.label(self.class_names))
 
     # ------------------------------------------------------------------ data
-    def results(self) -> RunResults:
-        """Every stored result of the run's images (see :mod:`musseltools.results`): the source of all views."""
-        return load_results(self.store, self.run_id, self.meta)
+    def results(self, *, corrected: bool = True, image_ids: Any = None) -> RunResults:
+        """Every stored result of the run's images (see :mod:`musseltools.results`): the source of all views.
 
-    def per_image(self, threshold: Any | None = None) -> pd.DataFrame:
+        ``corrected=False``: the model alone, without hand corrections; ``image_ids``: only those images.
+        """
+        return load_results(self.store, self.run_id, self.meta, corrected=corrected, image_ids=image_ids)
+
+    def per_image(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
         """One row per image: ``image_id, path, width, height, n_detections, cap_hit, error,
-        processed_at`` and one count column per category at the threshold."""
-        res = self.results()
+        processed_at, verified`` and one count column per category at the threshold.
+
+        ``corrected=False`` counts the model's detections alone (no hand corrections)."""
+        res = self.results(corrected=corrected)
         return views.per_image_counts(res.images, res.detections, self.rule(threshold), res.classes)
 
-    def detections(self, threshold: Any | None = None) -> pd.DataFrame:
-        """One row per detection that counts at the threshold (``polygon`` as a list of [x, y]); with a
-        class map, a ``category`` column."""
-        res = self.results()
+    def detections(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
+        """One row per detection that counts at the threshold (``polygon`` as a list of [x, y]), with its
+        stable ``detection_id`` and its ``source`` (``model``, ``reclassified``, ``added``); with a class
+        map, a ``category`` column. ``corrected=False``: the model's detections alone."""
+        res = self.results(corrected=corrected)
         out = views.above_threshold(res.detections, self.rule(threshold)).reset_index(drop=True)
         if res.classes.mapping:
             out["category"] = res.classes.categories_of(out["class_name"])
         return out
 
-    def counts(self, threshold: Any | None = None) -> dict[str, int]:
-        """Totals per category at the threshold (the run's thresholds by default)."""
-        return views.totals(self.per_image(threshold), self.categories)
+    def counts(self, threshold: Any | None = None, *, corrected: bool = True) -> dict[str, int]:
+        """Totals per category at the threshold (the run's thresholds by default); ``corrected=False``:
+        the model alone."""
+        return views.totals(self.per_image(threshold, corrected=corrected), self.categories)
 
-    def cube(self, *, rebuild: bool = False):
+    def cube(self, *, rebuild: bool = False, corrected: bool = True):
         """The count-versus-threshold cube (``xarray.Dataset``), from ``cube.zarr`` when it is current.
 
-        The cube is derived from the Parquet results and rebuilt whenever they have changed.
+        The cube is derived from the Parquet results and the corrections, and rebuilt whenever they
+        have changed. ``corrected=False`` builds the model's cube in memory (it is not stored).
         """
         import xarray as xr
 
+        if not corrected:
+            m = self.meta
+            res = self.results(corrected=False)
+            extra = sorted(set(self.rule().by_class(res.classes).values()) | {float(m["threshold"])})
+            return views.build_cube(res.images, res.detections, res.classes, res.conf_floor, extra_thresholds=extra,
+                                    attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
+                                           "corrected": 0, "model_sha256": m["model"]["fingerprint"],
+                                           "inference_key": m["inference_key"]})
         path = self.store.run_dir(self.run_id) / "cube.zarr"
         signature = results_signature(self.store, self.run_id, self.meta)
         if not rebuild and path.exists():
@@ -202,7 +220,7 @@ class Run:
             attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
                    "signature": results_signature(self.store, self.run_id, m),
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
-                   "created_at": utcnow().isoformat()},
+                   "corrected": 1, "corrections_applied": len(res.applied), "created_at": utcnow().isoformat()},
         )
         run_dir = self.store.run_dir(self.run_id)
         final = run_dir / "cube.zarr"
@@ -223,16 +241,17 @@ class Run:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def export_polygons(self, out_dir: str | os.PathLike, threshold: Any | None = None) -> list[Path]:
+    def export_polygons(self, out_dir: str | os.PathLike, threshold: Any | None = None, *,
+                        corrected: bool = True) -> list[Path]:
         """Write one polygon JSON per image in the replaced system's format; returns the files.
 
         Files are named after the image's path (relative to the collection folder), with ``.json``;
-        names never leave ``out_dir``.
+        names never leave ``out_dir``. ``corrected=False`` exports the model's detections alone.
         """
         import json
 
         t = self.rule(threshold)
-        res = self.results()
+        res = self.results(corrected=corrected)
         table, dets = res.images, res.detections
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from .errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreEr
 
 __all__ = [
     "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes", "temp_path",
-    "remove_dead_temporaries",
+    "remove_dead_temporaries", "update_run_meta",
 ]
 
 log = logging.getLogger(__name__)
@@ -465,3 +465,30 @@ class Store:
     def remove_run_outputs(self, run_id: str, name: str) -> None:
         """Delete a derived output of a run (e.g. a stale cube)."""
         shutil.rmtree(self.run_dir(run_id) / name, ignore_errors=True)
+
+
+def update_run_meta(
+    store: Store, run_id: str, compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None, /,
+    **changes: Any,
+) -> dict[str, Any]:
+    """Read-modify-write run metadata under the run's metadata lock (no lost updates); returns it.
+
+    ``compute(meta)``, when given, returns more changes computed from the metadata as it is under the
+    lock (e.g. counts at the thresholds in effect, which another process may just have changed).
+    """
+    from filelock import FileLock
+
+    d = store.run_dir(run_id)
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d / ".meta.lock")):
+        try:
+            meta = store.read_run(run_id)
+        except RunNotFoundError:
+            meta = {}
+        meta["run_id"] = run_id
+        meta.update(changes)
+        if compute is not None:
+            meta.update(compute(meta))
+        meta["updated_at"] = utcnow().isoformat()
+        store.write_run(meta)
+    return meta

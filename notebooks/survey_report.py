@@ -50,12 +50,11 @@ from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
-from matplotlib_inline.backend_inline import set_matplotlib_formats
 
 import musseltools as mt
 from musseltools import plots
 
-set_matplotlib_formats("png")  # figures show as images whatever the matplotlib backend
+plots.show_alt_text()  # figures show as PNG images with a text alternative (alt) in the report
 pd.set_option("display.max_rows", 500)
 pd.set_option("display.max_colwidth", 120)
 display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
@@ -76,7 +75,7 @@ detections = run.detections(t)
 display(Markdown(
     f"Run `{run.run_id}`: **{meta['status']}**, {meta['total_images']} images "
     f"({meta['failed_count']} failed, {meta.get('inferred_this_call', 0)} inferred for this report), "
-    f"threshold {plots._fmt_threshold(t)}."
+    f"threshold {plots.threshold_label(t)}."
 ))
 
 # %% [markdown]
@@ -141,20 +140,49 @@ else:
 if truth is None:
     display(Markdown("No labels were given (`truth`), so there is no evaluation."))
 else:
-    from musseltools.evaluate import evaluate, plot_count_error, plot_pr, plot_pred_vs_true
-
-    ev = evaluate(run, truth, threshold=t)
+    ev = mt.evaluate(run, truth, threshold=t)
     display(Markdown(f"Labels: `{truth}`"))
     display(ev.metrics.set_index("class"))
-    import matplotlib.pyplot as plt
-
-    for fig in (plot_pr(ev), plot_count_error(ev, chosen=t), plot_pred_vs_true(ev)):
-        display(fig)
-        plt.close(fig)  # shown once: the inline backend would show open pyplot figures again
+    for fig in (plots.plot_pr(ev), plots.plot_count_error(ev, chosen=t), plots.plot_pred_vs_true(ev)):
+        display(fig)  # figures outside pyplot: each is shown once
     if ev.unmatched_images:
         display(Markdown(f"{len(ev.unmatched_images)} images have no labels: {', '.join(map(str, ev.unmatched_images[:20]))}"))
     if ev.unmatched_labels:
         display(Markdown(f"{len(ev.unmatched_labels)} labels have no image: {', '.join(map(str, ev.unmatched_labels[:20]))}"))
+
+# %% [markdown]
+# ## Hand corrections and review
+#
+# Corrections made by hand (the correction editor, `run.reclassify(...)`, `musseltools corrections import`)
+# are applied to every count above. Here: how many of each kind, the counts of the model alone and
+# corrected, the images verified by hand, and the head of the review queue: the images whose counts are
+# least certain (detections near the threshold), to check next.
+
+# %%
+saved = run.corrections()
+in_effect = run.corrections(active=True)
+kinds = ["reclassify", "delete", "add", "verify", "unverify"]
+display(pd.DataFrame({"in effect": [int((in_effect["kind"] == k).sum()) for k in kinds],
+                      "saved (undone included)": [int((saved["kind"] == k).sum()) for k in kinds]},
+                     index=pd.Index(kinds, name="correction")))
+display(pd.DataFrame({"model alone": run.counts(t, corrected=False), "corrected": totals}).rename_axis("category"))
+verified_images = run.verified_images()
+if verified_images.empty:
+    display(Markdown("No image has been verified by hand yet."))
+else:
+    display(Markdown(f"**{len(verified_images)} images verified by hand** (their corrected counts):"))
+    display(verified_images.assign(image=verified_images["path"].map(lambda p: Path(p).name))
+            [["image", *run.categories]].set_index("image"))
+not_applied = run.corrections_report()
+if len(not_applied):
+    display(Markdown(f"{len(not_applied)} corrections of these images do not apply to this run (made on other "
+                     "results):"))
+    display(not_applied[["kind", "path", "detection_id", "reason"]])
+queue = run.review_queue(n=10, threshold=t)
+display(Markdown("**Review queue** (least certain first; score = how much the count moves within ±0.05 of "
+                 "the threshold):"))
+display(queue.assign(image=queue["path"].map(lambda p: Path(p).name))
+        [["image", "score", "near_threshold", "count_swing", *run.categories]].set_index("image"))
 
 # %% [markdown]
 # ## Provenance
@@ -170,7 +198,7 @@ provenance = {
     "model SHA-256": meta["model"]["fingerprint"],
     "model classes": ", ".join(run.class_names),
     "class map": meta["model"].get("class_map") or "none",
-    "threshold": plots._fmt_threshold(t),
+    "threshold": plots.threshold_label(t),
     "inference settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
     "inference key": meta["inference_key"],
     "musseltools": versions.get("musseltools", mt.__version__),

@@ -85,7 +85,7 @@ def test_import_layers_hold():
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if lint is None:
         pytest.fail("import-linter is not installed: run `make dev`")
-    proc = subprocess.run([lint, "--config", str(PACKAGE.parent / "pyproject.toml")], cwd=PACKAGE.parent,
+    proc = subprocess.run([lint, str(PACKAGE.parent / "pyproject.toml")], cwd=PACKAGE.parent,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Contracts: " in proc.stdout and " broken" in proc.stdout

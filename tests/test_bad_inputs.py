@@ -25,8 +25,8 @@ from conftest import IMGSZ, make_image
 from PIL import Image
 
 import musseltools as mt
-from musseltools import engine
-from musseltools.engine import decode_image
+from musseltools.imageio import decode_image
+from musseltools.task import RunTask
 
 THRESHOLD = 0.3
 KW = {"imgsz": IMGSZ, "quiet": True, "store": "store", "threshold": THRESHOLD}
@@ -150,7 +150,7 @@ def test_every_bad_input_gets_a_result_or_a_clear_error(tmp_path, tiny_model, mo
     changed_bytes = _jpeg(make_image(np.random.default_rng(7)))
 
     # between the scan and the decode: one file disappears, one is rewritten with other pixels
-    orig_load = engine.RunTask.load
+    orig_load = RunTask.load
 
     def load_after_meddling(self, ref):
         if ref.path.endswith("deleted.jpg"):
@@ -159,11 +159,11 @@ def test_every_bad_input_gets_a_result_or_a_clear_error(tmp_path, tiny_model, mo
             (folder / "changed.jpg").write_bytes(changed_bytes)
         return orig_load(self, ref)
 
-    monkeypatch.setattr(engine.RunTask, "load", load_after_meddling)
+    monkeypatch.setattr(RunTask, "load", load_after_meddling)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run = mt.run(folder, model=tiny_model, **KW)
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    monkeypatch.setattr(engine.RunTask, "load", orig_load)
+    monkeypatch.setattr(RunTask, "load", orig_load)
     assert grew_mb < 1000, f"memory grew by {grew_mb:.0f} MB: the decompression bomb was decoded"
 
     assert run.status == "completed"

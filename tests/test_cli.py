@@ -50,7 +50,8 @@ def test_counts_json_matches_python_and_needs_no_inference(capsys, images, tiny_
     code, out, _ = cli(capsys, "counts", r["run_id"], "--threshold", "0.3", "--store", "store", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"run_id", "threshold", "counts", "images"}
+    assert set(doc) == {"run_id", "threshold", "counts", "images", "corrections_applied", "model_counts"}
+    assert doc["corrections_applied"] == 0 and doc["model_counts"] == doc["counts"]
     assert doc["threshold"] == 0.3
     run = mt.open_run(r["run_id"], store="store")
     assert doc["counts"] == run.counts(0.3)
@@ -127,3 +128,31 @@ def test_human_summary_says_when_nothing_was_inferred(capsys, images, tiny_model
     assert code == 0 and "6 images inferred in this call" in out
     code, out, _ = cli(capsys, *args)
     assert "nothing to infer" in out and "(no inference)" in out
+
+
+def _cli_process(tmp_path, images, model) -> list[str]:
+    return [sys.executable, "-m", "musseltools", "run", str(images), "--model", str(model), "--imgsz", str(IMGSZ),
+            "--store", str(tmp_path / "s"), "--json"]
+
+
+def test_json_into_a_reader_that_went_away_ends_quietly(tmp_path, images, tiny_model):
+    """``musseltools run ... --json | head -1``: no BrokenPipeError traceback, exit 141 (or 0 if it was read)."""
+    env = {**os.environ, "MUSSELTOOLS_BATCH_SIZE": "1"}
+    proc = subprocess.Popen(_cli_process(tmp_path, images, tiny_model), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the JSON is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) in (0, 141), err
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err, err
+
+
+def test_a_fresh_machine_prints_no_ultralytics_settings_banner(tmp_path, images, tiny_model):
+    """Ultralytics announces the settings file it creates on first import (on stdout); it must not break
+    ``--json`` or clutter ``make demo``."""
+    env = {**os.environ, "MUSSELTOOLS_BATCH_SIZE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "config")}
+    proc = subprocess.run(_cli_process(tmp_path, images, tiny_model), capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inferred_this_call"] == 6
+    assert list((tmp_path / "config").rglob("settings.json")), "Ultralytics did create its settings file"
+    assert "Ultralytics Settings" not in proc.stdout + proc.stderr

@@ -10,7 +10,7 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools.models import Predictor
+from musseltools.models import YoloPredictor
 
 KW = {"imgsz": IMGSZ, "quiet": True, "store": "store"}
 
@@ -175,13 +175,13 @@ def test_cap_hit_is_recorded(images, tiny_model):
 def test_batch_size_is_measured_and_remembered(images, tiny_model, monkeypatch):
     monkeypatch.delenv("MUSSELTOOLS_BATCH_SIZE")
     calls = []
-    orig = Predictor.measure_batch_size
+    orig = YoloPredictor.measure_batch_size
 
     def spy(self, sample, *a, **k):
         calls.append(1)
         return orig(self, sample, candidates=(1, 2), repeats=1)
 
-    monkeypatch.setattr(Predictor, "measure_batch_size", spy)
+    monkeypatch.setattr(YoloPredictor, "measure_batch_size", spy)
     r = mt.run(images, model=tiny_model, **KW)
     assert calls == [1]
     assert r.meta["batch_size"] in (1, 2)
@@ -200,7 +200,7 @@ def test_env_overrides_batch_and_commit_unit(images, tiny_model, monkeypatch):
 
 
 def test_inference_crash_fails_the_run_and_keeps_committed_work(images, tiny_model, monkeypatch):
-    orig = Predictor.predict
+    orig = YoloPredictor.predict
     n = {"calls": 0}
 
     def flaky(self, batch):
@@ -209,10 +209,10 @@ def test_inference_crash_fails_the_run_and_keeps_committed_work(images, tiny_mod
             raise RuntimeError("CUDA error: device-side assert (simulated)")
         return orig(self, batch)
 
-    monkeypatch.setattr(Predictor, "predict", flaky)
+    monkeypatch.setattr(YoloPredictor, "predict", flaky)
     with pytest.raises(mt.InferenceError, match="simulated"):
         mt.run(images, model=tiny_model, commit_every=2, **KW)
-    monkeypatch.setattr(Predictor, "predict", orig)
+    monkeypatch.setattr(YoloPredictor, "predict", orig)
     run = mt.list_runs(store="store").iloc[0]
     assert run["status"] == "failed"
     resumed = mt.run(images, model=tiny_model, commit_every=2, **KW)
@@ -221,7 +221,7 @@ def test_inference_crash_fails_the_run_and_keeps_committed_work(images, tiny_mod
 
 
 def test_keyboard_interrupt_cancels_and_resumes(images, tiny_model, monkeypatch):
-    orig = Predictor.predict
+    orig = YoloPredictor.predict
     n = {"calls": 0}
 
     def interrupted(self, batch):
@@ -230,14 +230,14 @@ def test_keyboard_interrupt_cancels_and_resumes(images, tiny_model, monkeypatch)
             raise KeyboardInterrupt
         return orig(self, batch)
 
-    monkeypatch.setattr(Predictor, "predict", interrupted)
+    monkeypatch.setattr(YoloPredictor, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mt.run(images, model=tiny_model, commit_every=2, **KW)
     run_id = mt.list_runs(store="store").iloc[0]["run_id"]
     r = mt.open_run(run_id, store="store")
     assert r.status == "cancelled"
     assert r.meta["processed_count"] == 2
-    monkeypatch.setattr(Predictor, "predict", orig)
+    monkeypatch.setattr(YoloPredictor, "predict", orig)
     again = mt.run(images, model=tiny_model, commit_every=2, **KW)
     assert again.status == "completed" and again.meta["inferred_this_call"] == 4
 
@@ -247,7 +247,7 @@ def test_background_run_can_be_cancelled(tmp_path, tiny_model, monkeypatch):
 
     folder = tmp_path / "many"
     write_images(folder, 12)
-    orig = Predictor.predict
+    orig = YoloPredictor.predict
     gate = threading.Event()
 
     def slow(self, batch):
@@ -257,7 +257,7 @@ def test_background_run_can_be_cancelled(tmp_path, tiny_model, monkeypatch):
             time.sleep(0.2)
         return orig(self, batch)
 
-    monkeypatch.setattr(Predictor, "predict", slow)
+    monkeypatch.setattr(YoloPredictor, "predict", slow)
     gate.set()
     handle = mt.run(folder, model=tiny_model, commit_every=2, background=True, **KW)
     assert isinstance(handle, mt.RunHandle)

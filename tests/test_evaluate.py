@@ -14,8 +14,10 @@ import pytest
 from conftest import IMGSZ
 
 import musseltools as mt
-from musseltools import evaluate as E
-from musseltools.evaluate import Truth, TruthError, evaluate_detections
+from musseltools import evaluation as E
+from musseltools import plots
+from musseltools.evaluation import Truth, TruthError, evaluate_detections
+from musseltools.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -334,7 +336,7 @@ def test_unmatched_images_and_labels_are_reported(caplog):
     imgs = images_table(("a", 50, 50), ("b", 50, 50), ("c", 50, 50))
     dets = dets_table([("a", "live", 0.9, 0, 0, 5, 5)])
     truth = Truth.from_records({"a.jpg": {"live": 1}, "b.png": {"live": 0}, "zz.jpg": {"live": 3}})
-    with caplog.at_level(logging.INFO, logger="musseltools.evaluate"):
+    with caplog.at_level(logging.INFO, logger="musseltools.evaluation"):
         ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1)
     assert ev.unmatched_labels == ["zz.jpg"]
     assert ev.unmatched_images == ["/survey/c.jpg"]
@@ -432,10 +434,19 @@ def test_evaluate_a_run_with_count_only_truth(tiny_run, images, tmp_path):
     assert tot.at["live", "predicted_total"] == tiny_run.counts(0.2)["live"]
 
 
-def test_evaluate_a_run_with_labels_and_plots(tiny_run, images, tmp_path):
-    import matplotlib
+def test_saved_thresholds_for_some_classes_keep_the_run_threshold_for_the_others(tiny_run, images, tmp_path):
+    names = sorted(p.name for p in images.iterdir())
+    csv = tmp_path / "counts.csv"
+    csv.write_text("image,live,dead\n" + "".join(f"{n},1,1\n" for n in names))
+    tiny_run.save_thresholds({"live": 0.3})  # the run was asked at 0.2
+    ev = mt.evaluate(tiny_run, csv)
+    m = ev.metrics.set_index("class")
+    assert m.at["live", "threshold"] == 0.3 and m.at["dead", "threshold"] == 0.2
+    assert m.at["dead", "predicted_total"] == tiny_run.counts(0.2)["dead"]
+    assert ev.at({"live": 0.5})["dead"]["predicted_total"] == tiny_run.counts(0.2)["dead"]
 
-    matplotlib.use("Agg")
+
+def test_evaluate_a_run_with_labels_and_plots(tiny_run, images, tmp_path):
     dets = tiny_run.detections(0.2)
     names = sorted(p.name for p in images.iterdir())
     labels = {}
@@ -447,14 +458,17 @@ def test_evaluate_a_run_with_labels_and_plots(tiny_run, images, tmp_path):
     m = ev.metrics.set_index("class")
     assert (m["fp"] == 0).all() and (m["fn"] == 0).all() and (m["count_mae"] == 0).all()
     assert ev.unmatched_images == [] and ev.unmatched_labels == []
-    for fig in (E.plot_pr(ev), E.plot_count_error(ev, chosen=0.3), E.plot_pred_vs_true(ev)):
+    for fig in (plots.plot_pr(ev), plots.plot_count_error(ev, chosen=0.3), plots.plot_pred_vs_true(ev)):
         assert len(fig.axes) >= 1
-        matplotlib.pyplot.close(fig)
-    fig = E.plot_count_error(ev, chosen={"live": 0.3, "dead": 0.5})
+    fig = plots.plot_count_error(ev, chosen={"live": 0.3, "dead": 0.5})
     assert [line.get_xdata()[0] for line in fig.axes[1].lines if line.get_label().startswith("chosen")] == [0.5]
     fig.savefig(tmp_path / "fig.png", dpi=40)
     assert fig.axes[0].get_title() == "live"
-    matplotlib.pyplot.close(fig)
+    # a PR curve per class with its point at the threshold, and the true counts against the predicted
+    pr = plots.plot_pr(ev)
+    assert len(pr.axes[0].lines) == 2 * len(ev.classes)
+    scatter = plots.plot_pred_vs_true(ev).axes[0].collections[0].get_offsets()
+    assert (scatter[:, 0] == scatter[:, 1]).all()  # a perfect detector at 0.2: predicted == true
 
 
 def test_cli_json(tiny_run, images, tmp_path, capsys):
@@ -489,7 +503,7 @@ def test_thresholds_validated():
     dets = dets_table([("a", "live", 0.9, 0, 0, 5, 5)])
     truth = Truth.from_records({"a.jpg": {"live": 1}})
     ev = evaluate_detections(imgs, dets, truth, class_names=["live"], conf_floor=0.1)
-    with pytest.raises(mt.ThresholdError, match="outside"):
+    with pytest.raises(mt.ThresholdError, match="below the confidence floor"):
         ev.at(0.05)
     with pytest.raises(mt.ThresholdError, match="unknown classes"):
         ev.at({"live": 0.5, "zebra": 0.5})
@@ -499,8 +513,29 @@ def test_thresholds_validated():
                              conf_floor=0.1, threshold={"open": 0.5, "closed": 0.5})
     assert ev.classes == ["live"] and ev.at(0.3)["live"]["count_mae"] == 1
     assert ev.run_thresholds({"live": 0.45}) == {"open": 0.45, "closed": 0.45}
-    with pytest.raises(mt.ThresholdError, match="one threshold per category"):
+    with pytest.raises(mt.ThresholdError, match="different thresholds"):
         ev.at({"open": 0.5, "closed": 0.3})
+
+
+def test_a_class_left_out_of_a_mapping_keeps_the_default_threshold():
+    imgs = images_table(("a", 50, 50))
+    dets = dets_table([("a", "live", 0.9, 0, 0, 5, 5), ("a", "live", 0.3, 9, 9, 15, 15),
+                       ("a", "dead", 0.6, 20, 20, 25, 25), ("a", "dead", 0.3, 30, 30, 35, 35)])
+    truth = Truth.from_records({"a.jpg": {"live": 2, "dead": 1}})
+    kw = {"class_names": ["live", "dead"], "conf_floor": 0.01}
+    ev = evaluate_detections(imgs, dets, truth, threshold=0.5, **kw)
+    # dead keeps the evaluation's threshold (0.5), not the floor: one dead detection, not two
+    assert ev.class_thresholds({"live": 0.2}) == {"live": 0.2, "dead": 0.5}
+    at = ev.at({"live": 0.2})
+    assert at["live"]["predicted_total"] == 2 and at["dead"]["predicted_total"] == 1
+    assert ev.at("live=0.2")["dead"]["predicted_total"] == 1  # the CLI form too
+    # the default travels with Thresholds (what mt.evaluate passes: the run's threshold)
+    ev = evaluate_detections(imgs, dets, truth, threshold=Thresholds.parse({"live": 0.2}, default=0.5), **kw)
+    assert ev.threshold == {"live": 0.2, "dead": 0.5} and ev.metrics["predicted_total"].tolist() == [2, 1]
+    assert ev.summary()["threshold"] == {"live": 0.2, "dead": 0.5}
+    # a plain mapping has no default: it must give every class a threshold
+    with pytest.raises(mt.ThresholdError, match=r"no threshold for classes \['dead'\]"):
+        evaluate_detections(imgs, dets, truth, threshold={"live": 0.2}, **kw)
 
 
 # ------------------------------------------------------------------------ agreement with val()

@@ -43,10 +43,10 @@ def test_resuming_with_changed_weights_is_refused(tmp_path, images, model_factor
     original = _sha256(weights)
     write_images(images, 4, seed=9, start=100)
     # interrupted after the first unit (a model crash), so there is something to resume
-    from musseltools.models import Predictor
+    from musseltools.models import YoloPredictor
 
     calls = {"n": 0}
-    orig = Predictor.predict
+    orig = YoloPredictor.predict
 
     def crash_later(self, batch):
         calls["n"] += 1
@@ -54,12 +54,12 @@ def test_resuming_with_changed_weights_is_refused(tmp_path, images, model_factor
             raise RuntimeError("simulated crash")
         return orig(self, batch)
 
-    Predictor.predict = crash_later
+    YoloPredictor.predict = crash_later
     try:
         with pytest.raises(mt.InferenceError):
             mt.run(images, model=weights, commit_every=2, **KW)
     finally:
-        Predictor.predict = orig
+        YoloPredictor.predict = orig
     run_id = mt.list_runs(store="store").iloc[0]["run_id"]
     kept = mt.open_run(run_id, store="store").per_image()["processed_at"].notna().sum()
     assert kept == 2

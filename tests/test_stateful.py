@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from procs import Zygote, comparable
 
 import musseltools as mt
-from musseltools.models import Predictor
+from musseltools.models import YoloPredictor
 from musseltools.store import Store
 
 COMMIT_EVERY = 2
@@ -36,7 +36,7 @@ ACTIONS = ["run-interrupted", "add", "modify", "run", "delete", "threshold"]
 INTERRUPTIONS = ["kill", "ctrl-c", "crash"]
 FAILPOINTS = ["part-written@1", "detections-committed@2", "part-committed@1", "meta-written@3", "cube-writing"]
 
-# injected into Predictor.predict by the test: {"after": n calls, "exc": exception class} or {}
+# injected into YoloPredictor.predict by the test: {"after": n calls, "exc": exception class} or {}
 _INJECT: dict = {}
 
 
@@ -190,7 +190,7 @@ class SurveyMachine(RuleBasedStateMachine):
 
 @pytest.fixture
 def inject(monkeypatch):
-    orig = Predictor.predict
+    orig = YoloPredictor.predict
     calls = {"n": 0}
 
     def predict(self, batch):
@@ -203,7 +203,7 @@ def inject(monkeypatch):
             calls["n"] = 0
         return orig(self, batch)
 
-    monkeypatch.setattr(Predictor, "predict", predict)
+    monkeypatch.setattr(YoloPredictor, "predict", predict)
 
 
 def test_results_always_equal_a_fresh_full_run(tiny_model, tmp_path, monkeypatch, inject):

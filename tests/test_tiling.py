@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -10,8 +12,8 @@ from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools.detections import Detections
-from musseltools.models import InferenceSettings, Predictor, load_model
-from musseltools.tiling import (
+from musseltools.models import InferenceSettings, Prepared, YoloPredictor, load_model, make_predictor
+from musseltools.models.tiling import (
     AUTO_TILE_FACTOR,
     Tile,
     TiledPredictor,
@@ -99,21 +101,40 @@ def blob_detections(image: np.ndarray) -> Detections:
     return Detections(np.array(xyxy, np.float32).reshape(-1, 4), conf, cls, polys, NAMES, (w, h))
 
 
+class BlobPredictor:
+    """A predictor of the protocol whose "model" is the ideal blob detector (no framework at all): tiling
+    wraps it as it wraps a YOLO predictor, through the protocol's public methods only."""
+
+    device = "cpu"
+    names = NAMES
+    task = "detect"
+
+    def __init__(self) -> None:
+        self.batch_size: int | None = None
+        self.calls: list[int] = []  # inputs per predict call: tiles per forward pass
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        return Prepared(image=image, tensor=image)
+
+    def predict(self, batch) -> list[Detections]:
+        self.calls.append(len(batch))
+        return [blob_detections(p.image) for p in batch]
+
+    def images_per_call(self, batch_size: int) -> int:
+        return batch_size
+
+    def measure_batch_size(self, sample: Prepared) -> int:
+        return 1
+
+
 @pytest.fixture
-def blob_predictor(tiny_model):
-    """A TiledPredictor whose model is the ideal blob detector (the real preprocessing and batching run)."""
-    calls: list[int] = []
+def blob_predictor():
+    """A TiledPredictor around the ideal blob detector (the real tiling, batching and merging run)."""
 
     def make(tile: int | str = 128, overlap: float = 0.25, **kw) -> TiledPredictor:
-        p = TiledPredictor(load_model(tiny_model), InferenceSettings(imgsz=IMGSZ, tile=tile, tile_overlap=overlap),
-                           **kw)
-
-        def forward(x, origs):
-            calls.append(int(x.shape[0]))
-            return [blob_detections(o) for o in origs]
-
-        p.inner._forward = forward
-        p.calls = calls
+        inner = BlobPredictor()
+        p = TiledPredictor(inner, InferenceSettings(imgsz=IMGSZ, tile=tile, tile_overlap=overlap), **kw)
+        p.calls = inner.calls
         return p
 
     return make
@@ -155,7 +176,7 @@ def test_plain_iou_merging_would_count_seams_twice(blob_predictor):
     p = blob_predictor(tile=128, overlap=0.25)
     tiles = tile_grid(224, 224, 128, 0.25)
     parts, tile_index, cut = [], [], []
-    from musseltools.tiling import _cut_flags
+    from musseltools.models.tiling import _cut_flags
 
     for k, t in enumerate(tiles):
         d = blob_detections(np.ascontiguousarray(img[t.y0 : t.y1, t.x0 : t.x1])).shifted(t.x0, t.y0)
@@ -245,7 +266,7 @@ def test_merging_is_exact_at_every_threshold(method):
         det = Detections(xy, rng.uniform(0.01, 1, n), rng.integers(0, 2, n), names=NAMES, image_size=(300, 200))
         cut = np.zeros(n, bool)
         for i, t in enumerate(k):
-            from musseltools.tiling import _cut_flags
+            from musseltools.models.tiling import _cut_flags
 
             cut[i] = _cut_flags(xy[i : i + 1], tiles[t], 300, 200, 2.0)[0]
         full = merge_tiles(det, k, cut, tiles, method=method)
@@ -269,10 +290,12 @@ def test_tile_detections_are_mapped_back_to_the_image(model_factory, task):
                     (25, 25, 25), -1)
     model = load_model(model_factory(task))
     settings = InferenceSettings(imgsz=IMGSZ, tile=128, tile_overlap=0.0, max_det=300)
-    tiled = TiledPredictor(model, settings)
+    tiled = make_predictor(model, settings)
+    assert isinstance(tiled, TiledPredictor)
     tiled.batch_size = 2
     [det] = tiled.predict([tiled.prepare(img)])
-    whole = Predictor(model, settings)
+    whole = make_predictor(model, dataclasses.replace(settings, tile=None))
+    assert isinstance(whole, YoloPredictor)
     expected = Detections.concat(
         [whole.predict([whole.prepare(np.ascontiguousarray(img[:, x : x + 128]))])[0].shifted(x, 0)
          for x in (0, 128)], image_size=(256, 128))
@@ -306,7 +329,7 @@ def assert_same_detections(da: pd.DataFrame, db: pd.DataFrame) -> None:
     for key, ga in da.groupby(["image_id", "class_id"]):
         gb = db[(db.image_id == key[0]) & (db.class_id == key[1])]
         np.testing.assert_allclose(np.sort(ga.confidence), np.sort(gb.confidence), atol=1e-3)
-        from musseltools.tiling import _pair_metrics
+        from musseltools.models.tiling import _pair_metrics
 
         iou, _ = _pair_metrics(ga[["x1", "y1", "x2", "y2"]].to_numpy(), gb[["x1", "y1", "x2", "y2"]].to_numpy())
         assert (iou.max(axis=1) >= 0.5).all() and (iou.max(axis=0) >= 0.5).all()
@@ -319,13 +342,13 @@ def _dets(run):
 
 def test_tiled_results_do_not_depend_on_the_model_batch_size(tmp_path, large_images, tiny_model, monkeypatch):
     sizes: list[int] = []
-    orig = Predictor._forward
+    orig = YoloPredictor.predict
 
-    def spy(self, x, origs):
-        sizes.append(int(x.shape[0]))
-        return orig(self, x, origs)
+    def spy(self, batch):
+        sizes.append(len(batch))  # tiles of one shape per call: one forward pass
+        return orig(self, batch)
 
-    monkeypatch.setattr(Predictor, "_forward", spy)
+    monkeypatch.setattr(YoloPredictor, "predict", spy)
     a = mt.run(large_images, model=tiny_model, tile=128, batch_size=1, store=tmp_path / "a", **KW)
     assert set(sizes) == {1}
     sizes.clear()
@@ -367,7 +390,7 @@ def test_auto_tiles_only_large_images(tmp_path, tiny_model):
     write_images(folder, 2, seed=4, size=(200, 150))  # longest side 200 <= 2 x 128: whole
     write_images(folder, 1, seed=5, size=(300, 200), start=10)  # 300 > 256: tiled
     assert AUTO_TILE_FACTOR * IMGSZ == 256
-    p = TiledPredictor(load_model(tiny_model), InferenceSettings(imgsz=IMGSZ, tile="auto"))
+    p = make_predictor(load_model(tiny_model), InferenceSettings(imgsz=IMGSZ, tile="auto"))
     assert p.prepare(np.zeros((150, 200, 3), np.uint8)).tensor is not None
     assert p.prepare(np.zeros((200, 300, 3), np.uint8)).tensor is None
     assert len(p.tiles_for(300, 200)) == len(tile_grid(300, 200, IMGSZ, 0.2)) > 1

@@ -69,8 +69,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .detections import Detections
-from .models import InferenceSettings, LoadedModel, Predictor, Prepared
+from ..detections import Detections
+from .base import InferenceSettings, Predictor, Prepared
 
 __all__ = [
     "AUTO_TILE_FACTOR",
@@ -232,6 +232,65 @@ def _reaching_into(xyxy: np.ndarray, idx: np.ndarray, area: Tile) -> np.ndarray:
     return idx[(bx[:, 0] < area.x1) & (bx[:, 2] > area.x0) & (bx[:, 1] < area.y1) & (bx[:, 3] > area.y0)]
 
 
+def _matches(det: Detections, order: np.ndarray, tile_index: np.ndarray, cut: np.ndarray, tiles: Sequence[Tile],
+             method: str, iou: float, ios: float) -> list[list[int]]:
+    """For each detection, the detections of lower confidence rank that match it (see the module docstring)."""
+    n = len(det)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    members: list[list[int]] = [[] for _ in range(n)]
+    by_tile = {int(t): np.flatnonzero(tile_index == t) for t in np.unique(tile_index)}
+    pairs = _overlapping_pairs(tiles)
+    if method == "nmm":  # also within a tile, as SAHI's greedy NMM
+        pairs = [(t, t) for t in range(len(tiles))] + pairs
+    for a, b in pairs:
+        ia, ib = by_tile.get(a), by_tile.get(b)
+        if ia is None or ib is None:
+            continue
+        ta, tb = tiles[a], tiles[b]
+        shared = Tile(max(ta.x0, tb.x0), max(ta.y0, tb.y0), min(ta.x1, tb.x1), min(ta.y1, tb.y1))
+        ia, ib = _reaching_into(det.xyxy, ia, shared), _reaching_into(det.xyxy, ib, shared)
+        if not len(ia) or not len(ib):
+            continue
+        m_iou, m_ios = _pair_metrics(det.xyxy[ia], det.xyxy[ib])
+        same = det.class_id[ia][:, None] == det.class_id[ib][None, :]
+        if method in ("ios", "nmm"):
+            match = m_ios >= ios
+        else:
+            either_cut = cut[ia][:, None] | cut[ib][None, :]
+            match = (m_iou >= iou) | (either_cut & (m_ios >= ios))
+        for i, j in zip(*np.nonzero(match & same)):
+            gi, gj = int(ia[i]), int(ib[j])
+            if gi == gj:
+                continue
+            if rank[gi] < rank[gj]:
+                members[gi].append(gj)
+            else:
+                members[gj].append(gi)
+    return members
+
+
+def _kept_outlines(det: Detections, keep: list[int], groups: list[list[int]], tile_index: np.ndarray,
+                   cut: np.ndarray, task: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Boxes and outlines of the kept detections: a cut one takes the whole one seen next door, else the union."""
+    xyxy = det.xyxy[keep].copy()
+    polygons = [det.polygons[i] for i in keep]
+    for k, (i, group) in enumerate(zip(keep, groups)):
+        if not group or not cut[i]:
+            continue
+        whole = [j for j in group if not cut[j] and tile_index[j] != tile_index[i]]  # seen whole next door
+        if whole:
+            best = max(whole, key=lambda j: (det.confidence[j], -j))
+            xyxy[k] = det.xyxy[best]
+            polygons[k] = det.polygons[best]
+        else:
+            idx = [i, *group]
+            bx = det.xyxy[idx]
+            xyxy[k] = [bx[:, 0].min(), bx[:, 1].min(), bx[:, 2].max(), bx[:, 3].max()]
+            polygons[k] = _join_outlines([det.polygons[j] for j in idx], xyxy[k], task)
+    return xyxy, polygons
+
+
 def merge_tiles(
     det: Detections,
     tile_index: np.ndarray,
@@ -279,39 +338,9 @@ def merge_tiles(
     order = np.argsort(-det.confidence, kind="stable")
     if n == 0:
         return det
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
     tile_index = np.asarray(tile_index)
     cut = np.asarray(cut, bool)
-    members: list[list[int]] = [[] for _ in range(n)]  # matches of lower rank, per detection
-    by_tile = {int(t): np.flatnonzero(tile_index == t) for t in np.unique(tile_index)}
-    pairs = _overlapping_pairs(tiles)
-    if method == "nmm":  # also within a tile, as SAHI's greedy NMM
-        pairs = [(t, t) for t in range(len(tiles))] + pairs
-    for a, b in pairs:
-        ia, ib = by_tile.get(a), by_tile.get(b)
-        if ia is None or ib is None:
-            continue
-        ta, tb = tiles[a], tiles[b]
-        shared = Tile(max(ta.x0, tb.x0), max(ta.y0, tb.y0), min(ta.x1, tb.x1), min(ta.y1, tb.y1))
-        ia, ib = _reaching_into(det.xyxy, ia, shared), _reaching_into(det.xyxy, ib, shared)
-        if not len(ia) or not len(ib):
-            continue
-        m_iou, m_ios = _pair_metrics(det.xyxy[ia], det.xyxy[ib])
-        same = det.class_id[ia][:, None] == det.class_id[ib][None, :]
-        if method in ("ios", "nmm"):
-            match = m_ios >= ios
-        else:
-            either_cut = cut[ia][:, None] | cut[ib][None, :]
-            match = (m_iou >= iou) | (either_cut & (m_ios >= ios))
-        for i, j in zip(*np.nonzero(match & same)):
-            gi, gj = int(ia[i]), int(ib[j])
-            if gi == gj:
-                continue
-            if rank[gi] < rank[gj]:
-                members[gi].append(gj)
-            else:
-                members[gj].append(gi)
+    members = _matches(det, order, tile_index, cut, tiles, method, iou, ios)
     absorbed = np.zeros(n, bool)
     keep: list[int] = []
     groups: list[list[int]] = []
@@ -322,21 +351,7 @@ def merge_tiles(
         absorbed[group] = True
         keep.append(i)
         groups.append(group)
-    xyxy = det.xyxy[keep].copy()
-    polygons = [det.polygons[i] for i in keep]
-    for k, (i, group) in enumerate(zip(keep, groups)):
-        if not group or not cut[i]:
-            continue
-        whole = [j for j in group if not cut[j] and tile_index[j] != tile_index[i]]  # seen whole next door
-        if whole:
-            best = max(whole, key=lambda j: (det.confidence[j], -j))
-            xyxy[k] = det.xyxy[best]
-            polygons[k] = det.polygons[best]
-        else:
-            idx = [i, *group]
-            bx = det.xyxy[idx]
-            xyxy[k] = [bx[:, 0].min(), bx[:, 1].min(), bx[:, 2].max(), bx[:, 3].max()]
-            polygons[k] = _join_outlines([det.polygons[j] for j in idx], xyxy[k], task)
+    xyxy, polygons = _kept_outlines(det, keep, groups, tile_index, cut, task)
     return Detections(xyxy, det.confidence[keep], det.class_id[keep], polygons, det.names, det.image_size)
 
 
@@ -355,22 +370,22 @@ def _join_outlines(polys: Sequence[np.ndarray], box: np.ndarray, task: str) -> n
 
 # ---------------------------------------------------------------------------------------------- predictor
 class TiledPredictor:
-    """The Predictor seam for tiled inference: native-resolution tiles, batched, seams merged.
+    """Tiled inference around any :class:`~musseltools.models.base.Predictor`: native-resolution tiles,
+    batched, seams merged.
 
     ``prepare`` (run in the decode thread) only decides whether an image is tiled: an image that is
-    run whole is letterboxed there as by :class:`~musseltools.models.Predictor`; a tiled image is
-    passed on as it is (``tensor=None``). ``predict`` streams the tiles of a batch of images through
-    the model ``batch_size`` tiles at a time, so that neither all tiles nor all raw predictions of a
-    large image are held at once, and returns one merged :class:`Detections` per image.
+    run whole is prepared there by the inner predictor; a tiled image is passed on as it is
+    (``tensor=None``). ``predict`` streams the tiles of a batch of images through the inner predictor
+    ``batch_size`` tiles at a time, so that neither all tiles nor all raw predictions of a large image
+    are held at once, and returns one merged :class:`Detections` per image. Only the inner predictor's
+    public methods are used, so tiling works for every model family.
 
     Parameters
     ----------
-    model : LoadedModel
+    inner : Predictor
+        Runs the model on whole images and on tiles (the same inference settings).
     settings : InferenceSettings
         ``settings.tile`` is the tile size in pixels or ``"auto"``.
-    device : str, optional
-    threads : int, optional
-        As for :class:`~musseltools.models.Predictor`, which runs the model here (composition).
     merge : {"edge", "ios", "nmm"}
         How duplicates across seams are merged (:data:`DEFAULT_MERGE`).
 
@@ -382,33 +397,24 @@ class TiledPredictor:
 
     Examples
     --------
-    >>> from musseltools.models import InferenceSettings, load_model                    # doctest: +SKIP
-    >>> p = TiledPredictor(load_model("data/models/mussel-demo.pt"),
-    ...                    InferenceSettings(imgsz=640, tile=640, tile_overlap=0.2))     # doctest: +SKIP
-    >>> p.batch_size = 8                                                                # doctest: +SKIP
-    >>> [dets] = p.predict([p.prepare(cv2.imread("quadrat.jpg"))])                      # doctest: +SKIP
+    >>> from musseltools.models import InferenceSettings, load_model, make_predictor      # doctest: +SKIP
+    >>> settings = InferenceSettings(imgsz=640, tile=640, tile_overlap=0.2)
+    >>> p = make_predictor(load_model("data/models/mussel-demo.pt"), settings)           # doctest: +SKIP
+    >>> p.batch_size = 8                                                                  # doctest: +SKIP
+    >>> [dets] = p.predict([p.prepare(cv2.imread("quadrat.jpg"))])                        # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        settings: InferenceSettings,
-        *,
-        device: str | None = None,
-        threads: int | None = None,
-        merge: str = DEFAULT_MERGE,
-    ) -> None:
+    def __init__(self, inner: Predictor, settings: InferenceSettings, *, merge: str = DEFAULT_MERGE) -> None:
         if settings.tile is None:
             raise ValueError("TiledPredictor needs settings.tile (a size in pixels or 'auto'); got None")
         if merge not in MERGE_METHODS:
             raise ValueError(f"unknown tile merge method {merge!r} — expected one of {', '.join(MERGE_METHODS)}")
-        self.model = model
         self.settings = settings
         self.merge = merge
-        self.inner = Predictor(model, settings, device=device, threads=threads)
-        self.device = self.inner.device
-        self.names = self.inner.names
-        self.task = model.info.task
+        self.inner = inner
+        self.device = inner.device
+        self.names = inner.names
+        self.task = inner.task
         self.batch_size: int | None = None
 
     # -- geometry -------------------------------------------------------------------------------------
@@ -424,7 +430,7 @@ class TiledPredictor:
             return [Tile(0, 0, width, height)]
         return tile_grid(width, height, self.tile_size, self.settings.tile_overlap)
 
-    # -- the Predictor seam ---------------------------------------------------------------------------
+    # -- the Predictor protocol -----------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> Prepared:
         """Letterbox an image that runs whole; pass a tiled one on untouched (cheap, thread-safe)."""
         h, w = image.shape[:2]
@@ -498,16 +504,21 @@ class TiledPredictor:
         return merged
 
     # -- batch size -----------------------------------------------------------------------------------
-    def measure_batch_size(self, sample: Prepared, candidates: Sequence[int] | None = None, repeats: int = 2) -> int:
+    def images_per_call(self, batch_size: int) -> int:
+        """Images handed to :meth:`predict` at once: the batch size, but at most 2 (this predictor batches
+        *tiles*; holding a batch of 8000x6000 photos would cost gigabytes)."""
+        return min(batch_size, 2)
+
+    def measure_batch_size(self, sample: Prepared) -> int:
         """The fastest model batch size: of tiles for a tiled image, of images for one run whole.
 
         The result is also kept as :attr:`batch_size` when the sample is tiled.
         """
         if sample.tensor is not None:
-            return self.inner.measure_batch_size(sample, candidates, repeats)
+            return self.inner.measure_batch_size(sample)
         h, w = sample.image.shape[:2]
         tiles = self.tiles_for(w, h)
         t = tiles[len(tiles) // 2]
         crop = np.ascontiguousarray(sample.image[t.y0 : t.y1, t.x0 : t.x1])
-        self.batch_size = self.inner.measure_batch_size(self.inner.prepare(crop), candidates, repeats)
+        self.batch_size = self.inner.measure_batch_size(self.inner.prepare(crop))
         return self.batch_size

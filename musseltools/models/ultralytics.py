@@ -1,0 +1,210 @@
+"""The Ultralytics YOLO family: detect, segment and OBB models from Ultralytics ``.pt`` weights.
+
+This is the only module of musseltools that imports Ultralytics or touches its internals (the
+predictor's pre- and post-processing). Ultralytics itself is imported lazily, when a model is built.
+
+Images are batched only with images of the same size, which makes every result independent of the
+model batch size (Ultralytics pads mixed-size batches differently). Detections are converted with
+:meth:`~musseltools.detections.Detections.from_ultralytics`, which stays in ``detections.py``: it
+only reads the public attributes of Ultralytics' ``Results``, as supervision's adapters do.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..detections import Detections
+from ..errors import ModelLoadError
+from ..options import OPTIONS
+from .base import LoadedModel, ModelCard, Prepared, default_device, register_family
+
+__all__ = ["UltralyticsFamily", "YoloPredictor"]
+
+log = logging.getLogger(__name__)
+
+_SETTINGS_BANNER = "Creating new Ultralytics Settings"
+
+
+class _NoSettingsBanner(logging.Filter):
+    """Drops Ultralytics' "Creating new Ultralytics Settings ..." banner (printed to stdout on the first
+    import on a machine, where it would also break ``musseltools run --json``). Its other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_SETTINGS_BANNER)
+
+
+def _yolo_class() -> Any:
+    """``ultralytics.YOLO``, imported offline and without the settings banner."""
+    logger = logging.getLogger("ultralytics")  # the logger Ultralytics configures on import (filters are kept)
+    if not any(isinstance(f, _NoSettingsBanner) for f in logger.filters):
+        logger.addFilter(_NoSettingsBanner())
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    return YOLO
+
+
+class UltralyticsFamily:
+    """Ultralytics YOLO weights (.pt): the ``ultralytics`` model family."""
+
+    expects = "an Ultralytics YOLO .pt file"
+
+    def claims(self, data: bytes, filename: str) -> bool:
+        """A torch checkpoint whose pickle names Ultralytics' model classes (read, never unpickled)."""
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
+                return any(b"ultralytics" in z.read(n) for n in pickles)
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return b"ultralytics" in data[: 1 << 20]  # a legacy (not zipped) torch file: the pickle comes first
+
+    def build(self, data: bytes, filename: str, shown: str) -> tuple[Any, ModelCard]:
+        """Build a YOLO model from the weights' bytes.
+
+        Ultralytics loads from a path only, so the bytes (those that were hashed) are written to a
+        private temporary folder (mode 0700, removed at once) under the file's own name: Ultralytics
+        chooses the model class from it. No other process can change that copy.
+        """
+        yolo_class = _yolo_class()
+        with tempfile.TemporaryDirectory(prefix="musseltools-weights-") as tmp:
+            copy = Path(tmp) / (Path(filename).name or "weights.pt")
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                yolo = yolo_class(str(copy))
+            except Exception as exc:  # noqa: BLE001 - any failure to unpickle/build is a load error
+                raise ModelLoadError(
+                    f"cannot load weights file {shown!r}: {type(exc).__name__}: {exc} — expected Ultralytics YOLO "
+                    "weights (.pt) — check that the file is complete and was saved by Ultralytics"
+                ) from exc
+        size = getattr(yolo, "overrides", {}).get("imgsz") or OPTIONS.imgsz.fallback
+        train_imgsz = int(max(size) if isinstance(size, (list, tuple)) else size)
+        names = {int(k): str(v) for k, v in dict(yolo.names).items()}
+        return yolo, ModelCard("ultralytics", getattr(yolo, "task", None), names, train_imgsz)
+
+    def predictor(self, model: LoadedModel, settings: Any, *, device: str | None = None,
+                  threads: int | None = None) -> YoloPredictor:
+        return YoloPredictor(model, settings, device=device, threads=threads)
+
+
+class YoloPredictor:
+    """Runs a YOLO model on decoded images: ``prepare`` in a worker thread, ``predict`` in batches.
+
+    Implements :class:`~musseltools.models.base.Predictor`.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        Built by :func:`~musseltools.models.load_model`.
+    settings : InferenceSettings
+    device : str, optional
+        ``cpu``, ``cuda:0``...; the fastest available by default.
+    threads : int, optional
+        torch CPU threads: all cores but one by default (the decode thread uses that one), or
+        ``$MUSSELTOOLS_TORCH_THREADS``.
+    """
+
+    def __init__(
+        self, model: LoadedModel, settings: Any, *, device: str | None = None, threads: int | None = None
+    ) -> None:
+        import torch
+
+        if model.model is None:
+            raise ValueError("the model is described but not built — load it with musseltools.models.load_model")
+        self.settings = settings
+        self.device = device or default_device()
+        self.names = model.info.names
+        self.task = model.info.task
+        self.batch_size: int | None = None
+        yolo = model.model
+        dummy = np.zeros((64, 64, 3), np.uint8)
+        yolo.predict(dummy, verbose=False, **self._predict_args())  # builds Ultralytics' predictor once
+        self._p = yolo.predictor
+        if self.device.startswith("cpu"):
+            # one core is left to the decode thread: oversubscribed OpenMP threads stall each other (on 2 cores,
+            # 2 torch threads next to a busy decoder ran 20x slower than 1)
+            threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
+            torch.set_num_threads(threads)
+        self._inference_mode = torch.inference_mode
+
+    def _predict_args(self) -> dict[str, Any]:
+        s = self.settings
+        return {"conf": s.conf_floor, "iou": s.iou, "imgsz": s.imgsz, "max_det": s.max_det, "device": self.device}
+
+    # -- the two halves -------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Letterbox one BGR image into a model tensor (safe to call from a worker thread)."""
+        with self._inference_mode():
+            return Prepared(image=image, tensor=self._p.preprocess([image]))
+
+    def predict(self, batch: Sequence[Prepared]) -> list[Detections]:
+        """Detections for each prepared image, down to the confidence floor, in input order.
+
+        Images of one shape run together, :attr:`batch_size` at a time (all at once when it is None).
+        """
+        import torch
+
+        out: list[Detections | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault((tuple(item.tensor.shape), item.image.shape), []).append(i)
+        with self._inference_mode():
+            for same_shape in groups.values():
+                step = self.batch_size or len(same_shape)
+                for k in range(0, len(same_shape), step):
+                    idx = same_shape[k : k + step]
+                    x = torch.cat([batch[i].tensor for i in idx]) if len(idx) > 1 else batch[idx[0]].tensor
+                    origs = [batch[i].image for i in idx]
+                    for i, det in zip(idx, self._forward(x, origs)):
+                        out[i] = det
+        return out  # type: ignore[return-value]
+
+    def _forward(self, x: Any, origs: list[np.ndarray]) -> list[Detections]:
+        p = self._p
+        preds = p.inference(x)
+        p.batch = ([""] * len(origs), origs, [""] * len(origs))
+        return [Detections.from_ultralytics(r) for r in p.postprocess(preds, x, origs)]
+
+    # -- batch size -----------------------------------------------------------------------------------
+    def images_per_call(self, batch_size: int) -> int:
+        """Images handed to :meth:`predict` at once: one model batch."""
+        return batch_size
+
+    def measure_batch_size(self, sample: Prepared, candidates: Sequence[int] | None = None, repeats: int = 2) -> int:
+        """Time the model on copies of ``sample`` at several batch sizes and return the fastest.
+
+        On CPU, batch 1 is often fastest; on a GPU, larger batches usually win. A larger batch must beat
+        a smaller one by 5 % to be chosen.
+        """
+        if candidates is None:
+            candidates = (1, 2, 4, 8) if self.device.startswith("cpu") else (1, 4, 8, 16, 32)
+        best, best_rate = 1, 0.0
+        kept, self.batch_size = self.batch_size, None  # each candidate runs as one batch
+        try:
+            for b in candidates:
+                items = [sample] * b
+                self.predict(items)  # warm-up at this size
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    self.predict(items)
+                rate = b * repeats / max(time.perf_counter() - t0, 1e-9)
+                log.debug("batch size %d: %.1f images/s", b, rate)
+                if rate > best_rate * 1.05:
+                    best, best_rate = b, rate
+        finally:
+            self.batch_size = kept
+        return best
+
+
+register_family("ultralytics", UltralyticsFamily())

@@ -1,0 +1,82 @@
+"""Planning: which images a run processes, cut into commit units with deterministic keys, and run ids.
+
+Resume is *planned minus committed*: the engine lists the images without a result and hands them
+here; a unit's key comes from its image ids and the inference key, so a unit that is redone writes
+the same part name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .models import InferenceSettings
+from .models.base import LEGACY_FAMILY
+
+__all__ = ["ImageRef", "Unit", "UnitSummary", "make_units", "make_run_id"]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image to process: its id, printable path, path to open, and scan-time error if any."""
+
+    image_id: str
+    path: str
+    fspath: str | bytes
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A commit unit: images whose results are committed together, under a deterministic key."""
+
+    key: str
+    images: tuple[ImageRef, ...]
+
+
+@dataclass
+class UnitSummary:
+    """What committing a unit produced: image, failure and inference numbers, counts per category."""
+
+    key: str
+    n_images: int
+    n_failed: int
+    n_inferred: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def make_units(refs: Sequence[ImageRef], inference_key: str, commit_every: int) -> list[Unit]:
+    """Chunk images into commit units; a unit's key is derived from its image ids.
+
+    >>> [u.key for u in make_units([ImageRef("a", "a.jpg", "a.jpg")], "k", 32)]
+    ['571bc511d13998aa4301']
+    """
+    units = []
+    for i in range(0, len(refs), commit_every):
+        chunk = tuple(refs[i : i + commit_every])
+        digest = hashlib.sha256((inference_key + "\n" + "\n".join(sorted(r.image_id for r in chunk))).encode())
+        units.append(Unit(key=digest.hexdigest()[:20], images=chunk))
+    return units
+
+
+def make_run_id(
+    collection_identity: str,
+    model_path: str,
+    threshold: float,
+    settings: InferenceSettings,
+    class_map: Mapping[str, str] | None = None,
+    family: str = LEGACY_FAMILY,
+) -> str:
+    """Runs are identified by what the researcher asks: collection, model file, class map, threshold, settings.
+
+    The family enters the id only when it is not the ``ultralytics`` one (ids of existing runs are kept).
+    """
+    payload = {"collection": collection_identity, "model": model_path, "threshold": round(float(threshold), 6),
+               "settings": settings.to_dict()}
+    if class_map:
+        payload["class_map"] = dict(sorted(class_map.items()))
+    if family != LEGACY_FAMILY:
+        payload["family"] = family
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
