@@ -27,7 +27,7 @@ from .collection import Collection, ImagesLike, scan
 from .errors import CorruptStoreError, ModelChangedError, MusselToolsError, RunCancelled, RunNotFoundError
 from .executors import Executor, LocalExecutor
 from .models import InferenceSettings, LoadedModel, describe_model
-from .options import DEFAULT_COMMIT_EVERY, OPTIONS
+from .options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from .planning import ImageRef, Unit, make_run_id, make_units
 from .runs import Run
 from .store import Store, update_run_meta, utcnow
@@ -115,12 +115,9 @@ def _env_int(name: str) -> int | None:
     if not v:
         return None
     try:
-        n = int(v)
-    except ValueError:
-        raise MusselToolsError(f"environment variable {name}={v!r} is not an integer") from None
-    if n < 1:
-        raise MusselToolsError(f"environment variable {name}={v!r} must be >= 1")
-    return n
+        return parse_positive_int(v)
+    except ValueError as exc:
+        raise MusselToolsError(f"environment variable {name}={v!r}: {exc}") from None
 
 
 def run(
