@@ -1,19 +1,23 @@
 """Throughput of musseltools against plain Ultralytics on the same weights and images.
 
-In one process, on the same images and weights:
+On the same images and weights, each timed from the call to the last result, model loading and
+worker start included:
 
-(a) ``YOLO(w).predict(source=dir, stream=True)``, as a user would write it (Ultralytics defaults);
-(b) musseltools end to end: ``mt.run(dir, model=w)`` into a fresh store (scan + SHA-256, decode,
-    inference down to the 0.01 confidence floor, Parquet commits, run metadata, Zarr cube);
-(c) model only: forward + NMS on images already decoded and letterboxed (the ceiling).
+(a) Ultralytics: ``YOLO(w).predict(source=dir, stream=True)``, as a user would write it;
+(b) musseltools with 1 worker (``workers=1``: this process, a decode thread ahead of the model);
+(d) musseltools with the default workers (one process per core when the images pay back their start);
+(e) musseltools on a Dask ``LocalCluster`` (one worker process per core, no nanny, 1 thread each);
+(c) model only, one process: forward + NMS on images already decoded and letterboxed (the ceiling per
+    process, without loading).
 
-Each is warmed up once first (model loaded, kernels warm, the batch size measured once per
-machine); timings are the best of ``--repeat`` passes. Prints images/s, the ratios b/a and b/c, and
-a last line ``ratio_vs_ultralytics=X.XX``.
+musseltools runs end to end into a fresh store (scan + SHA-256, decode, inference down to the 0.01
+floor, Parquet commits, run metadata, Zarr cube). Each contender is warmed up once (files in the page
+cache, the batch size measured once per machine); timings are the best of ``--repeat`` interleaved
+passes. The last line is ``ratio_vs_ultralytics=X.XX`` for (d), the default.
 
-    python benchmarks/throughput.py                      # demo images and demo model
-    python benchmarks/throughput.py IMAGES --model W.pt --imgsz 640 --repeat 3
-    python benchmarks/throughput.py --synth 200          # 200 generated survey frames (seed 7)
+    python benchmarks/throughput.py --synth 300          # 300 generated survey frames (seed 7)
+    python benchmarks/throughput.py                      # the 40 demo images (start-up costs dominate)
+    python benchmarks/throughput.py IMAGES --model W.pt --imgsz 640 --repeat 3 --no-dask
 """
 
 from __future__ import annotations
@@ -39,21 +43,21 @@ def _images(folder: Path) -> list[Path]:
 def bench_ultralytics(folder: Path, weights: str, imgsz: int | None) -> float:
     from ultralytics import YOLO
 
+    t0 = time.perf_counter()
     model = YOLO(weights)
     n = 0
     size = {"imgsz": imgsz} if imgsz else {}  # default: the model's training size, as a user would get
-    t0 = time.perf_counter()
     for _ in model.predict(source=str(folder), stream=True, verbose=False, **size):
         n += 1
     return n / (time.perf_counter() - t0)
 
 
-def bench_musseltools(folder: Path, weights: str, imgsz: int | None) -> tuple[float, dict]:
+def bench_musseltools(folder: Path, weights: str, imgsz: int | None, **how) -> tuple[float, dict]:
     import musseltools as mt
 
     with tempfile.TemporaryDirectory() as store:
         t0 = time.perf_counter()
-        run = mt.run(folder, model=weights, imgsz=imgsz, store=store, quiet=True)
+        run = mt.run(folder, model=weights, imgsz=imgsz, store=store, quiet=True, **how)
         dt = time.perf_counter() - t0
         meta = run.meta
     assert meta["inferred_this_call"] == meta["total_images"], meta
@@ -73,6 +77,19 @@ def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int) ->
     return len(prepared) / (time.perf_counter() - t0)
 
 
+def _cluster():
+    """A Dask LocalCluster of one worker process per core (no nanny: it halves the overhead here)."""
+    import distributed
+    from distributed import Client, LocalCluster
+
+    from musseltools.executors import cpu_cores
+
+    n = cpu_cores()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           worker_class=distributed.Worker)
+    return cluster, Client(cluster), n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="?", default=str(ROOT / "data" / "demo" / "images"))
@@ -80,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, help="model input size (default: the model's training size)")
     ap.add_argument("--repeat", type=int, default=2, help="passes per contender; the best is kept")
     ap.add_argument("--synth", type=int, metavar="N", help="use N synthetic survey frames instead of IMAGES")
+    ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
     args = ap.parse_args(argv)
     folder = Path(args.images)
     if args.synth:
@@ -97,23 +115,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} images in {folder}, weights {args.model}, imgsz {args.imgsz or 'of the model'}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
 
-    # warm-up: load everything once, measure musseltools' batch size once per machine
+    # warm-up: files in the page cache, musseltools' batch size measured once per machine
     bench_ultralytics(folder, args.model, args.imgsz)
-    _, meta = bench_musseltools(folder, args.model, args.imgsz)
+    _, meta = bench_musseltools(folder, args.model, args.imgsz, workers=1)
     batch = int(meta.get("batch_size") or 1)
     imgsz = int(meta["settings"]["imgsz"])
+    cluster = None if args.no_dask else _cluster()
 
-    rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-    for _ in range(args.repeat):  # interleaved so that machine noise hits all three alike
+    rates: dict[str, list[float]] = {k: [] for k in "abcde"}
+    default = ""
+    for _ in range(args.repeat):  # interleaved so that machine noise hits all alike
         rates["a"].append(bench_ultralytics(folder, args.model, args.imgsz))
-        rates["b"].append(bench_musseltools(folder, args.model, args.imgsz)[0])
+        rates["b"].append(bench_musseltools(folder, args.model, args.imgsz, workers=1)[0])
+        rate, meta = bench_musseltools(folder, args.model, args.imgsz)
+        rates["d"].append(rate)
+        default = meta.get("executor", "")
+        if cluster is not None:
+            rates["e"].append(bench_musseltools(folder, args.model, args.imgsz, client=cluster[1])[0])
         rates["c"].append(bench_model_only(folder, args.model, imgsz, batch))
-    a, b, c = (max(rates[k]) for k in "abc")
-    print(f"(a) ultralytics predict(source=dir, stream=True)   {a:8.1f} images/s")
-    print(f"(b) musseltools run, end to end (batch {batch:<2d})        {b:8.1f} images/s")
-    print(f"(c) model only: forward + NMS, pre-decoded      {c:8.1f} images/s")
-    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}")
-    print(f"ratio_vs_ultralytics={b / a:.2f}")
+    if cluster is not None:
+        cluster[1].close()
+        cluster[0].close()
+    best = {k: max(v) if v else float("nan") for k, v in rates.items()}
+    a = best["a"]
+    print(f"(a) ultralytics predict(source=dir, stream=True)     {a:8.1f} images/s")
+    print(f"(b) musseltools, 1 worker (this process, batch {batch})   {best['b']:8.1f} images/s   x{best['b'] / a:.2f}")
+    print(f"(d) musseltools, default: {default:<24s} {best['d']:8.1f} images/s   x{best['d'] / a:.2f}")
+    if cluster is not None:
+        print(f"(e) musseltools on a Dask LocalCluster ({cluster[2]} workers) {best['e']:8.1f} images/s   "
+              f"x{best['e'] / a:.2f}")
+    print(f"(c) model only, one process, pre-decoded           {best['c']:8.1f} images/s   x{best['c'] / a:.2f}")
+    print(f"ratio_vs_ultralytics={best['d'] / a:.2f}")
     return 0
 
 

@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 _os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics must never reach for the network
 
 from .collection import Collection, scan  # noqa: E402
+from .compare import Comparison, compare  # noqa: E402
 from .detections import Detections  # noqa: E402
 from .engine import RunHandle, run  # noqa: E402
 from .errors import (  # noqa: E402
@@ -51,6 +52,8 @@ __all__ = [
     "list_runs",
     "report",
     "evaluate",
+    "compare",
+    "Comparison",
     "scan",
     "load_model",
     "Run",

@@ -9,7 +9,8 @@ Named points: ``part-written`` (a part's temporary file is written but not renam
 ``part-committed`` (a part is renamed but run metadata is not updated), ``meta-written`` (run
 metadata's temporary file is written but not renamed), ``cube-writing`` (in the middle of a Zarr
 cube update), ``detections-committed`` (detections part renamed, images part not yet written),
-``correction-written`` (a corrections file's temporary is written but not renamed).
+``correction-written`` (a corrections file's temporary is written but not renamed), ``image-read`` (a
+worker process has read an image of its unit; counted per process).
 """
 
 from __future__ import annotations

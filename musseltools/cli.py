@@ -1,7 +1,7 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
-``corrections export|import``, ``export-dataset``.
+``corrections export|import``, ``export-dataset``, ``compare``.
 The flags of ``run`` and ``report`` are generated from :mod:`musseltools.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
@@ -287,6 +287,65 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+# ------------------------------------------------------------------------------------------------ compare
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .compare import compare
+
+    c = compare(args.run_a, args.run_b, store=args.store, threshold_a=args.threshold_a,
+                threshold_b=args.threshold_b, corrected=not args.model_only)
+    if args.plot:
+        from .compare_plots import bland_altman
+
+        bland_altman(c).savefig(args.plot, dpi=120)
+    if args.json:
+        print(json.dumps(c.to_json(top=args.top), indent=2, allow_nan=False, default=str))
+        return EXIT_OK
+    a, b = c.run_a, c.run_b
+    print(f"run A {a['run_id']} ({a['model'].rsplit('/', 1)[-1]}, {a['family']}) against run B {b['run_id']} "
+          f"({b['model'].rsplit('/', 1)[-1]}, {b['family']}): {len(c.images)} images with results in both "
+          f"({len(c.only_a)} only in A, {len(c.only_b)} only in B); differences are B − A")
+    fmt = {"float_format": lambda v: f"{v:.2f}"}
+    print(f"\nagreement per image ({c.level:.0%} limits of agreement)")
+    print(c.agreement.to_string(**fmt))
+    print(f"\nsurvey totals ({c.level:.0%} bootstrap intervals over images)")
+    print(c.totals.to_string(**fmt))
+    top = c.disagreements(args.top)
+    if top.empty:
+        print("\nthe two runs count every image alike")
+    else:
+        cols = [f"{k}_{s}" for k in c.categories for s in ("a", "b")]
+        table = pd.DataFrame({"image": top["path"].map(lambda p: p.rsplit("/", 1)[-1]), **{k: top[k] for k in cols},
+                              "disagreement": top["disagreement"]})
+        print("\nimages where the two disagree most (they head run A's review queue with other=run B)")
+        print(table.to_string(index=False))
+    if args.plot:
+        print(f"\nBland-Altman plot written to {args.plot}")
+    return EXIT_OK
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
+    """``musseltools compare RUN_A RUN_B [--store DIR] [--threshold-a T] [--threshold-b T] [--top N] [--plot PNG] [--json]``."""
+    p = sub.add_parser(
+        "compare", help="compare two runs over the same images (two models, or two versions of one)",
+        description="Per-image counts of two runs, their agreement (mean difference and limits of agreement, "
+                    "B − A), survey totals with bootstrap intervals, and the images where they disagree most. "
+                    "No inference.",
+    )
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    _store_arg(p)
+    for which in ("a", "b"):
+        p.add_argument(f"--threshold-{which}", type=_threshold_arg, metavar="T",
+                       help=f"thresholds of run {which.upper()} (default: its own in effect)")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="N", help="images listed where they disagree (10)")
+    p.add_argument("--plot", metavar="PNG", help="write the Bland-Altman plot to this file")
+    p.add_argument("--model-only", action="store_true", help="counts of the models alone, without hand corrections")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_compare)
+
+
 # ------------------------------------------------------------------------------------------------ corrections
 def _cmd_corrections_export(args: argparse.Namespace) -> int:
     from .correction_csv import export_corrections_csv
@@ -393,7 +452,7 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
 
 
 def _registrars() -> list[Registrar]:
-    return [_register_core, _register_report, _register_evaluate, _register_corrections]
+    return [_register_core, _register_report, _register_evaluate, _register_corrections, _register_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

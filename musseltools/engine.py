@@ -18,14 +18,14 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .collection import Collection, ImagesLike, scan
 from .errors import CorruptStoreError, ModelChangedError, MusselToolsError, RunCancelled, RunNotFoundError
-from .executors import Executor, LocalExecutor
+from .executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
 from .models import InferenceSettings, LoadedModel, describe_model
 from .options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from .planning import ImageRef, Unit, make_run_id, make_units
@@ -124,13 +124,15 @@ def run(
     images: ImagesLike,
     *,
     model: str | os.PathLike,
+    model_family: str | None = OPTIONS.model_family.default,
+    trust_pickle: bool = OPTIONS.trust_pickle.default,
     threshold: float = OPTIONS.threshold.default,
     store: str | os.PathLike | Store | None = OPTIONS.store.default,
     batch_size: int | None = OPTIONS.batch_size.default,
     commit_every: int | None = OPTIONS.commit_every.default,
     conf_floor: float = OPTIONS.conf_floor.default,
     imgsz: int | None = OPTIONS.imgsz.default,
-    iou: float = OPTIONS.iou.default,
+    iou: float | None = OPTIONS.iou.default,
     max_det: int = OPTIONS.max_det.default,
     tile: int | str | None = OPTIONS.tile.default,
     tile_overlap: float = OPTIONS.tile_overlap.default,
@@ -138,6 +140,10 @@ def run(
     name: str | None = OPTIONS.name.default,
     device: str | None = OPTIONS.device.default,
     wait: bool | float = OPTIONS.wait.default,
+    workers: int | None = OPTIONS.workers.default,
+    scheduler: str | None = OPTIONS.scheduler.default,
+    scheduler_file: str | None = OPTIONS.scheduler_file.default,
+    client: Any = None,
     quiet: bool = False,
     background: bool = False,
     executor: Executor | None = None,
@@ -145,13 +151,22 @@ def run(
     """Create or resume a survey run and infer only the images that have no result yet.
 
     Parameters mirror ``musseltools run`` flags (both come from :mod:`musseltools.options`). ``imgsz``
-    defaults to the size the model was trained at (as Ultralytics' own ``predict`` does), else 640.
+    defaults to the size the model was trained at (as Ultralytics' own ``predict`` does), else 640; for
+    a torchvision Faster R-CNN it is the transform's shorter side (the architecture's ``min_size`` by
+    default; see :mod:`musseltools.models.torchvision`). ``iou`` defaults to the family's own NMS IoU
+    (0.7 for YOLO, 0.5 for Faster R-CNN). ``model_family`` names the weights' family (detected from the
+    file by default); ``trust_pickle`` allows a fully pickled torchvision model (a pickle can run code).
     ``batch_size`` (images per model call) is measured per device when not given (env
     ``MUSSELTOOLS_BATCH_SIZE``); ``commit_every`` (images per committed part, env
     ``MUSSELTOOLS_COMMIT_EVERY``, else :data:`~musseltools.options.DEFAULT_COMMIT_EVERY`) is independent
-    of it. ``quiet`` hides the progress bar,
-    ``background`` returns at once with a :class:`RunHandle`, ``executor`` processes the units
-    (:class:`~musseltools.executors.LocalExecutor` by default).
+    of it. ``quiet`` hides the progress bar, ``background`` returns at once with a :class:`RunHandle`.
+
+    Where the work runs: ``workers=N`` worker processes (1: this process); by default one per core when
+    there are enough images to pay back starting them, and this process on a GPU. ``client`` (a
+    ``distributed.Client``), ``scheduler`` (``tcp://HOST:PORT``) or ``scheduler_file``: tasks on a Dask
+    cluster whose workers reach the images and the store by the same paths. ``executor``: any
+    :class:`~musseltools.executors.Executor` (chosen by :func:`~musseltools.executors.choose_executor`
+    when None).
 
     Returns
     -------
@@ -169,7 +184,7 @@ def run(
     {'live': 1234, 'dead': 210}
     """
     options = {k: v for k, v in locals().items() if k in OPTIONS}
-    job = _Job.open(images, options, quiet=quiet, executor=executor or LocalExecutor())
+    job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
     if not background:
         return job.execute()
     handle = RunHandle(job.store, job.run_id, job.cancel)
@@ -187,7 +202,8 @@ def _one_threshold(threshold: Any, conf_floor: float) -> float:
 def _describe(st: Store, options: Mapping[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
     """The model, built only when the store has no card of it; and the cards to save when it had none."""
     cards = st.read_json_cache(MODEL_CARDS)
-    loaded = describe_model(options["model"], class_map=options["class_map"], cards=cards)
+    loaded = describe_model(options["model"], class_map=options["class_map"], family=options["model_family"],
+                            cards=cards, trust_pickle=options["trust_pickle"])
     return loaded, (cards if loaded.model is not None else None)
 
 
@@ -206,19 +222,25 @@ class _Job:
     device: str | None
     wait: bool | float
     quiet: bool
-    executor: Executor
+    executor: Executor | None
     cancel: threading.Event
     log: Any
     new_cards: dict[str, Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    client: Any = None
+    commit_every_given: bool = False
+    inferred: int = 0
 
     @classmethod
-    def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor) -> _Job:
+    def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
+             client: Any = None) -> _Job:
         """Check the options, describe the model, scan the collection, create or check the run."""
         store = options["store"]
         st = store if isinstance(store, Store) else Store(store)
         loaded, new_cards = _describe(st, options)
         values = {o.name: options[o.name] for o in OPTIONS.inference_settings()}
-        settings = InferenceSettings(**{**values, "imgsz": options["imgsz"] or loaded.train_imgsz})
+        iou = options["iou"] if options["iou"] is not None else loaded.default_iou or OPTIONS.iou.fallback
+        settings = InferenceSettings(**{**values, "imgsz": options["imgsz"] or loaded.train_imgsz, "iou": iou})
         threshold = _one_threshold(options["threshold"], settings.conf_floor)
         batch_size = options["batch_size"] or _env_int("MUSSELTOOLS_BATCH_SIZE")
         commit_every = options["commit_every"] or _env_int("MUSSELTOOLS_COMMIT_EVERY") or DEFAULT_COMMIT_EVERY
@@ -230,7 +252,9 @@ class _Job:
         run_id = make_run_id(collection.identity, info.path, threshold, settings, info.class_map, info.family)
         key = settings.key(info.fingerprint, info.family)
         job = cls(st, run_id, collection, loaded, settings, key, batch_size, commit_every, options["device"],
-                  options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards)
+                  options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards,
+                  options=dict(options), client=client,
+                  commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")))
         job.create_or_check(threshold)
         return job
 
@@ -266,11 +290,13 @@ class _Job:
         """Hold the key's lock, plan, process the units, record the outcome; returns the run."""
         with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
             run = self._prepare()
-            units, fresh = self._plan()
-            done_before = self._start(run, units, fresh)
-            task = self._task(run)
+            refs, fresh = self._plan()
+            executor, close = self._executor(len(refs))
+            units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
+            done_before = self._start(run, units, fresh, executor)
+            task = self._task(run, executor)
             try:
-                self._process(run, task, units, done_before)
+                self._process(run, task, units, done_before, executor)
             except (KeyboardInterrupt, RunCancelled) as exc:
                 state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
                 self.log.warning("cancelled; %d of %d images have results and are kept", state["processed_count"],
@@ -283,12 +309,14 @@ class _Job:
                 self._finish(run, "failed", task, error=msg)
                 self.log.error("failed: %s", msg)
                 raise
+            finally:
+                close()
             final = self._finish(run, "completed", task)
             with contextlib.suppress(Exception):
                 run.write_cube()
             self.log.info(
                 "completed: %d images, %d failed, %d inferred in this call, counts %s",
-                final["total_images"], final["failed_count"], task.inferred, final["counts"],
+                final["total_images"], final["failed_count"], self.inferred, final["counts"],
             )
             return run
 
@@ -307,8 +335,8 @@ class _Job:
                 st.write_json_cache(MODEL_CARDS, self.new_cards)
         return Run(st, self.run_id)
 
-    def _plan(self) -> tuple[list[Unit], bool]:
-        """The images without a successful result, in commit units; and whether nothing was done before."""
+    def _plan(self) -> tuple[list[ImageRef], bool]:
+        """The images without a successful result; and whether nothing was done before."""
         images, _ = self.store.read_results(self.key)
         ok = set(images.loc[images["error"].isna(), "image_id"])
         todo = self.collection.images[~self.collection.images["image_id"].isin(ok)]
@@ -320,9 +348,32 @@ class _Job:
             for r in todo.itertuples(index=False)
         ]
         fresh = bool(images.empty and self.collection.table["error"].isna().all())
-        return make_units(refs, self.key, self.commit_every), fresh
+        return refs, fresh
 
-    def _start(self, run: Run, units: list[Unit], fresh: bool) -> dict[str, Any]:
+    def _executor(self, n_images: int) -> tuple[Executor, Callable[[], None]]:
+        """The executor for this call (and what closes what it opened: a client to a scheduler)."""
+        if self.executor is not None:
+            return self.executor, lambda: None
+        opts = self.options
+        client, close = self.client, (lambda: None)
+        if client is None and (opts.get("scheduler") or opts.get("scheduler_file")):
+            client = connect(opts.get("scheduler"), opts.get("scheduler_file"))
+            close = client.close
+        chosen = choose_executor(workers=opts.get("workers"), client=client, device=self.device, n_images=n_images,
+                                 tiled=self.settings.tile is not None)
+        if n_images:
+            self.log.info("executor: %r", chosen)
+        return chosen, close
+
+    def _unit_size(self, executor: Executor, n_images: int) -> int:
+        """Images per commit unit: as asked; else the default, smaller when units run in parallel (at least
+        four units per worker, so that the workers finish together)."""
+        if self.commit_every_given or isinstance(executor, LocalExecutor):
+            return self.commit_every
+        workers = executor.workers if isinstance(executor, ProcessExecutor) else max(1, len(executor.client.nthreads()))
+        return max(4, min(self.commit_every, -(-n_images // (4 * workers))))
+
+    def _start(self, run: Run, units: list[Unit], fresh: bool, executor: Executor) -> dict[str, Any]:
         """Mark the run running with what was done before this call; returns that state."""
         total = len(self.collection)
         if fresh:  # nothing done yet: no need to count
@@ -331,7 +382,8 @@ class _Job:
             done_before = self._state(run)
         update_run_meta(
             self.store, self.run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
-            finished_at=None, error=None, inferred_this_call=0, commit_every=self.commit_every,
+            finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
+            executor=repr(executor),
             processed_count=done_before["processed"], failed_count=done_before["failed"],
             counts=done_before["counts"], versions=_versions(), host=socket.gethostname(), pid=os.getpid(),
         )
@@ -342,13 +394,16 @@ class _Job:
             self.log.info("%d of %d images to process in %d commit units", n, total, len(units))
         return done_before
 
-    def _task(self, run: Run) -> RunTask:
+    def _task(self, run: Run, executor: Executor) -> RunTask:
         meta = run.meta
-        return RunTask(store=self.store, model=self.model, settings=self.settings, inference_key=self.key,
-                       thresholds=meta.get("saved_thresholds") or float(meta["threshold"]),
-                       threshold=float(meta["threshold"]), device=self.device, batch_size=self.batch_size)
+        local = isinstance(executor, LocalExecutor)  # a model built here is used here, never shipped
+        return RunTask(store=self.store, model=self.model if local else self.model.info, settings=self.settings,
+                       inference_key=self.key, thresholds=meta.get("saved_thresholds") or float(meta["threshold"]),
+                       threshold=float(meta["threshold"]), device=self.device, batch_size=self.batch_size,
+                       threads=executor.threads if isinstance(executor, ProcessExecutor) else None)
 
-    def _process(self, run: Run, task: RunTask, units: list[Unit], done_before: dict[str, Any]) -> None:
+    def _process(self, run: Run, task: RunTask, units: list[Unit], done_before: dict[str, Any],
+                 executor: Executor) -> None:
         """Hand the units to the executor; after each committed unit, update the run's progress and counts."""
         n = sum(len(u.images) for u in units)
         if not n:
@@ -370,16 +425,17 @@ class _Job:
             return {"counts": counts}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
-            for summary in self.executor.process(task, units, cancel=self.cancel, on_progress=bar.update):
+            for summary in executor.process(task, units, cancel=self.cancel, on_progress=bar.update):
                 failpoint("part-committed")  # the part is committed, run.json not yet updated
                 processed += summary.n_images
                 failed_new += summary.n_failed
+                self.inferred += summary.n_inferred
                 for c, k in summary.counts.items():
                     counts[c] = counts.get(c, 0) + k
                 update_run_meta(self.store, self.run_id, recount_if_thresholds_changed,
                                 processed_count=min(processed, total),
                                 failed_count=done_before["failed"] + failed_new,
-                                inferred_this_call=task.inferred, batch_size=task.batch_size)
+                                inferred_this_call=self.inferred, batch_size=task.batch_size)
 
     def _state(self, run: Run) -> dict[str, Any]:
         table = run.per_image()
@@ -394,6 +450,6 @@ class _Job:
             return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"]}
 
         return update_run_meta(
-            self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=task.inferred,
+            self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,
             finished_at=utcnow().isoformat(), batch_size=task.batch_size,
         )

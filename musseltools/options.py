@@ -15,10 +15,10 @@ required by the signature test, and the rest follows.
 
 Examples
 --------
->>> OPTIONS.iou.default, OPTIONS.iou.flag, OPTIONS.iou.inference
-(0.7, '--iou', True)
+>>> OPTIONS.iou.default, OPTIONS.iou.settings_default, OPTIONS.iou.flag, OPTIONS.iou.inference
+(None, 0.7, '--iou', True)
 >>> OPTIONS.iou.help_text
-'NMS IoU threshold (0.7)'
+"NMS IoU threshold (0.7) for YOLO; torchvision's 0.5 for Faster R-CNN"
 >>> [o.name for o in OPTIONS.inference_settings()]
 ['conf_floor', 'imgsz', 'iou', 'max_det', 'tile', 'tile_overlap']
 """
@@ -178,7 +178,12 @@ class RunOptions:
     """
 
     images: Any = _opt(REQUIRED, "folder of images (searched recursively) or one image", metavar="IMAGES")
-    model: Any = _opt(REQUIRED, "Ultralytics YOLO weights (.pt)", flag="--model", metavar="WEIGHTS")
+    model: Any = _opt(REQUIRED, "weights: Ultralytics YOLO (.pt) or a torchvision Faster R-CNN checkpoint",
+                      flag="--model", metavar="WEIGHTS")
+    model_family: str | None = _opt(None, "the weights' model family, ultralytics or torchvision (detected from the "
+                                    "file by default)", flag="--model-family", metavar="NAME")
+    trust_pickle: bool = _opt(False, "load a fully pickled torchvision model (a pickle can run code: only for files "
+                              "you trust; state dicts never need it)", flag="--trust-pickle", switch=True)
     threshold: float = _opt(0.5, "confidence threshold ({default})", flag="--threshold", parse=parse_threshold,
                             metavar="T")
     store: Any = _opt(None, "results store (default $MUSSELTOOLS_STORE or ./data/store)", flag="--store",
@@ -189,11 +194,13 @@ class RunOptions:
                                     parse=parse_positive_int, metavar="N", fallback=DEFAULT_COMMIT_EVERY)
     conf_floor: float = _opt(0.01, "lowest confidence stored ({default})", flag="--conf-floor", parse=float,
                              metavar="F", inference=True, check=(lambda v: 0 < v < 1, "lie in (0, 1)"))
-    imgsz: int | None = _opt(None, "model input size (default: the size the model was trained at, else {fallback})",
+    imgsz: int | None = _opt(None, "model input size; for Faster R-CNN the shorter side (default: the size the model "
+                             "was trained at, else {fallback})",
                              flag="--imgsz", parse=parse_positive_int, metavar="N", inference=True, fallback=640,
                              check=(lambda v: _is_int(v) and v >= 32, "be an integer >= 32"))
-    iou: float = _opt(0.7, "NMS IoU threshold ({default})", flag="--iou", parse=float, metavar="F", inference=True,
-                      check=(lambda v: 0 < v <= 1, "lie in (0, 1]"))
+    iou: float | None = _opt(None, "NMS IoU threshold ({fallback}) for YOLO; torchvision's 0.5 for Faster R-CNN",
+                             flag="--iou", parse=float, metavar="F", inference=True, fallback=0.7,
+                             check=(lambda v: 0 < v <= 1, "lie in (0, 1]"))
     max_det: int = _opt(10000, "detection cap per image ({default})", flag="--max-det", parse=parse_positive_int,
                         metavar="N", inference=True, check=(lambda v: _is_int(v) and v >= 1, "be a positive integer"))
     tile: int | str | None = _opt(None, "tile size in pixels, or 'auto', for large images", flag="--tile",
@@ -206,6 +213,13 @@ class RunOptions:
                                                parse=parse_class_map, metavar="MAP")
     name: str | None = _opt(None, "collection name (the folder's name by default)", flag="--name")
     device: str | None = _opt(None, "cpu, cuda:0, ... (the fastest available by default)", flag="--device")
+    workers: int | None = _opt(None, "worker processes (default: one per core when there are enough images, "
+                               "1 on a GPU; 1 runs in this process)", flag="--workers", parse=parse_positive_int,
+                               metavar="N")
+    scheduler: str | None = _opt(None, "run on a Dask cluster: the scheduler's address (tcp://HOST:PORT)",
+                                 flag="--scheduler", metavar="ADDRESS")
+    scheduler_file: str | None = _opt(None, "run on a Dask cluster: its scheduler file (dask scheduler "
+                                      "--scheduler-file)", flag="--scheduler-file", metavar="FILE")
     wait: bool | float = _opt(False, "wait for another process holding the run, not fail", flag="--wait",
                               switch=True)
     # -- the report's own
@@ -218,6 +232,8 @@ class RunOptions:
     title: str | None = _opt(None, "report title", flag="--title", scope="report")
     n_samples: int = _opt(6, "sample images drawn ({default})", flag="--n-samples", parse=parse_positive_int,
                           metavar="N", scope="report")
+    compare_model: Any = _opt(None, "a second model's weights: run on the same images and compared with the first",
+                              flag="--compare-model", metavar="W2", scope="report")
 
 
 class OptionTable(Mapping[str, Option]):

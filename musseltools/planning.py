@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .models import InferenceSettings
 from .models.base import LEGACY_FAMILY
 
-__all__ = ["ImageRef", "Unit", "UnitSummary", "make_units", "make_run_id"]
+__all__ = ["ImageRef", "Unit", "UnitSummary", "make_units", "make_run_id", "sub_unit", "unit_key"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Unit:
     key: str
     images: tuple[ImageRef, ...]
 
+    @property
+    def size(self) -> int:
+        return len(self.images)
+
 
 @dataclass
 class UnitSummary:
@@ -45,6 +49,22 @@ class UnitSummary:
     n_failed: int
     n_inferred: int
     counts: dict[str, int] = field(default_factory=dict)
+    #: False for the smaller part committed when a unit was cancelled part-way (see :func:`sub_unit`).
+    complete: bool = True
+
+
+def unit_key(inference_key: str, image_ids: Sequence[str]) -> str:
+    """The deterministic key of a commit unit: from the inference key and its image ids (any order)."""
+    digest = hashlib.sha256((inference_key + "\n" + "\n".join(sorted(image_ids))).encode())
+    return digest.hexdigest()[:20]
+
+
+def sub_unit(unit: Unit, image_ids: Sequence[str], inference_key: str) -> Unit:
+    """The images of ``unit`` whose ids are given, as a unit of its own (its own deterministic key): what
+    is committed when a run is cancelled part-way through a unit."""
+    keep = set(image_ids)
+    images = tuple(r for r in unit.images if r.image_id in keep)
+    return Unit(key=unit_key(inference_key, [r.image_id for r in images]), images=images)
 
 
 def make_units(refs: Sequence[ImageRef], inference_key: str, commit_every: int) -> list[Unit]:
@@ -56,8 +76,7 @@ def make_units(refs: Sequence[ImageRef], inference_key: str, commit_every: int) 
     units = []
     for i in range(0, len(refs), commit_every):
         chunk = tuple(refs[i : i + commit_every])
-        digest = hashlib.sha256((inference_key + "\n" + "\n".join(sorted(r.image_id for r in chunk))).encode())
-        units.append(Unit(key=digest.hexdigest()[:20], images=chunk))
+        units.append(Unit(key=unit_key(inference_key, [r.image_id for r in chunk]), images=chunk))
     return units
 
 

@@ -136,7 +136,7 @@ def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
     from .store import Store
 
     params = {o.name: values[o.name] for o in OPTIONS.notebook_parameters()}
-    for key in ("images", "model", "truth"):
+    for key in ("images", "model", "truth", "compare_model"):
         params[key] = _absolute(params[key])
     for key, kind in (("threshold", float), ("tile_overlap", float), ("conf_floor", float), ("iou", float),
                       ("max_det", int), ("n_samples", int), ("imgsz", int)):
@@ -152,6 +152,8 @@ def report(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     model: str | os.PathLike,
+    model_family: str | None = OPTIONS.model_family.default,
+    trust_pickle: bool = OPTIONS.trust_pickle.default,
     threshold: float = OPTIONS.threshold.default,
     store: str | os.PathLike | None = OPTIONS.store.default,
     truth: str | os.PathLike | None = OPTIONS.truth.default,
@@ -163,14 +165,18 @@ def report(
     tile_overlap: float = OPTIONS.tile_overlap.default,
     imgsz: int | None = OPTIONS.imgsz.default,
     n_samples: int = OPTIONS.n_samples.default,
+    compare_model: str | os.PathLike | None = OPTIONS.compare_model.default,
     conf_floor: float = OPTIONS.conf_floor.default,
-    iou: float = OPTIONS.iou.default,
+    iou: float | None = OPTIONS.iou.default,
     max_det: int = OPTIONS.max_det.default,
     batch_size: int | None = OPTIONS.batch_size.default,
     commit_every: int | None = OPTIONS.commit_every.default,
     name: str | None = OPTIONS.name.default,
     device: str | None = OPTIONS.device.default,
     wait: bool | float = OPTIONS.wait.default,
+    workers: int | None = OPTIONS.workers.default,
+    scheduler: str | None = OPTIONS.scheduler.default,
+    scheduler_file: str | None = OPTIONS.scheduler_file.default,
     notebook: str | os.PathLike | None = None,
     kernel_name: str = "python3",
 ) -> Path:
@@ -186,7 +192,7 @@ def report(
     Parameters
     ----------
     images, model, threshold, store, class_map, tile, tile_overlap, imgsz, conf_floor, iou, max_det,
-    batch_size, commit_every, name, device, wait
+    batch_size, commit_every, name, device, wait, workers, scheduler, scheduler_file
         As in :func:`musseltools.run` (paths are made absolute before they reach the kernel).
     truth : path, optional
         Labels (YOLO label folder, COCO JSON or counts CSV): adds an evaluation section.
@@ -198,6 +204,13 @@ def report(
         Report title (default: "Mussel survey: <collection>").
     n_samples : int
         Number of sample images drawn with their detections.
+    compare_model : path, optional
+        A second model's weights: the notebook runs it on the same images, with the same options (its
+        own family's ``imgsz`` unless both models are of one family), and adds a comparison section
+        (:func:`musseltools.compare.compare`: agreement, Bland-Altman plot, totals with intervals, the
+        images where the two disagree most).
+    model_family, trust_pickle
+        As in :func:`musseltools.run` (they apply to ``model``; ``trust_pickle`` to both models).
     notebook : path, optional
         Another notebook with the same parameters (default: the bundled survey report).
 

@@ -60,8 +60,10 @@ def review_queue(run: Run, n: int | None = 20, *, other: Run | None = None, thre
         ``count_swing``: by how much the image's count changes between ``threshold - window`` and
         ``threshold + window``, summed over categories; ``relative_swing``: that, divided by the count
         (at least 1); ``disagreement``: the sum over categories of the absolute difference with
-        ``other``'s counts (0 without it). ``score = count_swing + disagreement``; ties are broken by
-        ``relative_swing``, then by path.
+        ``other``'s counts (0 without it; :func:`musseltools.views.count_disagreement`, the measure by
+        which :mod:`musseltools.compare` ranks images). ``score = count_swing + disagreement``. Images are
+        ranked by ``score``, ties broken by ``relative_swing``, then by path; with ``other``, by
+        ``disagreement`` first: the images where the two runs disagree most head the queue.
     """
     if not 0 < window < 1:
         raise ValueError(f"window {window!r} is not a confidence distance — expected a number in (0, 1), e.g. 0.05")
@@ -88,7 +90,8 @@ def review_queue(run: Run, n: int | None = 20, *, other: Run | None = None, thre
     keep = table["error"].isna() & table["processed_at"].notna()
     if not include_verified:
         keep &= ~table["verified"]
-    out = table[keep].sort_values(["score", "relative_swing", "path"], ascending=[False, False, True], kind="stable")
+    order = (["disagreement"] if other is not None else []) + ["score", "relative_swing", "path"]
+    out = table[keep].sort_values(order, ascending=[False] * (len(order) - 1) + [True], kind="stable")
     cols = ["image_id", "path", "score", "near_threshold", "count_swing", "relative_swing", "disagreement",
             "verified", *cats]
     out = out[cols].reset_index(drop=True)
@@ -96,15 +99,8 @@ def review_queue(run: Run, n: int | None = 20, *, other: Run | None = None, thre
 
 
 def _disagreement(table: pd.DataFrame, other: Run, cats: list[str]) -> pd.Series:
-    """Sum over the shared categories of |count - other run's count| per image (0 for images it lacks)."""
-    theirs = other.per_image().drop_duplicates("image_id").set_index("image_id")
-    shared = [c for c in cats if c in theirs.columns]
-    diff = pd.Series(0, index=table.index, dtype="int64")
-    known = table["image_id"].isin(theirs.index)
-    for c in shared:
-        vals = table.loc[known, "image_id"].map(theirs[c]).astype("int64")
-        diff.loc[known] += (table.loc[known, c].astype("int64") - vals).abs()
-    return diff
+    """Sum over the shared categories of |count - other run's count| per image (0 for images it has no result for)."""
+    return views.count_disagreement(table, other.per_image(), cats)
 
 
 def verified_labels(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -13,22 +13,23 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from ._failpoints import failpoint
 from .detections import DETECTIONS_SCHEMA, Detections
 from .errors import InferenceError, MusselToolsError
 from .imageio import decode_image, read_regular_file
 from .models import InferenceSettings, LoadedModel, ModelInfo, Predictor, Prepared, load_model, make_predictor
-from .planning import ImageRef, Unit, UnitSummary
+from .planning import ImageRef, Unit, UnitSummary, sub_unit
 from .store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
 from .thresholds import Thresholds
 
-__all__ = ["RunTask", "Outcome", "user_cache_dir"]
+__all__ = ["RunTask", "Outcome", "PREDICTORS", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class RunTask:
         threshold: float,
         device: str | None = None,
         batch_size: int | None = None,
+        threads: int | None = None,
     ) -> None:
-        self.store_root = str(store.root if isinstance(store, Store) else store)
+        root = store.root if isinstance(store, Store) else store
+        self.store_root = str(Path(root).resolve())  # the same store from a worker in another folder
         self.info = model.info if isinstance(model, LoadedModel) else model
         self.settings = settings
         self.inference_key = inference_key
@@ -105,6 +108,7 @@ class RunTask:
         self.threshold = float(threshold)
         self.device = device
         self.batch_size = batch_size
+        self.threads = threads
         self.inferred = 0
         self._start(store if isinstance(store, Store) else None,
                     model if isinstance(model, LoadedModel) and model.model is not None else None)
@@ -136,13 +140,24 @@ class RunTask:
         """The model's predictor, built on first use (the model loaded first when it is not built yet)."""
         with self._lock:
             if self._predictor is None:
-                if self._model is None:
-                    info = self.info
-                    self._model = load_model(info.path, class_map=info.class_map, family=info.family,
-                                             sha256=info.fingerprint)
-                self._predictor = make_predictor(self._model, self.settings, device=self.device)
+                key = self._cache_key()
+                cached = PREDICTORS.get(key) if self._model is None else None
+                if cached is None:
+                    if self._model is None:
+                        info = self.info
+                        self._model = load_model(info.path, class_map=info.class_map, family=info.family,
+                                                 sha256=info.fingerprint, trust_pickle=info.trust_pickle)
+                    cached = make_predictor(self._model, self.settings, device=self.device, threads=self.threads)
+                    PREDICTORS.clear()  # one model per worker process: a new run's model replaces the last
+                    PREDICTORS[key] = cached
+                self._predictor = cached
                 self._predictor.batch_size = self.batch_size
             return self._predictor
+
+    def _cache_key(self) -> str:
+        """What identifies a predictor in this process: the weights' SHA-256, family, settings and device."""
+        return json.dumps([self.info.fingerprint, self.info.family, self.info.class_map, self.settings.to_dict(),
+                           self.device, self.threads], sort_keys=True, default=str)
 
     @property
     def rule(self) -> Thresholds:
@@ -255,19 +270,60 @@ class RunTask:
         n_inferred = len(unit.images) - n_failed
         return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts)
 
-    def __call__(self, unit: Unit) -> UnitSummary:
-        """Process one unit from start to commit, in this process (what a distributed worker runs)."""
+    def __call__(self, unit: Unit, *, on_image: Callable[[int], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> UnitSummary:
+        """Process one unit from start to commit, in this process (what a worker process runs).
+
+        Images are read and inferred a model call at a time (memory stays flat whatever the unit).
+        ``on_image(n)`` is told as images are done; when ``stop()`` turns true, the images done so far
+        are committed as a smaller part of their own (:func:`~musseltools.planning.sub_unit`) and the
+        summary says ``complete=False``.
+        """
         outcomes: list[Outcome] = []
         pending: list[tuple[ImageRef, Prepared]] = []
+        per_call: int | None = None
+
+        def flush() -> None:
+            dets = self.predict([p for _, p in pending])
+            outcomes.extend((r, d, None) for (r, _), d in zip(pending, dets))
+            if on_image is not None:
+                on_image(len(pending))
+            pending.clear()
+
         for ref in unit.images:
+            if stop is not None and stop():
+                return self.commit_partial(unit, outcomes)
             item = self.load(ref)
+            failpoint("image-read")  # a worker killed as it works (crash tests)
             if isinstance(item, str):
                 outcomes.append((ref, None, item))
-            else:
-                pending.append((ref, item))
+                if on_image is not None:
+                    on_image(1)
+                continue
+            if per_call is None:
+                per_call = self.images_per_call(self.choose_batch_size(item))
+            pending.append((ref, item))
+            if len(pending) >= per_call:
+                flush()
         if pending:
-            per_call = self.images_per_call(self.choose_batch_size(pending[0][1]))
-            for i in range(0, len(pending), per_call):
-                chunk = pending[i : i + per_call]
-                outcomes.extend((r, d, None) for (r, _), d in zip(chunk, self.predict([p for _, p in chunk])))
+            flush()
         return self.commit(unit, outcomes)
+
+    def commit_partial(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:
+        """Commit the outcomes of part of a unit (a cancelled run keeps what it inferred)."""
+        part = sub_unit(unit, [ref.image_id for ref, _, _ in outcomes], self.inference_key)
+        if not part.images:
+            return UnitSummary(part.key, 0, 0, 0, {}, complete=False)
+        summary = self.commit(part, outcomes)
+        summary.complete = False
+        return summary
+
+    def commit_failed(self, unit: Unit, reason: str) -> UnitSummary:
+        """Commit every image of a unit as failed with ``reason`` (a unit no worker could finish); the next
+        run tries them again."""
+        return self.commit(unit, [(ref, None, reason) for ref in unit.images])
+
+
+#: This process's predictor, by :meth:`RunTask._cache_key`: a worker process loads its model once and
+#: keeps it for every unit it runs (tasks arrive pickled, one object per unit).
+PREDICTORS: dict[str, Predictor] = {}

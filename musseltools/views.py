@@ -18,6 +18,8 @@ __all__ = [
     "above_threshold",
     "per_image_counts",
     "totals",
+    "with_results",
+    "count_disagreement",
     "threshold_grid",
     "build_cube",
     "polygon_document",
@@ -50,6 +52,37 @@ def per_image_counts(
 def totals(counts: pd.DataFrame, categories: Sequence[str]) -> dict[str, int]:
     """Survey totals per category from :func:`per_image_counts` (images that errored count 0)."""
     return {c: int(counts[c].sum()) if c in counts else 0 for c in categories}
+
+
+def with_results(counts: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`per_image_counts` of images that have a result (processed, no error), one per image."""
+    ok = counts["error"].isna() & counts["processed_at"].notna()
+    return counts[ok].drop_duplicates("image_id")
+
+
+def count_disagreement(mine: pd.DataFrame, theirs: pd.DataFrame, categories: Sequence[str]) -> pd.Series:
+    """How much two per-image count tables (:func:`per_image_counts` of two runs) disagree, per row of ``mine``.
+
+    The sum over ``categories`` (those both tables count) of the absolute difference between the two counts of
+    the same image (by ``image_id``); 0 for an image that ``theirs`` has no result for. The review queue
+    (``other=``) and :mod:`musseltools.compare` rank images by it.
+
+    Examples
+    --------
+    >>> a = pd.DataFrame({"image_id": ["x", "y"], "live": [3, 1], "dead": [0, 2]})
+    >>> b = pd.DataFrame({"image_id": ["x", "y"], "live": [1, 1], "dead": [1, 2], "error": [None, None],
+    ...                   "processed_at": [1, 1]})
+    >>> count_disagreement(a, b, ["live", "dead"]).tolist()
+    [3, 0]
+    """
+    theirs = with_results(theirs).set_index("image_id")
+    shared = [c for c in categories if c in theirs.columns and c in mine.columns]
+    diff = pd.Series(0, index=mine.index, dtype="int64")
+    known = mine["image_id"].isin(theirs.index)
+    for c in shared:
+        vals = mine.loc[known, "image_id"].map(theirs[c]).astype("int64")
+        diff.loc[known] += (mine.loc[known, c].astype("int64") - vals).abs()
+    return diff
 
 
 def threshold_grid(conf_floor: float, extra: Sequence[float] = ()) -> np.ndarray:

@@ -42,6 +42,9 @@ commit_every = None
 name = None
 device = None
 wait = False
+workers = None  # worker processes (default: one per core when there are enough images)
+scheduler = None  # a Dask scheduler address, to run on a cluster
+scheduler_file = None  # or its scheduler file
 
 # %%
 import datetime as dt
@@ -66,7 +69,8 @@ display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
 run = mt.run(
     images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
     tile_overlap=tile_overlap, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
-    batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, quiet=False,
+    batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
+    scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,
 )
 meta = run.meta
 t = run.thresholds  # saved per-class thresholds, else the run's threshold

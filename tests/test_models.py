@@ -53,9 +53,9 @@ def test_the_model_is_built_from_the_bytes_that_were_hashed(tmp_path, model_fact
     original = hashlib.sha256(weights.read_bytes()).hexdigest()
     build = UltralyticsFamily.build
 
-    def swap_then_build(self, data, filename, shown):  # the file is replaced between the read and the build
+    def swap_then_build(self, data, filename, shown, **kw):  # the file is replaced between the read and the build
         weights.write_bytes(model_factory("detect", 1).read_bytes())
-        return build(self, data, filename, shown)
+        return build(self, data, filename, shown, **kw)
 
     monkeypatch.setattr(UltralyticsFamily, "build", swap_then_build)
     loaded = load_model(weights)
@@ -74,7 +74,7 @@ def test_a_known_model_is_described_without_being_built(tiny_model, monkeypatch)
     cards: dict = {}
     first = describe_model(tiny_model, cards=cards)
     assert first.model is not None and list(cards) == [first.info.fingerprint]
-    monkeypatch.setattr(UltralyticsFamily, "build", lambda *a: pytest.fail("the model was built"))
+    monkeypatch.setattr(UltralyticsFamily, "build", lambda *a, **k: pytest.fail("the model was built"))
     again = describe_model(tiny_model, cards=cards)
     assert again.model is None and again.info == first.info and again.train_imgsz == first.train_imgsz
     with pytest.raises(mt.ModelLoadError, match="not classes"):
@@ -86,9 +86,9 @@ def test_a_resume_with_nothing_to_infer_does_not_load_the_model(images, tiny_mod
     built = []
     build = UltralyticsFamily.build
 
-    def counting(self, *a):
+    def counting(self, *a, **k):
         built.append(1)
-        return build(self, *a)
+        return build(self, *a, **k)
 
     monkeypatch.setattr(UltralyticsFamily, "build", counting)
     again = mt.run(images, model=tiny_model, **KW)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .curves import ClassCurve
 
-__all__ = ["OBJECTIVES", "Objective", "check_objective", "calibrate", "survey_totals"]
+__all__ = ["OBJECTIVES", "Objective", "bootstrap_sums", "check_objective", "calibrate", "survey_totals"]
 
 Objective = Literal["mae", "total_bias"]
 #: What calibration can minimise: the per-image count MAE, or the absolute error of the validated total.
@@ -102,8 +102,8 @@ def survey_totals(
     rng = np.random.default_rng(seed)
     q = ((1 - ci) / 2, 1 - (1 - ci) / 2)
     S, P, T = survey, predicted, true
-    boot_s = _bootstrap_sums(S, n_boot, rng)  # (B, C)
-    boot_p, boot_t = (_bootstrap_sums(np.hstack([P, T]), n_boot, rng).reshape(n_boot, 2, -1).transpose(1, 0, 2)
+    boot_s = bootstrap_sums(S, n_boot, rng)  # (B, C)
+    boot_p, boot_t = (bootstrap_sums(np.hstack([P, T]), n_boot, rng).reshape(n_boot, 2, -1).transpose(1, 0, 2)
                       if len(P) else (np.full((n_boot, len(classes)), np.nan),) * 2)
     total = S.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -146,7 +146,7 @@ def _live_fraction_row(total: np.ndarray, boot: np.ndarray, corrected: np.ndarra
             "corrected_ci_low": float(clo), "corrected_ci_high": float(chi)}
 
 
-def _bootstrap_sums(x: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 256) -> np.ndarray:
+def bootstrap_sums(x: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 256) -> np.ndarray:
     """Column sums of ``n_boot`` resamples (with replacement) of the rows of ``x``: (n_boot, columns)."""
     n = len(x)
     out = np.full((n_boot, x.shape[1]), np.nan)

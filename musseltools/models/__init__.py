@@ -4,6 +4,8 @@
   family registry, :class:`InferenceSettings`, loading (:func:`load_model`: from the bytes that were
   hashed) and model cards (:func:`describe_model`).
 - :mod:`~musseltools.models.ultralytics`: the Ultralytics YOLO family (registered on import).
+- :mod:`~musseltools.models.torchvision`: the torchvision Faster R-CNN family (registered on import, after
+  Ultralytics).
 - :mod:`~musseltools.models.tiling`: :class:`TiledPredictor`, wrapping any predictor.
 
 Adding a family: implement :class:`ModelFamily` and :class:`Predictor` in a module of this package and
@@ -24,17 +26,23 @@ from .base import (
     ModelInfo,
     Predictor,
     Prepared,
+    claiming_family,
     default_device,
     describe_model,
     detect_family,
     families,
+    fastest_batch_size,
     fingerprint,
     get_family,
     load_model,
+    model_fingerprint,
     register_family,
 )
 from .tiling import TiledPredictor
 from .ultralytics import UltralyticsFamily, YoloPredictor
+
+# isort: split
+from .torchvision import FasterRCNNPredictor, TorchvisionFamily  # registered after Ultralytics: tried second
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -49,14 +57,19 @@ __all__ = [
     "TiledPredictor",
     "UltralyticsFamily",
     "YoloPredictor",
+    "FasterRCNNPredictor",
+    "TorchvisionFamily",
+    "claiming_family",
     "default_device",
     "describe_model",
     "detect_family",
     "families",
+    "fastest_batch_size",
     "fingerprint",
     "get_family",
     "load_model",
     "make_predictor",
+    "model_fingerprint",
     "register_family",
 ]
 

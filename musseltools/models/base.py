@@ -16,6 +16,14 @@ Model cards
     :class:`ModelCard`, cached by the weights' SHA-256 (:func:`describe_model`), so that a resume with
     nothing left to infer never builds the model.
 
+Sidecars
+    A family may name files beside the weights that are part of the model (the torchvision family's
+    ``WEIGHTS.yaml``: class names). :func:`load_model` reads them once with the weights and hashes them
+    with the weights: the ``model_fingerprint`` is the SHA-256 of the weights' bytes when no sidecar
+    exists, else of the weights' bytes followed by each sidecar's name and bytes
+    (:func:`model_fingerprint`). Editing a sidecar is a new model: new inference key, new card, and a
+    run made before it refuses the change as it refuses changed weights.
+
 Families and the inference key
     The family is part of the inference key. The key of the ``ultralytics`` family is computed exactly
     as before families existed (no ``family`` entry in the hashed payload: :data:`LEGACY_FAMILY`), so
@@ -60,13 +68,16 @@ __all__ = [
     "ModelInfo",
     "Predictor",
     "Prepared",
+    "claiming_family",
     "default_device",
     "describe_model",
     "detect_family",
     "families",
+    "fastest_batch_size",
     "fingerprint",
     "get_family",
     "load_model",
+    "model_fingerprint",
     "register_family",
 ]
 
@@ -81,8 +92,26 @@ LEGACY_FAMILY = "ultralytics"
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file."""
+    """SHA-256 of a weights file (its ``model_fingerprint`` when it has no sidecar)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_fingerprint(data: bytes, sidecars: Mapping[str, bytes] | None = None) -> str:
+    """The ``model_fingerprint``: SHA-256 of the weights' bytes, followed, when the model has sidecar files,
+    by each sidecar's name and bytes (in name order).
+
+    Examples
+    --------
+    >>> model_fingerprint(b"w") == hashlib.sha256(b"w").hexdigest()
+    True
+    >>> model_fingerprint(b"w", {"m.yaml": b"names: [a]"}) != model_fingerprint(b"w")
+    True
+    """
+    h = hashlib.sha256(data)
+    for name in sorted(sidecars or {}):
+        body = sidecars[name]  # type: ignore[index]
+        h.update(b"\0sidecar\0" + name.encode() + b"\0" + str(len(body)).encode() + b"\0" + body)
+    return h.hexdigest()
 
 
 def default_device() -> str:
@@ -144,15 +173,19 @@ class ModelCard:
     task: str
     names: dict[int, str]
     train_imgsz: int
+    #: The family's own NMS IoU (torchvision's Faster R-CNN: 0.5), used when ``iou`` is not given; None:
+    #: the option's fallback (0.7, Ultralytics').
+    default_iou: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "task": self.task, "names": {str(k): v for k, v in self.names.items()},
-                "train_imgsz": self.train_imgsz}
+                "train_imgsz": self.train_imgsz, "default_iou": self.default_iou}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelCard:
+        iou = d.get("default_iou")
         return cls(str(d["family"]), str(d["task"]), {int(k): str(v) for k, v in d["names"].items()},
-                   int(d["train_imgsz"]))
+                   int(d["train_imgsz"]), None if iou is None else float(iou))
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,9 @@ class ModelInfo:
     names: dict[int, str]
     class_map: dict[str, str] | None = None
     family: str = DEFAULT_FAMILY
+    #: Loaded with the user's leave to unpickle arbitrary objects (``trust_pickle``): a process that
+    #: loads the same bytes again (a worker) may do the same.
+    trust_pickle: bool = False
 
     @property
     def classes(self) -> ClassMap:
@@ -193,6 +229,7 @@ class LoadedModel:
     info: ModelInfo
     train_imgsz: int
     model: Any = field(default=None, repr=False)
+    default_iou: float | None = None
 
 
 @dataclass
@@ -251,6 +288,35 @@ class Predictor(Protocol):
         ...
 
 
+def fastest_batch_size(predictor: Predictor, sample: Prepared, candidates: Sequence[int] | None = None,
+                       repeats: int = 2) -> int:
+    """Time a predictor on copies of ``sample`` at several batch sizes and return the fastest.
+
+    On CPU, batch 1 is often fastest; on a GPU, larger batches usually win. A larger batch must beat a
+    smaller one by 5 % to be chosen. Each candidate runs as one batch (``predictor.batch_size`` is None
+    meanwhile, and restored afterwards).
+    """
+    import time
+
+    if candidates is None:
+        candidates = (1, 2, 4, 8) if predictor.device.startswith("cpu") else (1, 4, 8, 16, 32)
+    best, best_rate = 1, 0.0
+    kept, predictor.batch_size = predictor.batch_size, None
+    try:
+        for b in candidates:
+            items = [sample] * b
+            predictor.predict(items)  # warm-up at this size
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                predictor.predict(items)
+            rate = b * repeats / max(time.perf_counter() - t0, 1e-9)
+            if rate > best_rate * 1.05:
+                best, best_rate = b, rate
+    finally:
+        predictor.batch_size = kept
+    return best
+
+
 class ModelFamily(Protocol):
     """A kind of model (Ultralytics YOLO, ...): register one with :func:`register_family`.
 
@@ -263,11 +329,19 @@ class ModelFamily(Protocol):
     expects: str
 
     def claims(self, data: bytes, filename: str) -> bool:
-        """Whether a weights file (its bytes and name) is of this family, without building it."""
+        """Whether a weights file (its bytes and name) is of this family, without building it (nor unpickling)."""
         ...
 
-    def build(self, data: bytes, filename: str, shown: str) -> tuple[Any, ModelCard]:
-        """The in-memory model built from ``data`` and its card; ModelLoadError when it cannot be."""
+    def sidecar_names(self, filename: str) -> Sequence[str]:
+        """Names of files beside the weights that are part of the model (read and hashed with them when
+        they exist); empty when the weights are all there is."""
+        ...
+
+    def build(self, data: bytes, filename: str, shown: str, *, sidecars: Mapping[str, bytes] | None = None,
+              trust_pickle: bool = False) -> tuple[Any, ModelCard]:
+        """The in-memory model built from ``data`` (and the bytes of its sidecars that exist, by name) and
+        its card; ModelLoadError when it cannot be. ``trust_pickle``: the user allows unpickling arbitrary
+        objects (a family that can load weights without it must refuse pickled code otherwise)."""
         ...
 
     def predictor(self, model: LoadedModel, settings: Any, *, device: str | None = None,
@@ -301,17 +375,35 @@ def get_family(name: str) -> ModelFamily:
         ) from None
 
 
-def detect_family(data: bytes, filename: str) -> str:
-    """The name of the first family that claims a weights file, else :data:`DEFAULT_FAMILY`."""
+def claiming_family(data: bytes, filename: str) -> str | None:
+    """The name of the first registered family that claims a weights file; None when none does."""
     for name, family in _FAMILIES.items():
         if family.claims(data, filename):
             return name
-    return DEFAULT_FAMILY
+    return None
+
+
+def detect_family(data: bytes, filename: str) -> str:
+    """The name of the first family that claims a weights file, else :data:`DEFAULT_FAMILY`."""
+    return claiming_family(data, filename) or DEFAULT_FAMILY
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _read_weights(weights: str | os.PathLike, family: str | None) -> tuple[Path, bytes, str]:
-    """(path, bytes, SHA-256 of those bytes) of a weights file; ModelLoadError when it cannot be read."""
+@dataclass(frozen=True)
+class _Weights:
+    """A weights file as read once: its bytes, its family, its sidecars' bytes, and the fingerprint of them all."""
+
+    path: Path
+    shown: str
+    data: bytes
+    family: str
+    claimed: bool  # a family claimed the file (or the caller named one); else the default family is tried
+    sidecars: dict[str, bytes]
+    digest: str
+
+
+def _read_weights(weights: str | os.PathLike, family: str | None) -> _Weights:
+    """Read a weights file and its family's sidecars once; ModelLoadError when they cannot be read."""
     path = Path(weights).expanduser()
     shown = str(weights)
     if not path.is_file():
@@ -322,7 +414,19 @@ def _read_weights(weights: str | os.PathLike, family: str | None) -> tuple[Path,
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read weights file {shown!r}: {exc.strerror or exc}") from exc
-    return path, data, hashlib.sha256(data).hexdigest()
+    name = family or claiming_family(data, path.name)
+    chosen = get_family(name or DEFAULT_FAMILY)
+    sidecars = {}
+    for side in chosen.sidecar_names(path.name):
+        side_path = path.with_name(side)
+        if side_path.is_file():
+            try:
+                sidecars[side] = side_path.read_bytes()
+            except OSError as exc:
+                raise ModelLoadError(f"cannot read the sidecar {str(side_path)!r} of weights file {shown!r}: "
+                                     f"{exc.strerror or exc} — make it readable, or remove it") from exc
+    return _Weights(path, shown, data, name or DEFAULT_FAMILY, name is not None, sidecars,
+                    model_fingerprint(data, sidecars))
 
 
 def _check_class_map(class_map: Mapping[str, str] | None, names: Mapping[int, str], shown: str) -> dict | None:
@@ -337,21 +441,39 @@ def _check_class_map(class_map: Mapping[str, str] | None, names: Mapping[int, st
     return {str(k): str(v) for k, v in class_map.items()}
 
 
-def _model(path: Path, shown: str, digest: str, card: ModelCard, class_map: Mapping[str, str] | None,
-           built: Any) -> LoadedModel:
+def _model(w: _Weights, card: ModelCard, class_map: Mapping[str, str] | None, built: Any,
+           trust_pickle: bool) -> LoadedModel:
     if card.task not in SUPPORTED_TASKS:
         raise ModelLoadError(
-            f"weights file {shown!r} is a {card.task!r} model — expected one of {', '.join(SUPPORTED_TASKS)}"
+            f"weights file {w.shown!r} is a {card.task!r} model — expected one of {', '.join(SUPPORTED_TASKS)}"
         )
-    info = ModelInfo(path=str(path.resolve()), fingerprint=digest, task=card.task, names=dict(card.names),
-                     class_map=_check_class_map(class_map, card.names, shown), family=card.family)
-    return LoadedModel(info=info, train_imgsz=card.train_imgsz, model=built)
+    info = ModelInfo(path=str(w.path.resolve()), fingerprint=w.digest, task=card.task, names=dict(card.names),
+                     class_map=_check_class_map(class_map, card.names, w.shown), family=card.family,
+                     trust_pickle=bool(trust_pickle))
+    return LoadedModel(info=info, train_imgsz=card.train_imgsz, model=built, default_iou=card.default_iou)
 
 
-def _build(path: Path, data: bytes, family: str | None, shown: str) -> tuple[Any, ModelCard]:
-    name = family or detect_family(data, path.name)
-    built, card = get_family(name).build(data, path.name, shown)
-    return built, dataclasses.replace(card, family=name)
+def _unrecognised(w: _Weights, exc: ModelLoadError) -> ModelLoadError:
+    """The one error for a file that no family claims and the default family cannot load either."""
+    cause = exc.__cause__
+    reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    tried = " or ".join(f"{f.expects} ({name})" for name, f in _FAMILIES.items())
+    return ModelLoadError(
+        f"cannot load weights file {w.shown!r}: no model family recognises it — expected {tried}; loading it as "
+        f"{DEFAULT_FAMILY} failed with {reason} — check that the file is complete and holds model weights, or "
+        "name its family with --model-family (model_family=)"
+    )
+
+
+def _build(w: _Weights, trust_pickle: bool) -> tuple[Any, ModelCard]:
+    try:
+        built, card = get_family(w.family).build(w.data, w.path.name, w.shown, sidecars=w.sidecars,
+                                                 trust_pickle=trust_pickle)
+    except ModelLoadError as exc:
+        if w.claimed:
+            raise
+        raise _unrecognised(w, exc) from exc
+    return built, dataclasses.replace(card, family=w.family)
 
 
 def load_model(
@@ -360,10 +482,12 @@ def load_model(
     class_map: Mapping[str, str] | None = None,
     family: str | None = None,
     sha256: str | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
-    """Load a weights file: read it once, hash those bytes, build the model from the same bytes.
+    """Load a weights file: read it (and its sidecars) once, hash those bytes, build the model from the same bytes.
 
-    .pt files are Python pickles: load only weights you trust.
+    Ultralytics .pt files are Python pickles: load only weights you trust. torchvision checkpoints are
+    read with ``torch.load(weights_only=True)`` unless ``trust_pickle``.
 
     Parameters
     ----------
@@ -371,30 +495,36 @@ def load_model(
     class_map : mapping of str to str, optional
         Class name -> category (validated against the model's classes).
     family : str, optional
-        The model family (``ultralytics``); detected from the file by default.
+        The model family (``ultralytics``, ``torchvision``); detected from the file by default.
     sha256 : str, optional
-        The SHA-256 the file must have (a run's recorded fingerprint): ModelChangedError otherwise.
+        The fingerprint the model must have (a run's recorded one): ModelChangedError otherwise.
+    trust_pickle : bool
+        Allow unpickling arbitrary Python objects (a fully pickled torchvision model). A pickle can run
+        code: only for files you trust.
 
     Raises
     ------
     ModelLoadError
-        The file is missing, unreadable, not weights of the family, or of an unsupported task.
+        The file is missing, unreadable, not weights of the family (or of no family), or of an
+        unsupported task.
     ModelChangedError
-        ``sha256`` was given and the file has other contents.
+        ``sha256`` was given and the file (or its sidecar) has other contents.
 
     Examples
     --------
     >>> load_model("data/models/mussel-demo.pt").train_imgsz                            # doctest: +SKIP
     640
     """
-    path, data, digest = _read_weights(weights, family)
-    if sha256 is not None and digest != sha256:
+    w = _read_weights(weights, family)
+    if sha256 is not None and w.digest != sha256:
+        what = f"weights file {str(weights)!r}" + (f" (with its sidecar {', '.join(sorted(w.sidecars))})"
+                                                   if w.sidecars else "")
         raise ModelChangedError(
-            f"weights file {str(weights)!r} changed (SHA-256 {sha256[:12]}… expected, {digest[:12]}… now) — results "
+            f"{what} changed (SHA-256 {sha256[:12]}… expected, {w.digest[:12]}… now) — results "
             "made so far are kept — restore the original weights, or save the new ones under another name"
         )
-    built, card = _build(path, data, family, str(weights))
-    return _model(path, str(weights), digest, card, class_map, built)
+    built, card = _build(w, trust_pickle)
+    return _model(w, card, class_map, built, trust_pickle)
 
 
 def describe_model(
@@ -403,23 +533,24 @@ def describe_model(
     class_map: Mapping[str, str] | None = None,
     family: str | None = None,
     cards: MutableMapping[str, Any] | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
-    """A model's info without building it when ``cards`` knows its SHA-256, else loaded as by :func:`load_model`.
+    """A model's info without building it when ``cards`` knows its fingerprint, else loaded as by :func:`load_model`.
 
-    ``cards`` maps SHA-256 -> :meth:`ModelCard.to_json`; a model built here is added to it (the caller
+    ``cards`` maps fingerprint -> :meth:`ModelCard.to_json`; a model built here is added to it (the caller
     keeps it, e.g. in the store's cache). The weights are read and hashed either way.
     """
-    path, data, digest = _read_weights(weights, family)
-    known = (cards or {}).get(digest)
+    w = _read_weights(weights, family)
+    known = (cards or {}).get(w.digest)
     if isinstance(known, Mapping):
         try:
             card = ModelCard.from_json(known)
         except (KeyError, TypeError, ValueError, AttributeError):
             card = None
-        if card is not None and (family is None or card.family == family) and card.family in _FAMILIES:
-            return _model(path, str(weights), digest, card, class_map, None)
-    built, card = _build(path, data, family, str(weights))
-    loaded = _model(path, str(weights), digest, card, class_map, built)
+        if card is not None and card.family == w.family and card.family in _FAMILIES:
+            return _model(w, card, class_map, None, trust_pickle)
+    built, card = _build(w, trust_pickle)
+    loaded = _model(w, card, class_map, built, trust_pickle)
     if cards is not None:
-        cards[digest] = card.to_json()
+        cards[w.digest] = card.to_json()
     return loaded

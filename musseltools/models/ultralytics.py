@@ -15,9 +15,8 @@ import io
 import logging
 import os
 import tempfile
-import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 from ..detections import Detections
 from ..errors import ModelLoadError
 from ..options import OPTIONS
-from .base import LoadedModel, ModelCard, Prepared, default_device, register_family
+from .base import LoadedModel, ModelCard, Prepared, default_device, fastest_batch_size, register_family
 
 __all__ = ["UltralyticsFamily", "YoloPredictor"]
 
@@ -68,12 +67,19 @@ class UltralyticsFamily:
         except (zipfile.BadZipFile, OSError, ValueError):
             return b"ultralytics" in data[: 1 << 20]  # a legacy (not zipped) torch file: the pickle comes first
 
-    def build(self, data: bytes, filename: str, shown: str) -> tuple[Any, ModelCard]:
+    def sidecar_names(self, filename: str) -> tuple[str, ...]:
+        """None: an Ultralytics .pt file holds its class names and settings."""
+        return ()
+
+    def build(self, data: bytes, filename: str, shown: str, *, sidecars: Mapping[str, bytes] | None = None,
+              trust_pickle: bool = False) -> tuple[Any, ModelCard]:
         """Build a YOLO model from the weights' bytes.
 
         Ultralytics loads from a path only, so the bytes (those that were hashed) are written to a
         private temporary folder (mode 0700, removed at once) under the file's own name: Ultralytics
-        chooses the model class from it. No other process can change that copy.
+        chooses the model class from it. No other process can change that copy. An Ultralytics .pt file
+        is always a full pickle (Ultralytics unpickles it whatever ``trust_pickle`` says): load only
+        weights you trust.
         """
         yolo_class = _yolo_class()
         with tempfile.TemporaryDirectory(prefix="musseltools-weights-") as tmp:
@@ -182,29 +188,9 @@ class YoloPredictor:
         return batch_size
 
     def measure_batch_size(self, sample: Prepared, candidates: Sequence[int] | None = None, repeats: int = 2) -> int:
-        """Time the model on copies of ``sample`` at several batch sizes and return the fastest.
-
-        On CPU, batch 1 is often fastest; on a GPU, larger batches usually win. A larger batch must beat
-        a smaller one by 5 % to be chosen.
-        """
-        if candidates is None:
-            candidates = (1, 2, 4, 8) if self.device.startswith("cpu") else (1, 4, 8, 16, 32)
-        best, best_rate = 1, 0.0
-        kept, self.batch_size = self.batch_size, None  # each candidate runs as one batch
-        try:
-            for b in candidates:
-                items = [sample] * b
-                self.predict(items)  # warm-up at this size
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    self.predict(items)
-                rate = b * repeats / max(time.perf_counter() - t0, 1e-9)
-                log.debug("batch size %d: %.1f images/s", b, rate)
-                if rate > best_rate * 1.05:
-                    best, best_rate = b, rate
-        finally:
-            self.batch_size = kept
-        return best
+        """Time the model on copies of ``sample`` at several batch sizes and return the fastest
+        (:func:`~musseltools.models.base.fastest_batch_size`)."""
+        return fastest_batch_size(self, sample, candidates, repeats)
 
 
 register_family("ultralytics", UltralyticsFamily())

@@ -1,12 +1,4 @@
-"""Executors: how commit units get processed. Local (decode threads + the model) now; the same
-protocol lets a multi-process or distributed executor (Dask) run each unit as an idempotent task.
-
-An executor receives a *task* (a :class:`UnitTask`) and the *units* to process, and yields one
-summary per committed unit. The task knows how to ``load`` one image (decode + prepare, thread-safe),
-``predict`` a batch, and ``commit`` a unit; calling the task on a unit does all three (what a remote
-worker does). Tasks are picklable and load their model lazily where they run. Run semantics (plan,
-status, counts) stay in the engine, whatever the executor.
-"""
+"""The in-process executor: decode threads run ahead while the model infers, unit by unit."""
 
 from __future__ import annotations
 
@@ -17,70 +9,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
-from .errors import RunCancelled
-from .planning import ImageRef, Unit, UnitSummary
+from ..errors import RunCancelled
+from ..planning import Unit, UnitSummary
+from .base import UnitTask
 
-__all__ = ["Executor", "LocalExecutor", "UnitTask", "default_decode_workers"]
+__all__ = ["LocalExecutor", "default_decode_workers"]
 
 log = logging.getLogger(__name__)
-
-
-class UnitTask(Protocol):
-    """What an executor may ask of a run's task (implemented by :class:`musseltools.task.RunTask`).
-
-    Attributes
-    ----------
-    batch_size : int or None
-        The model batch size, when known (given, or chosen by :meth:`choose_batch_size`).
-    inferred : int
-        Images inferred so far by this task object.
-    """
-
-    batch_size: int | None
-    inferred: int
-
-    def load(self, ref: ImageRef) -> Any:
-        """Read, verify, decode and prepare one image: a prepared image, or an error message (str)."""
-        ...
-
-    def predict(self, batch: Sequence[Any]) -> list[Any]:
-        """Detections of a batch of prepared images, in order."""
-        ...
-
-    def commit(self, unit: Unit, outcomes: list[tuple[ImageRef, Any, str | None]]) -> UnitSummary:
-        """Commit a unit's outcomes, ``(image, detections or None, error or None)``, as one part."""
-        ...
-
-    def choose_batch_size(self, sample: Any) -> int:
-        """The model batch size (measured on a prepared sample when not known)."""
-        ...
-
-    def images_per_call(self, batch_size: int) -> int:
-        """How many images to hand to :meth:`predict` at once for a model batch size."""
-        ...
-
-    def __call__(self, unit: Unit) -> UnitSummary:
-        """Process one unit from start to commit in the calling process."""
-        ...
-
-
-class Executor(Protocol):
-    """Processes units with a task; yields one :class:`UnitSummary` per committed unit, in any order.
-
-    ``cancel`` set: stop after the current batch and raise :class:`RunCancelled` (committed units are
-    kept). ``on_progress(n)``: ``n`` more images are done (inferred or failed).
-    """
-
-    def process(
-        self,
-        task: UnitTask,
-        units: Sequence[Unit],
-        *,
-        cancel: threading.Event,
-        on_progress: Callable[[int], None] = ...,
-    ) -> Iterator[UnitSummary]: ...
 
 
 _END_UNIT = object()
@@ -185,6 +122,9 @@ class LocalExecutor:
         self.prefetch = prefetch
         self.workers = workers or default_decode_workers()
 
+    def __repr__(self) -> str:
+        return "LocalExecutor()"
+
     def process(
         self,
         task: UnitTask,
@@ -203,34 +143,45 @@ class LocalExecutor:
             on_progress(len(pending))
             pending.clear()
 
-        per_call: int | None = None  # images per predict call, known once the first image is decoded
+        per_call: list[int] = []  # images per predict call, known once the first image is decoded
         try:
             for unit in units:
                 outcomes: list[tuple[Any, Any, str | None]] = []
-                pending: list[tuple[Any, Any]] = []
-                while True:
-                    ref, item = decoder.get(cancel)
-                    if item is _END_UNIT:
-                        break
-                    if item is _DONE:
-                        raise RuntimeError("the decode thread ended before all units were read")
-                    if isinstance(item, BaseException):
-                        raise item
-                    if isinstance(item, str):
-                        outcomes.append((ref, None, item))
-                        on_progress(1)
-                        continue
-                    if per_call is None:
-                        per_call = task.images_per_call(task.choose_batch_size(item))
-                    pending.append((ref, item))
-                    # a full batch goes at once; a partial one too when nothing more is decoded yet, so the
-                    # model never idles waiting to fill a batch (results do not depend on the batch)
-                    if len(pending) >= per_call or decoder.queue.empty():
-                        flush(pending, outcomes)
-                        if cancel.is_set():
-                            raise RunCancelled("cancelled")
-                if pending:
-                    flush(pending, outcomes)
+                try:
+                    self._infer_unit(task, decoder, cancel, on_progress, outcomes, per_call, flush)
+                except (RunCancelled, KeyboardInterrupt):  # keep what is inferred: a smaller part of its own
+                    yield task.commit_partial(unit, outcomes)
+                    raise
                 yield task.commit(unit, outcomes)
         finally:
             decoder.close()
+
+    @staticmethod
+    def _infer_unit(task: UnitTask, decoder: _Decoder, cancel: threading.Event, on_progress: Callable[[int], None],
+                    outcomes: list[tuple[Any, Any, str | None]], per_call: list[int],
+                    flush: Callable[[list, list], None]) -> None:
+        """Take one unit's images from the decoder and infer them; outcomes are appended as they come."""
+        pending: list[tuple[Any, Any]] = []
+        while True:
+            ref, item = decoder.get(cancel)
+            if item is _END_UNIT:
+                break
+            if item is _DONE:
+                raise RuntimeError("the decode thread ended before all units were read")
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, str):
+                outcomes.append((ref, None, item))
+                on_progress(1)
+                continue
+            if not per_call:
+                per_call.append(task.images_per_call(task.choose_batch_size(item)))
+            pending.append((ref, item))
+            # a full batch goes at once; a partial one too when nothing more is decoded yet, so the
+            # model never idles waiting to fill a batch (results do not depend on the batch)
+            if len(pending) >= per_call[0] or decoder.queue.empty():
+                flush(pending, outcomes)
+                if cancel.is_set():
+                    raise RunCancelled("cancelled")
+        if pending:
+            flush(pending, outcomes)

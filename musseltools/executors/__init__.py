@@ -1,0 +1,70 @@
+"""Executors: how commit units get processed, behind one protocol (:mod:`.base`).
+
+- :class:`LocalExecutor`: in this process, decode threads running ahead of the model (``workers=1``,
+  and on a GPU);
+- :class:`ProcessExecutor`: worker processes, one per core by default;
+- :class:`DaskExecutor`: tasks on a Dask cluster (``client=``, ``--scheduler``, ``--scheduler-file``).
+
+:func:`choose_executor` picks one from the run's options and the work left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Executor, UnitTask
+from .dask import DaskExecutor, connect
+from .local import LocalExecutor, default_decode_workers
+from .processes import MAX_ATTEMPTS, ProcessExecutor, cpu_cores
+
+__all__ = [
+    "Executor",
+    "UnitTask",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "DaskExecutor",
+    "MAX_ATTEMPTS",
+    "MIN_IMAGES_PER_WORKER",
+    "choose_executor",
+    "connect",
+    "cpu_cores",
+    "default_decode_workers",
+]
+
+#: Worker processes start only when each would get at least this many images to infer: starting one
+#: (a fresh Python with torch, and the model) costs about as much as inferring ~40 survey frames here.
+MIN_IMAGES_PER_WORKER = 48
+
+
+def choose_executor(*, workers: int | None, client: Any, device: str | None, n_images: int,
+                    tiled: bool = False) -> Executor:
+    """The executor for a run.
+
+    ``client`` given: Dask. ``workers`` given: that many processes (1: this process). Otherwise
+    one process per core when there are enough images to pay back the workers' start
+    (:data:`MIN_IMAGES_PER_WORKER` each; a tiled image counts as many), and this process on a GPU,
+    where one process batching is fastest.
+
+    Examples
+    --------
+    >>> choose_executor(workers=None, client=None, device="cpu", n_images=10)
+    LocalExecutor()
+    >>> choose_executor(workers=2, client=None, device="cpu", n_images=10)  # doctest: +ELLIPSIS
+    ProcessExecutor(workers=2, threads=...)
+    """
+    if client is not None:
+        return DaskExecutor(client)
+    if workers is None:
+        gpu = bool(device) and not str(device).startswith("cpu")
+        if gpu or (device is None and _cuda()):
+            return LocalExecutor()
+        cores = cpu_cores()
+        weight = 20 if tiled else 1
+        workers = max(1, min(cores, (n_images * weight) // MIN_IMAGES_PER_WORKER))
+    return LocalExecutor() if workers == 1 else ProcessExecutor(workers)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,236 @@
+"""Every core of a machine: commit units run in worker processes, one per core by default.
+
+Each worker process loads the model once (the task's per-process cache, keyed by the weights' SHA-256),
+gets ``cores / workers`` torch threads, and decodes, infers and commits the units it is given. The
+parent process plans, follows progress (image by image, through a queue), and alone writes the run's
+metadata (the engine does that with the summaries yielded here).
+
+Cancelling (``handle.cancel()``, or Ctrl-C in the parent) sets a shared event: each worker commits the
+images of its unit that it has inferred as a smaller part of their own and stops; units not started are
+dropped. Worker processes ignore SIGINT, so a Ctrl-C reaches them only through the parent. A worker that
+dies (killed, out of memory) breaks the pool: the units not yet committed are run again in a new pool; a
+unit that was in progress when workers died :data:`MAX_ATTEMPTS` times is committed as failed, with the
+reason on each image (the next run tries its images again), so a run never loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from ..errors import RunCancelled
+from ..planning import Unit, UnitSummary
+from .base import UnitTask
+
+__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores"]
+
+log = logging.getLogger(__name__)
+
+#: Tries of a unit whose worker process died before it was committed; then its images fail.
+MAX_ATTEMPTS = 3
+#: Seconds the workers get to commit what they inferred once a run is cancelled.
+CANCEL_GRACE_S = 60.0
+
+# the worker process's side: set by the pool's initializer
+_progress: Any = None
+_stop: Any = None
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (its CPU affinity where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _environment() -> tuple[str, dict[str, str]]:
+    """The parent's folder and settings that a worker must share (workers fork from a server started once,
+    which kept the folder and environment of its first use)."""
+    return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(("MUSSELTOOLS_", "YOLO_"))}
+
+
+def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str, dict[str, str]]) -> None:
+    global _progress, _stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C means
+    _progress, _stop = progress, stop
+    cwd, env = environment
+    for k in [k for k in os.environ if k.startswith(("MUSSELTOOLS_", "YOLO_")) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+    os.chdir(cwd)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _tell_images(n: int) -> None:
+    _progress.put(("images", n))
+
+
+def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
+    """What a worker process runs for one unit (module level, so it pickles by reference)."""
+    _progress.put(("start", unit.key))
+    return task(unit, on_image=_tell_images, stop=_stop.is_set)
+
+
+def _context() -> Any:
+    """``forkserver`` where there is one (workers fork from a clean server that imported musseltools once),
+    else ``spawn``; never plain ``fork`` from a process that may already run torch threads."""
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["musseltools.task", "torch", "ultralytics"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start worker processes without re-running the caller's ``__main__`` (a script without an
+    ``if __name__ == "__main__"`` guard, or a notebook): they run functions of musseltools only."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+class ProcessExecutor:
+    """Run commit units in ``workers`` processes (see the module docstring).
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (``--workers N``); each gets ``threads`` torch threads.
+    threads : int, optional
+        torch threads per worker: ``cores // workers`` (at least 1) by default.
+    """
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.threads = threads or max(1, cpu_cores() // workers)
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(workers={self.workers}, threads={self.threads})"
+
+    def process(
+        self,
+        task: UnitTask,
+        units: Sequence[Unit],
+        *,
+        cancel: threading.Event,
+        on_progress: Callable[[int], None] = lambda n: None,
+    ) -> Iterator[UnitSummary]:
+        """Run the units in worker processes; yields each unit's summary as it is committed."""
+        ctx = _context()
+        progress, stop = ctx.Queue(), ctx.Event()
+        attempts: dict[str, int] = {}
+        started: set[str] = set()
+        todo = list(units)
+        while todo:
+            todo = yield from self._one_pool(ctx, task, todo, progress, stop, cancel, on_progress, attempts, started)
+
+    def _one_pool(self, ctx: Any, task: UnitTask, units: list[Unit], progress: Any, stop: Any,
+                  cancel: threading.Event, on_progress: Callable[[int], None], attempts: dict[str, int],
+                  started: set[str]) -> Iterator[UnitSummary]:
+        """Run ``units`` in one pool; returns the units to run again when a worker died."""
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(progress, stop, self.threads, _environment()))
+        with _main_module_hidden():  # workers start here: they need musseltools, never the caller's script
+            futures: dict[Future, Unit] = {pool.submit(run_unit_in_worker, task, u): u for u in units}
+        broken: list[Unit] = []
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                _drain(progress, on_progress, started)
+                for fut in done:
+                    try:
+                        yield fut.result()
+                    except BrokenProcessPool:
+                        broken.append(futures[fut])
+                if cancel.is_set():
+                    raise RunCancelled("cancelled")
+        except (RunCancelled, KeyboardInterrupt):
+            yield from self._cancel(futures, pending, stop, progress, on_progress)
+            raise
+        finally:
+            pool.shutdown(wait=not (stop.is_set() or broken), cancel_futures=True)
+        if not broken:
+            return []
+        again, failed = self._retry(task, broken, attempts, started)
+        yield from failed
+        return again
+
+    def _cancel(self, futures: dict[Future, Unit], pending: set[Future], stop: Any, progress: Any,
+                on_progress: Callable[[int], None]) -> Iterator[UnitSummary]:
+        """Tell the workers to stop; yield the partial parts they commit (units not started are dropped)."""
+        stop.set()
+        for fut in pending:
+            fut.cancel()
+        running = {f for f in pending if not f.cancelled()}
+        done, _ = wait(running, timeout=CANCEL_GRACE_S)
+        _drain(progress, on_progress, set())
+        for fut in done:
+            try:
+                yield fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died while stopping: its unit is redone
+                log.warning("a worker failed while stopping (%s); its unit %s will be done again", exc,
+                            futures[fut].key)
+
+    def _retry(self, task: UnitTask, broken: list[Unit], attempts: dict[str, int],
+               started: set[str]) -> tuple[list[Unit], list[UnitSummary]]:
+        """After a worker died: the units to run again, and the summaries of those committed as failed
+        (started and lost :data:`MAX_ATTEMPTS` times; units that never started are not counted)."""
+        again, failed = [], []
+        for unit in broken:
+            if unit.key not in started:
+                again.append(unit)
+                continue
+            started.discard(unit.key)
+            attempts[unit.key] = attempts.get(unit.key, 0) + 1
+            if attempts[unit.key] >= MAX_ATTEMPTS:
+                reason = (f"a worker process died {MAX_ATTEMPTS} times while this image's commit unit was being "
+                          "processed (out of memory? an image that crashes the decoder?) — run again to retry, "
+                          "or run with --workers 1 to see the error")
+                log.error("unit %s failed %d times: its %d images are marked failed", unit.key, MAX_ATTEMPTS,
+                          len(unit.images))
+                failed.append(task.commit_failed(unit, reason))
+            else:
+                again.append(unit)
+        log.warning("a worker process died; %d commit units will run again in new workers", len(again))
+        return again, failed
+
+
+def _drain(progress: Any, on_progress: Callable[[int], None], started: set[str]) -> None:
+    """Take the workers' messages: images done (told to ``on_progress``) and units started."""
+    n = 0
+    while True:
+        try:
+            kind, value = progress.get_nowait()
+        except (queue.Empty, OSError, ValueError, EOFError):
+            break
+        if kind == "images":
+            n += value
+        else:
+            started.add(value)
+    if n:
+        on_progress(n)

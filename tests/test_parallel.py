@@ -1,0 +1,170 @@
+"""Every core and clusters: worker processes and Dask give the results of a one-process run, and survive
+cancelling, killed workers, units that always fail, and a scheduler that goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import IMGSZ, write_images
+from procs import assert_same_results
+
+import musseltools as mt
+from musseltools.executors import MAX_ATTEMPTS, LocalExecutor, ProcessExecutor, choose_executor
+
+pytestmark = pytest.mark.slow
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("parallel") / "images"
+    write_images(f, N, seed=21)
+    return f
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tiny_model, tmp_path_factory):
+    """The same survey in one process (the reference every other way must equal)."""
+    return mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path_factory.mktemp("ref") / "store",
+                  workers=1, quiet=True)
+
+
+def _run(folder, model, store, **kw):
+    return mt.run(folder, model=model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, **kw)
+
+
+def test_worker_processes_give_the_one_process_results(folder, tiny_model, reference, tmp_path):
+    r = _run(folder, tiny_model, tmp_path / "store", workers=2)
+    assert r.meta["executor"] == "ProcessExecutor(workers=2, threads=1)"
+    assert r.meta["inferred_this_call"] == N and r.status == "completed"
+    assert_same_results(r, reference)
+    assert r.counts() == reference.counts() and r.meta["counts"] == reference.meta["counts"]
+    again = _run(folder, tiny_model, tmp_path / "store", workers=2)  # a resume infers nothing
+    assert again.meta["inferred_this_call"] == 0
+
+
+def test_the_default_uses_processes_only_when_they_pay_back():
+    assert isinstance(choose_executor(workers=None, client=None, device="cpu", n_images=10), LocalExecutor)
+    many = choose_executor(workers=None, client=None, device="cpu", n_images=10_000)
+    cores = len(os.sched_getaffinity(0))
+    assert isinstance(many, ProcessExecutor if cores > 1 else LocalExecutor)
+    assert isinstance(choose_executor(workers=None, client=None, device="cuda:0", n_images=10_000), LocalExecutor)
+    assert isinstance(choose_executor(workers=1, client=None, device="cpu", n_images=10_000), LocalExecutor)
+
+
+def test_a_worker_killed_mid_run_costs_nothing(folder, tiny_model, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@3")  # each worker dies on its third image ...
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, commit_every=2,
+                    workers=2, background=True)
+    threading.Event().wait(0.5)
+    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")  # ... but the workers started after that are left alone
+    r = handle.wait(timeout=240)
+    assert r.status == "completed"
+    # worker processes read the environment when they start: the first ones died, later ones finished
+    assert r.meta["failed_count"] == 0
+    assert_same_results(r, reference)  # nothing lost, no image twice
+
+
+def test_a_unit_that_kills_every_worker_is_reported_not_retried_for_ever(folder, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@1")  # every worker dies on its first image
+    r = _run(folder, tiny_model, tmp_path / "store", workers=2)
+    assert r.status == "completed"
+    table = r.per_image()
+    assert table["error"].notna().all()
+    assert table["error"].str.contains(f"died {MAX_ATTEMPTS} times").all()
+    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")
+    again = _run(folder, tiny_model, tmp_path / "store", workers=2)  # failed images are tried again
+    assert again.meta["failed_count"] == 0 and again.meta["inferred_this_call"] == N
+
+
+def test_cancel_stops_every_worker_and_keeps_what_they_inferred(tiny_model, tmp_path):
+    folder = tmp_path / "many"
+    write_images(folder, 60, seed=5)
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, commit_every=2,
+                    workers=2, background=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "store").rglob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handle.cancel()
+    r = handle.wait(timeout=120)
+    assert r.status == "cancelled"
+    table = r.per_image()
+    kept = int(table["processed_at"].notna().sum())
+    assert 0 < kept < 60 and r.meta["processed_count"] == kept  # what was committed is counted, no more
+    done = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, workers=1)
+    assert done.status == "completed" and done.meta["inferred_this_call"] == 60 - kept
+    ref = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "fresh", quiet=True, workers=1)
+    assert_same_results(done, ref)
+
+
+def test_dask_local_cluster_gives_the_one_process_results(folder, tiny_model, reference, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        r = _run(folder, tiny_model, tmp_path / "store", client=client)
+        assert r.meta["executor"].startswith("DaskExecutor(")
+        assert_same_results(r, reference)
+        keys = [k for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))]
+        assert all(k.startswith("musseltools-unit-") for k in keys if isinstance(k, str) and "musseltools" in k)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dask(*args, cwd, log):
+    return subprocess.Popen([str(Path(sys.executable).with_name("dask")), *args], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_real_dask_scheduler_and_workers_via_the_command_line(folder, tiny_model, reference, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    sched = _dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", cwd=tmp_path, log=log)
+    workers = [_dask("worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                     "--host", "127.0.0.1", cwd=tmp_path, log=log) for _ in range(2)]
+    try:
+        from musseltools import cli
+
+        code = cli.main(["run", str(folder), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store",
+                         str(tmp_path / "store"), "--commit-every", "2", "--scheduler", f"tcp://127.0.0.1:{port}",
+                         "--quiet"])
+        assert code == 0, (tmp_path / "dask.log").read_text()[-3000:]
+        r = mt.list_runs(store=tmp_path / "store")
+        got = mt.open_run(r["run_id"].iloc[0], store=tmp_path / "store")
+        assert got.meta["executor"].startswith("DaskExecutor(")
+        assert_same_results(got, reference)
+
+        # the scheduler goes away: a clear error, then a later run resumes
+        _stop(sched)
+        for w in workers:
+            _stop(w)
+        write_images(folder.parent / "more", 4, seed=99)
+        with pytest.raises(mt.MusselToolsError, match="Dask scheduler"):
+            mt.run(folder.parent / "more", model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store",
+                   scheduler=f"tcp://127.0.0.1:{port}", quiet=True)
+        later = mt.run(folder.parent / "more", model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1,
+                       quiet=True)
+        assert later.status == "completed" and later.meta["failed_count"] == 0
+    finally:
+        for p in (sched, *workers):
+            _stop(p)
+        log.close()
