@@ -45,7 +45,7 @@ from .detections import DETECTIONS_SCHEMA
 from .errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreError
 
 __all__ = [
-    "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes", "temp_path",
+    "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "project_root", "atomic_write_bytes", "temp_path",
     "remove_dead_temporaries", "update_run_meta",
 ]
 
@@ -73,9 +73,23 @@ _NULLABLE_INTS = {pa.int32(): pd.Int32Dtype()}
 _RUN_KEYS = ("status", "threshold", "settings", "model", "inference_key", "collection")
 
 
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder that default paths are relative to: the nearest of ``start`` (the working directory)
+    and its parents that holds ``data/store`` or a ``pyproject.toml``; else ``start`` itself.
+
+    So a notebook in ``notebooks/`` and a shell in the project root find the same store.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data" / "store").is_dir() or (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
 def default_store_path() -> Path:
-    """``$MUSSELTOOLS_STORE``, else ``data/store`` under the working directory."""
-    return Path(os.environ.get("MUSSELTOOLS_STORE") or Path.cwd() / "data" / "store")
+    """``$MUSSELTOOLS_STORE``, else ``data/store`` under :func:`project_root` (the working directory, or
+    the nearest parent that holds ``data/store`` or a ``pyproject.toml``)."""
+    return Path(os.environ.get("MUSSELTOOLS_STORE") or project_root() / "data" / "store")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,6 +181,10 @@ def _atomic_write_table(path: Path, table: pa.Table, *, failpoint_name: str | No
 
 def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+class _PartVanished(Exception):
+    """A results part listed a moment ago is gone (merged or quarantined meanwhile): read again."""
 
 
 class Store:
@@ -266,8 +284,18 @@ class Store:
         """Committed results for an inference key: (per-image table, detections table).
 
         Each image appears once: its latest successful result, else its latest error. Damaged parts
-        are moved to quarantine (their images count as not processed) and reported in the log.
+        are moved to quarantine (their images count as not processed) and reported in the log. A part
+        that vanishes while it is read (compaction replaced it by a merged part written before it was
+        removed) makes the read start again, so no image is ever missing or doubled.
         """
+        for _ in range(10):
+            try:
+                return self._read_results_once(key)
+            except _PartVanished:
+                continue
+        return self._read_results_once(key)
+
+    def _read_results_once(self, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         parts = self.part_files(key)
         stamp = []
         for p in parts:
@@ -284,6 +312,8 @@ class Store:
                 it = pq.read_table(p)
                 dp = self.results_dir(key) / "detections" / p.name
                 if not dp.exists():
+                    if not p.exists():
+                        raise _PartVanished(p.name)
                     raise CorruptStoreError(f"detections part {dp.name} is missing")
                 dt = pq.read_table(dp)
                 if not set(IMAGES_SCHEMA.names) <= set(it.column_names) or not set(DETECTIONS_SCHEMA.names) <= set(
@@ -294,8 +324,10 @@ class Store:
                 dt = dt.select(DETECTIONS_SCHEMA.names).cast(DETECTIONS_SCHEMA)
                 if len(dt) != int(pa.compute.sum(it["n_detections"]).as_py() or 0):
                     raise CorruptStoreError("detections do not add up to the images' n_detections")
-            except FileNotFoundError:
-                continue  # quarantined or replaced meanwhile by another reader
+            except _PartVanished:
+                raise
+            except FileNotFoundError as exc:  # quarantined by another reader, or merged by compaction
+                raise _PartVanished(p.name) from exc
             except PermissionError as exc:  # the part may be fine: a reader without rights must not move it
                 raise StoreError(
                     f"cannot read results part {str(p)!r}: {exc.strerror or exc} — check the store's permissions"

@@ -1,0 +1,92 @@
+"""Compaction merges many small parts into few; readers never see an image missing or doubled, not even
+while it runs or after it is killed in the middle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import IMGSZ, write_images
+from procs import assert_same_results, comparable
+
+import musseltools as mt
+from musseltools import cli
+from musseltools.store import Store
+
+N = 24
+
+
+@pytest.fixture
+def run(tmp_path, tiny_model):
+    folder = tmp_path / "images"
+    write_images(folder, N, seed=8)
+    return mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, commit_every=1,
+                  workers=1)
+
+
+def _parts(run) -> int:
+    return len(run.store.part_files(run.meta["inference_key"]))
+
+
+def test_compact_merges_parts_and_changes_no_result(run, capsys):
+    before = comparable(run)
+    assert _parts(run) == N
+    assert cli.main(["compact", run.run_id, "--store", str(run.store.root), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done == [{"inference_key": run.meta["inference_key"], "parts_before": N, "parts_after": 1, "images": N}]
+    fresh = mt.open_run(run.run_id, store=run.store.root)
+    after = comparable(fresh)
+    assert before[0].equals(after[0]) and before[1].equals(after[1])
+    assert fresh.counts() == run.counts()
+
+
+def test_readers_never_see_an_image_missing_or_doubled_during_compaction(run):
+    key = run.meta["inference_key"]
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            images, _ = Store(run.store.root).read_results(key)
+            seen.append((len(images), images["image_id"].is_unique))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(3):  # new parts between compactions, so each one has work
+            write_images(run.store.root.parent / "images", 2, seed=100 + i, start=1000 + 2 * i)
+            mt.run(run.store.root.parent / "images", model=run.meta["model"]["path"], imgsz=IMGSZ,
+                   store=run.store.root, quiet=True, commit_every=1, workers=1)
+            mt.open_run(run.run_id, store=run.store.root)
+            from musseltools.compaction import compact
+
+            compact(run.store, run.run_id)
+    finally:
+        stop.set()
+        t.join()
+    assert len(seen) > 5
+    assert all(unique for _, unique in seen)
+    assert all(n >= N for n, _ in seen) and max(n for n, _ in seen) == N + 6
+
+
+def test_a_compaction_killed_in_the_middle_loses_and_doubles_nothing(run, tmp_path):
+    before = comparable(run)
+    env = {**os.environ, "MUSSELTOOLS_FAILPOINTS": "compaction-merged"}
+    proc = subprocess.run([sys.executable, "-m", "musseltools", "compact", run.run_id, "--store", str(run.store.root)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr  # killed between writing the merged part and removing the old
+    assert _parts(run) == N + 1  # both the old parts and the merged one are on disk
+    middle = comparable(mt.open_run(run.run_id, store=run.store.root))
+    assert before[0].equals(middle[0]) and before[1].equals(middle[1])
+    from musseltools.compaction import compact
+
+    assert compact(run.store, run.run_id)["parts_after"] == 1
+    assert_same_results(mt.open_run(run.run_id, store=run.store.root), run)
+
+
+def test_compact_needs_a_run_or_all(capsys, tmp_path):
+    assert cli.main(["compact", "--store", str(tmp_path / "s")]) == 1
+    assert "give a RUN_ID or --all" in capsys.readouterr().err
