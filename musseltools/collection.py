@@ -8,6 +8,7 @@ bytes: two files with the same content are one image, and an image changed in pl
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -19,6 +20,7 @@ from typing import Any, Union
 import pandas as pd
 
 from .errors import CollectionError
+from .storage import is_url
 
 __all__ = ["Collection", "scan", "IMAGE_SUFFIXES", "sha256_file", "display_path"]
 
@@ -143,6 +145,8 @@ def scan(
     if isinstance(images, Collection):
         return images
     cache = cache or {}
+    if is_url(images):
+        return _scan_url(str(images), name, cache)
     if isinstance(images, (str, os.PathLike)):
         root = Path(images).expanduser()
         if root.is_dir():
@@ -209,3 +213,42 @@ def _scan_one(path: str, cache: Mapping) -> dict[str, Any]:
     except OSError as exc:
         row["image_id"], row["error"] = _path_id(path), f"cannot read {display_path(path)}: {exc.strerror or exc}"
     return row
+
+
+def _scan_url(url: str, name: str | None, cache: Mapping) -> Collection:
+    """A folder URL (``s3://bucket/prefix/``) listed and read through fsspec; ids are the SHA-256 of the bytes.
+
+    The object's size and last-modified time stand in for a file's size, mtime and ctime in the scan cache.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    protocol = url.split("://", 1)[0]
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise CollectionError(f"image folder {url!r} does not exist or is empty — expected a folder URL of images")
+    infos = fs.find(root, detail=True)
+    rows = []
+    for key in sorted(infos):
+        if os.path.splitext(key)[1].lower() not in IMAGE_SUFFIXES:
+            continue
+        info, path = infos[key], f"{protocol}://{key}"
+        stamp = info.get("LastModified") or info.get("mtime") or 0
+        ns = int(pd.Timestamp(stamp).value) if not isinstance(stamp, (int, float)) else int(stamp * 1e9)
+        row = {"path": path, "fspath": path, "size": int(info.get("size") or 0), "mtime_ns": ns, "ctime_ns": ns,
+               "width": None, "height": None, "error": None}
+        hit = cache.get((path, row["size"], ns, ns))
+        if hit is not None:
+            row["image_id"], row["width"], row["height"] = hit
+        else:
+            try:
+                data = fs.cat_file(key)
+                row["image_id"] = hashlib.sha256(data).hexdigest()
+                row["width"], row["height"] = _oriented_size(io.BytesIO(data))
+            except OSError as exc:
+                row["image_id"], row["error"] = _path_id(path), f"cannot read {path}: {exc}"
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=_COLUMNS).astype(
+        {"size": "Int64", "mtime_ns": "Int64", "ctime_ns": "Int64", "width": "Int64", "height": "Int64"})
+    source = {"kind": "folder", "root": f"{protocol}://{root}"}
+    return Collection(name=str(name or root.rsplit("/", 1)[-1]), source=source, table=table)

@@ -110,8 +110,8 @@ class Comparison:
             "run_a": self.run_a, "run_b": self.run_b, "difference": "b - a", "categories": list(self.categories),
             "images_compared": len(self.images), "only_in_a": len(self.only_a), "only_in_b": len(self.only_b),
             "level": self.level, "n_boot": self.n_boot,
-            "agreement": {c: _plain(row) for c, row in self.agreement.iterrows()},
-            "totals": {c: _plain(row) for c, row in self.totals.iterrows()},
+            "agreement": {c: _plain(row) for c, row in self.agreement.to_dict(orient="index").items()},
+            "totals": {c: _plain(row) for c, row in self.totals.to_dict(orient="index").items()},
             "disagreements": [self._image(r) for r in self.disagreements(top).to_dict(orient="records")],
             "images": [self._image(r) for r in self.images.to_dict(orient="records")],
         }
@@ -123,7 +123,7 @@ class Comparison:
                 "disagreement": int(row["disagreement"])}
 
 
-def _plain(row: pd.Series) -> dict[str, Any]:
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         v = v.item() if isinstance(v, np.generic) else v

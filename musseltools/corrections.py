@@ -153,6 +153,10 @@ def write_corrections(store: Store, rows: Sequence[Mapping[str, Any]] | pd.DataF
     A process killed during the save leaves no file (only a hidden temporary that readers ignore and
     the next save removes), so a save is all or nothing.
     """
+    if store.remote:
+        from .errors import StoreError
+
+        raise StoreError(f"corrections cannot be saved to an object store yet ({store.root}) — use a local store")
     folder = corrections_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(folder)
@@ -170,6 +174,8 @@ def write_corrections(store: Store, rows: Sequence[Mapping[str, Any]] | pd.DataF
 
 
 def _files(store: Store) -> list[Path]:
+    if store.remote:  # corrections are saved to local stores only (see write_corrections)
+        return []
     folder = corrections_dir(store)
     return sorted(folder.glob(f"{_PREFIX}*.parquet")) if folder.is_dir() else []
 

@@ -290,7 +290,8 @@ class CorrectionEditor(widgets.VBox):
             message = f"cannot read {path}: {exc}"
         verified = bool(counts["verified"])
         self.verify_button.button_style = "success" if verified else ""
-        mark = " &nbsp;<span class='mt-editor-verified' style='color:#2ca02c'>&#10003; verified</span>" if verified else ""
+        tick = plots.OKABE_ITO["bluish_green"]
+        mark = f" &nbsp;<span class='mt-editor-verified' style='color:{tick}'>&#10003; verified</span>" if verified else ""
         self.title_html.value = (f"<b>{html.escape(Path(path).name)}</b> — image {self.position + 1} of "
                                  f"{len(self.order)} (review queue), threshold "
                                  f"{html.escape(self.rule.label(self.classes))}{mark}")

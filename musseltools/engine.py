@@ -14,6 +14,8 @@ their defaults in :mod:`~musseltools.options`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -23,12 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .collection import Collection, ImagesLike, scan
-from .errors import CorruptStoreError, ModelChangedError, MusselToolsError, RunCancelled, RunNotFoundError
+from .errors import (
+    CorruptStoreError,
+    ModelChangedError,
+    MusselToolsError,
+    RunCancelled,
+    RunLockedError,
+    RunNotFoundError,
+)
 from .executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
 from .models import InferenceSettings, LoadedModel, describe_model
 from .options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from .planning import ImageRef, Unit, make_run_id, make_units
+from .results import results_signature
 from .runs import Run
 from .store import Store, update_run_meta, utcnow
 from .task import RunTask
@@ -51,7 +63,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for pkg in ("musseltools", "ultralytics", "torch"):
+    for pkg in ("musseltools", "ultralytics", "torch", "torchvision"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -69,6 +81,7 @@ class RunHandle:
         self.store, self.run_id, self._cancel = store, run_id, cancel
         self._thread: threading.Thread | None = None
         self.exception: BaseException | None = None
+        self.started: float | None = None  # time.time() when start() was called
 
     @property
     def run(self) -> Run:
@@ -96,17 +109,56 @@ class RunHandle:
     def start(self, job: _Job) -> None:
         """Execute ``job`` in a daemon thread; its exception is kept for :meth:`wait`."""
 
+        import time
+
         def target() -> None:
             try:
                 job.execute()
             except BaseException as exc:  # noqa: BLE001 - kept on the handle, re-raised by wait()
                 self.exception = exc
+            finally:
+                with _RUNNING_LOCK:
+                    if _RUNNING.get(slot) is self:
+                        del _RUNNING[slot]
 
+        slot = _running_slot(job)
+        self.started = time.time()
+        with _RUNNING_LOCK:
+            _RUNNING[slot] = self
         self._thread = threading.Thread(target=target, name=f"musseltools-run-{self.run_id}", daemon=True)
         self._thread.start()
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} {'done' if self.done() else 'running'}: {self.run!r}>"
+
+
+#: Background runs executing in this process, by (store folder, inference key): a second ``run()`` of
+#: one of them gets its handle (or a plain error) instead of the lock's "held by pid …" of its own kernel.
+_RUNNING: dict[tuple[str, str], RunHandle] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def _running_slot(job: _Job) -> tuple[str, str]:
+    return job.store.location, job.key
+
+
+def _already_running(job: _Job, background: bool) -> RunHandle | None:
+    """The handle of this run when it already runs in this process (``background``); else a plain error."""
+    import time
+
+    with _RUNNING_LOCK:
+        handle = _RUNNING.get(_running_slot(job))
+    if handle is None or handle.done():
+        return None
+    if background and handle.run_id == job.run_id:
+        log.info("[run %s] already running in this process; returning its handle", job.run_id)
+        return handle
+    when = time.strftime("%H:%M", time.localtime(handle.started or time.time()))
+    same = "run " + job.run_id if handle.run_id == job.run_id else f"run {handle.run_id} (same model and settings)"
+    raise RunLockedError(
+        f"{same} is already running in this notebook (started {when}) — use the handle it returned: "
+        "handle.wait() for the run, handle.cancel() to stop it; or run again once it has ended"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -185,6 +237,9 @@ def run(
     """
     options = {k: v for k, v in locals().items() if k in OPTIONS}
     job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
+    running = _already_running(job, background)
+    if running is not None:
+        return running
     if not background:
         return job.execute()
     handle = RunHandle(job.store, job.run_id, job.cancel)
@@ -280,7 +335,7 @@ class _Job:
                 collection={"name": self.collection.name, "source": self.collection.source},
                 model=info.to_dict(), threshold=threshold, saved_thresholds=None, settings=self.settings.to_dict(),
                 inference_key=self.key, total_images=len(self.collection), processed_count=0, failed_count=0,
-                counts={c: 0 for c in info.categories}, error=None, store=str(st.root.resolve()),
+                counts={c: 0 for c in info.categories}, error=None, store=st.location,
             )
             self.log.info("created for %s (%d images) with %s", self.collection.name, len(self.collection),
                           Path(info.path).name)
@@ -289,12 +344,17 @@ class _Job:
     def execute(self) -> Run:
         """Hold the key's lock, plan, process the units, record the outcome; returns the run."""
         with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
-            run = self._prepare()
-            refs, fresh = self._plan()
-            executor, close = self._executor(len(refs))
-            units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
-            done_before = self._start(run, units, fresh, executor)
-            task = self._task(run, executor)
+            try:
+                run = self._prepare()
+                refs, fresh = self._plan()
+                executor, close = self._executor(len(refs))
+                units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
+                done_before = self._start(run, units, fresh, executor)
+                task = self._task(run, executor)
+            except KeyboardInterrupt:  # Ctrl-C before the first unit (scan, plan, model load): cancelled too
+                update_run_meta(self.store, self.run_id, status="cancelled", phase=None,
+                                error="cancelled by the user; committed work is kept")
+                raise
             try:
                 self._process(run, task, units, done_before, executor)
             except (KeyboardInterrupt, RunCancelled) as exc:
@@ -313,7 +373,8 @@ class _Job:
                 close()
             final = self._finish(run, "completed", task)
             with contextlib.suppress(Exception):
-                run.write_cube()
+                if not run.cube_is_current():  # rebuilt only when the results changed
+                    run.write_cube()
             self.log.info(
                 "completed: %d images, %d failed, %d inferred in this call, counts %s",
                 final["total_images"], final["failed_count"], self.inferred, final["counts"],
@@ -324,7 +385,15 @@ class _Job:
         """Record the scan, the collection, the key's settings (and the model card); clean leftovers."""
         st = self.store
         st.update_scan_cache(self.collection.table)
-        st.write_collection(self.run_id, self.collection.table.drop(columns=["fspath"]))
+        table = self.collection.table.drop(columns=["fspath"])
+        signature = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+        meta = st.read_run(self.run_id)
+        # rewritten only when it changed: an unchanged collection keeps the cube and the counts current
+        path = f"{st.run_dir(self.run_id)}/collection.parquet"
+        written = [meta.get("collection_signature"), meta.get("collection_stamp")]
+        if written != [signature, st.stamp(path)]:  # changed, missing, or rewritten by someone else (damaged?)
+            st.write_collection(self.run_id, table)
+            update_run_meta(st, self.run_id, collection_signature=signature, collection_stamp=st.stamp(path))
         cleaned = st.clean_temporary(self.key, self.run_id)
         if cleaned:
             self.log.info("removed %d temporary files left by an interrupted writer", cleaned)
@@ -337,8 +406,7 @@ class _Job:
 
     def _plan(self) -> tuple[list[ImageRef], bool]:
         """The images without a successful result; and whether nothing was done before."""
-        images, _ = self.store.read_results(self.key)
-        ok = set(images.loc[images["error"].isna(), "image_id"])
+        ok = self.store.succeeded_images(self.key)
         todo = self.collection.images[~self.collection.images["image_id"].isin(ok)]
         # in content-hash order: deterministic, and large photos spread among small ones, so the decode
         # thread stays ahead of the model instead of stalling it behind a run of large files
@@ -347,17 +415,24 @@ class _Job:
             ImageRef(r.image_id, r.path, r.fspath, r.error if isinstance(r.error, str) else None)
             for r in todo.itertuples(index=False)
         ]
-        fresh = bool(images.empty and self.collection.table["error"].isna().all())
+        fresh = bool(not self.store.part_files(self.key) and self.collection.table["error"].isna().all())
         return refs, fresh
 
     def _executor(self, n_images: int) -> tuple[Executor, Callable[[], None]]:
         """The executor for this call (and what closes what it opened: a client to a scheduler)."""
         if self.executor is not None:
             return self.executor, lambda: None
+        if not n_images:  # nothing to infer: nothing to start (and torch need not even be imported)
+            return LocalExecutor(), lambda: None
         opts = self.options
         client, close = self.client, (lambda: None)
         if client is None and (opts.get("scheduler") or opts.get("scheduler_file")):
             client = connect(opts.get("scheduler"), opts.get("scheduler_file"))
+            close = client.close
+        elif client is not None and type(client).__name__ != "Client":  # a cluster object (e.g. SLURMCluster)
+            from distributed import Client
+
+            client = Client(client)
             close = client.close
         chosen = choose_executor(workers=opts.get("workers"), client=client, device=self.device, n_images=n_images,
                                  tiled=self.settings.tile is not None)
@@ -425,7 +500,9 @@ class _Job:
             return {"counts": counts}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
-            for summary in executor.process(task, units, cancel=self.cancel, on_progress=bar.update):
+            on_progress = _InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
+            update_run_meta(self.store, self.run_id, phase=_phase(executor, task))
+            for summary in executor.process(task, units, cancel=self.cancel, on_progress=on_progress):
                 failpoint("part-committed")  # the part is committed, run.json not yet updated
                 processed += summary.n_images
                 failed_new += summary.n_failed
@@ -437,19 +514,62 @@ class _Job:
                                 failed_count=done_before["failed"] + failed_new,
                                 inferred_this_call=self.inferred, batch_size=task.batch_size)
 
-    def _state(self, run: Run) -> dict[str, Any]:
+    def _state(self, run: Run, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Images processed and failed, and counts at the thresholds in effect, from the store: taken from
+        ``run.json`` when neither the results nor the thresholds changed since they were counted."""
+        meta = run.meta if meta is None else meta
+        signature = self._state_signature(meta)
+        if meta.get("state_signature") == signature and meta.get("counts") is not None:
+            return {"processed": meta["processed_count"], "failed": meta["failed_count"], "counts": meta["counts"],
+                    "signature": signature}
         table = run.per_image()
         processed = int(table["processed_at"].notna().sum() + (table["processed_at"].isna() & table["error"].notna()).sum())
         failed = int(table["error"].notna().sum())
-        return {"processed": processed, "failed": failed,
+        return {"processed": processed, "failed": failed, "signature": signature,
                 "counts": {c: int(table[c].sum()) if c in table else 0 for c in run.categories}}
+
+    def _state_signature(self, meta: dict[str, Any]) -> str:
+        what = [results_signature(self.store, self.run_id, meta), meta.get("saved_thresholds"), meta.get("threshold"),
+                meta.get("status")]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _finish(self, run: Run, status: str, task: RunTask, error: str | None = None) -> dict[str, Any]:
         def final_state(meta: dict[str, Any]) -> dict[str, Any]:  # at the thresholds saved right now
-            state = self._state(run)
-            return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"]}
+            state = self._state(run, {**meta, "status": status})
+            return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
+                    "state_signature": state["signature"]}
 
         return update_run_meta(
             self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,
-            finished_at=utcnow().isoformat(), batch_size=task.batch_size,
+            finished_at=utcnow().isoformat(), batch_size=task.batch_size, phase=None, inferred_count=None,
         )
+
+
+def _phase(executor: Executor, task: RunTask) -> str:
+    """What a run does before its first image is inferred (``phase`` in ``run.json``)."""
+    if isinstance(executor, ProcessExecutor):
+        return f"starting {executor.workers} worker processes"
+    if isinstance(executor, LocalExecutor):
+        return "loading model" + (" and measuring batch size" if task.batch_size is None else "")
+    return "sending tasks to the cluster"
+
+
+class _InferredCounter:
+    """``on_progress`` of the executors: the progress bar, and ``inferred_count`` in ``run.json`` (images
+    with a result, committed or still in the unit in flight), written at most every ``every`` seconds."""
+
+    def __init__(self, store: Store, run_id: str, before: int, total: int, bar: Callable[[int], Any],
+                 every: float = 0.5) -> None:
+        self.store, self.run_id, self.count, self.total, self.bar, self.every = store, run_id, before, total, bar, every
+        self.written_at = float("-inf")
+
+    def __call__(self, n: int) -> None:
+        import time
+
+        self.bar(n)
+        self.count += n
+        now = time.monotonic()
+        if now - self.written_at >= self.every:
+            self.written_at = now
+            with contextlib.suppress(OSError, MusselToolsError):  # progress display only: never fail the run
+                update_run_meta(self.store, self.run_id, inferred_count=min(self.count, self.total), phase="inferring")

@@ -6,6 +6,8 @@ to do about it, so that the command line can print them on one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "MusselToolsError",
     "CollectionError",
@@ -23,7 +25,26 @@ __all__ = [
 
 
 class MusselToolsError(Exception):
-    """Base class of every error raised by musseltools."""
+    """Base class of every error raised by musseltools.
+
+    ``user_error`` marks errors that are the user's to fix (a missing folder, a wrong path, a locked
+    run, a threshold out of range): in a notebook they show as one short message without a traceback
+    (IPython calls :meth:`_render_traceback_`). Errors that are not (a damaged store, a crash of the
+    model) set it False and keep their traceback, as do programming errors (TypeError, …).
+    """
+
+    user_error: bool = True
+
+    @property
+    def _render_traceback_(self) -> Callable[[], list[str]]:
+        """IPython's hook, present on user errors only (others get IPython's usual traceback)."""
+        if not self.user_error:
+            raise AttributeError("_render_traceback_")
+        return self.short_message
+
+    def short_message(self) -> list[str]:
+        """The error as IPython shows a user error: its type and message, on one line."""
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 class CollectionError(MusselToolsError, ValueError):
@@ -41,6 +62,8 @@ class ModelChangedError(MusselToolsError):
 class StoreError(MusselToolsError):
     """The results store cannot be read or written."""
 
+    user_error = False
+
 
 class CorruptStoreError(StoreError):
     """A file in the store is damaged (truncated or garbage Parquet part, unreadable metadata)."""
@@ -48,6 +71,8 @@ class CorruptStoreError(StoreError):
 
 class RunNotFoundError(StoreError, KeyError):
     """No run with the given id exists in the store."""
+
+    user_error = True
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "run not found"
@@ -63,6 +88,8 @@ class ThresholdError(MusselToolsError, ValueError):
 
 class InferenceError(MusselToolsError):
     """The model crashed while running; committed results are kept."""
+
+    user_error = False
 
 
 class RunCancelled(MusselToolsError):

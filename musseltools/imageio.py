@@ -13,6 +13,8 @@ import stat
 
 import numpy as np
 
+from .storage import is_url
+
 __all__ = ["MAX_PIXELS", "decode_image", "max_pixels", "read_regular_file"]
 
 #: Images above this many pixels are refused (decompression-bomb guard); env MUSSELTOOLS_MAX_PIXELS.
@@ -83,8 +85,14 @@ def decode_image(data: bytes) -> np.ndarray:
 def read_regular_file(fspath: str | bytes | os.PathLike, shown: str) -> bytes:
     """The bytes of a regular file; a FIFO, socket or device (which could block for ever) is refused.
 
-    ``shown`` is the name used in the error message.
+    ``shown`` is the name used in the error message. An fsspec URL (``s3://bucket/key.jpg``) is read
+    through fsspec.
     """
+    if isinstance(fspath, str) and is_url(fspath):
+        import fsspec
+
+        with fsspec.open(fspath, "rb") as f:
+            return f.read()
     fd = os.open(fspath, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode

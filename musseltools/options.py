@@ -186,7 +186,8 @@ class RunOptions:
                               "you trust; state dicts never need it)", flag="--trust-pickle", switch=True)
     threshold: float = _opt(0.5, "confidence threshold ({default})", flag="--threshold", parse=parse_threshold,
                             metavar="T")
-    store: Any = _opt(None, "results store (default $MUSSELTOOLS_STORE or ./data/store)", flag="--store",
+    store: Any = _opt(None, "results store (default $MUSSELTOOLS_STORE, else data/store in the project root: the "
+                      "working folder or its nearest parent holding data/store or pyproject.toml)", flag="--store",
                       metavar="DIR")
     batch_size: int | None = _opt(None, "images per model call (measured if unset)", flag="--batch-size",
                                   parse=parse_positive_int, metavar="N")

@@ -2,8 +2,8 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` (built without pyplot's global state, so
 figures can be made in threads and in tests) sized to be legible at report width (about 10 inches).
-Colours are fixed per class name (``live`` green, ``dead`` red, others from a qualitative palette),
-so one class has one colour in every figure and widget.
+Colours are fixed per class name (``live`` blue, ``dead`` orange, others from the same colour-blind-safe
+Okabe-Ito palette, :data:`OKABE_ITO`), so one class has one colour in every figure and widget.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .thresholds import ThresholdLike
 
 __all__ = [
+    "OKABE_ITO",
+    "LIVE_COLOUR",
+    "DEAD_COLOUR",
     "class_colours",
     "colour_of",
     "read_image_rgb",
@@ -49,8 +52,14 @@ log = logging.getLogger(__name__)
 #: Width of a report figure in inches: legible when the HTML page is ~1000 px wide.
 REPORT_WIDTH = 10.0
 
-_FIXED = {"live": "#2ca02c", "dead": "#d62728"}
-_PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+#: The one palette of musseltools (Okabe-Ito, safe for the common colour-blindnesses): live blue,
+#: dead orange, other classes in the palette's remaining colours. Widgets, figures, reports, the
+#: correction editor and the README figure (``scripts/annotate_demo.py``) all take colours from here.
+OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "bluish_green": "#009E73", "vermillion": "#D55E00",
+             "reddish_purple": "#CC79A7", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000"}
+LIVE_COLOUR, DEAD_COLOUR = OKABE_ITO["blue"], OKABE_ITO["orange"]
+_FIXED = {"live": LIVE_COLOUR, "dead": DEAD_COLOUR}
+_PALETTE = [OKABE_ITO[k] for k in ("bluish_green", "vermillion", "reddish_purple", "sky_blue", "yellow", "black")]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -107,12 +116,12 @@ def show_alt_text() -> None:
 
 
 def class_colours(names: Sequence[str]) -> dict[str, str]:
-    """A fixed hex colour per class or category name (``live`` green, ``dead`` red).
+    """A fixed hex colour per class or category name (``live`` blue, ``dead`` orange: :data:`OKABE_ITO`).
 
     Examples
     --------
     >>> class_colours(["live", "dead", "byssus"])
-    {'live': '#2ca02c', 'dead': '#d62728', 'byssus': '#1f77b4'}
+    {'live': '#0072B2', 'dead': '#E69F00', 'byssus': '#009E73'}
     """
     out: dict[str, str] = {}
     free = iter(_PALETTE * (1 + len(names) // len(_PALETTE)))
@@ -532,7 +541,7 @@ def plot_count_error(ev: Evaluation, chosen: ThresholdLike | None = None) -> Fig
             ax.axvline(bc, color="tab:red", ls="--", lw=1.2, label=f"calibrated ({ev.objective}) {bc:.3f}")
         bf = cal.at[c, "best_threshold_f1"]
         if pd.notna(bf):
-            ax.axvline(bf, color="tab:green", ls=":", lw=1.5, label=f"best F1 {bf:.3f}")
+            ax.axvline(bf, color=OKABE_ITO["bluish_green"], ls=":", lw=1.5, label=f"best F1 {bf:.3f}")
         ax.set(title=c, xlabel="confidence threshold", ylabel="count error (detections per image)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

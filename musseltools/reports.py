@@ -142,7 +142,7 @@ def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
                       ("max_det", int), ("n_samples", int), ("imgsz", int)):
         if params[key] is not None and not isinstance(params[key], Mapping):
             params[key] = kind(params[key])
-    params["store"] = str(Store(params["store"]).root.resolve())
+    params["store"] = Store(params["store"]).location
     params["title"] = params["title"] or f"Mussel survey: {collection}"
     params["class_map"] = dict(params["class_map"]) if params["class_map"] else None
     return params

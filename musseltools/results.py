@@ -17,7 +17,9 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +115,41 @@ def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = Non
         Only these images of the run (e.g. the image an editor shows).
     """
     meta = store.read_run(run_id) if meta is None else meta
+    if image_ids is None:  # the whole run: served from this process's cache while nothing changed
+        cache_key = (str(store.root), run_id, corrected, json.dumps(
+            [meta["inference_key"], meta["model"], meta["settings"], meta.get("status")], sort_keys=True, default=str))
+        signature = results_signature(store, run_id, meta)
+        hit = _RESULTS_CACHE.get(cache_key)
+        if hit is not None and hit[0] == signature:
+            return hit[1]
+        res = _load(store, run_id, meta, corrected=corrected, image_ids=None)
+        _RESULTS_CACHE[cache_key] = (signature, res)
+        while len(_RESULTS_CACHE) > 4:  # a few runs at once (e.g. two compared); the oldest goes
+            _RESULTS_CACHE.pop(next(iter(_RESULTS_CACHE)))
+        return res
+    return _load(store, run_id, meta, corrected=corrected, image_ids=image_ids)
+
+
+def count_index(res: RunResults) -> dict[str, Any]:
+    """Sorted confidences per class of these results (computed once per results object), from which
+    :func:`musseltools.views.totals_at` counts at any thresholds by binary search."""
+    hit = _COUNT_INDEX.get(id(res))
+    if hit is None or hit[0] is not res:
+        from .views import class_confidences
+
+        hit = (res, class_confidences(res.detections))
+        _COUNT_INDEX.clear()  # one survey's index at a time is what a slider or a loop over thresholds needs
+        _COUNT_INDEX[id(res)] = hit
+    return hit[1]
+
+
+_COUNT_INDEX: dict[int, tuple[RunResults, dict[str, Any]]] = {}
+
+#: (store, run, corrected, what the run's results depend on) -> (results signature, RunResults)
+_RESULTS_CACHE: dict[tuple, tuple[str, RunResults]] = {}
+
+
+def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool, image_ids: Any) -> RunResults:
     coll = store.read_collection(run_id)
     key = meta["inference_key"]
     images, dets = store.read_results(key)
@@ -171,8 +208,8 @@ def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: p
     """Put the reason on images without a result (in place): a quarantined part, or a scan error."""
     # a completed run had a result for every image: one missing now was in a damaged part that was
     # quarantined. Say so on the image rather than count it as 0 without a word.
-    qdir = store.results_dir(meta["inference_key"]) / "quarantine"
-    if meta.get("status") == "completed" and qdir.is_dir() and any(qdir.iterdir()):
+    qdir = f"{store.results_dir(meta['inference_key'])}/quarantine"
+    if meta.get("status") == "completed" and not store.quarantine_is_empty(meta["inference_key"]):
         lost = table["processed_at"].isna() & table["error"].isna()
         if lost.any():
             table.loc[lost, "error"] = (
@@ -189,11 +226,27 @@ def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: p
 
 
 def results_signature(store: Store, run_id: str, meta: Mapping[str, Any]) -> str:
-    """Changes whenever a run's results change (a part committed, the collection re-scanned, a correction saved)."""
-    parts = store.part_files(meta["inference_key"])
-    coll = store.run_dir(run_id) / "collection.parquet"
-    items = [p.name + str(p.stat().st_mtime_ns) for p in parts if p.exists()]
-    if coll.exists():
-        items.append(str(coll.stat().st_mtime_ns))
+    """Changes whenever a run's results change (a part committed, the collection re-scanned, a correction saved).
+
+    On a local store: the names of the parts and the modification times of their folders (a part added,
+    replaced or removed renames an entry, which changes its folder's time), without a stat per part.
+    """
+    key = meta["inference_key"]
+    items: list[str] = []
+    images_dir = store.results_dir(key) / "images" if not store.remote else None
+    if images_dir is not None:
+        try:
+            with os.scandir(images_dir) as it:
+                items.extend(sorted(e.name for e in it if e.name.startswith("part-")))
+            for sub in ("images", "detections"):
+                items.append(str(os.stat(store.results_dir(key) / sub).st_mtime_ns))
+        except FileNotFoundError:
+            items.append("no results")
+    else:
+        parts = store.part_files(key)
+        items.extend(stamp for stamp in (store.stamp(p) for p in parts) if stamp is not None)
+    stamp = store.stamp(f"{store.run_dir(run_id)}/collection.parquet")
+    if stamp is not None:
+        items.append(stamp)
     items.append(corrections_signature(store))
     return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]

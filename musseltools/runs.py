@@ -20,7 +20,7 @@ import pandas as pd
 from . import views
 from .correcting import CorrectionsMixin
 from .errors import CorruptStoreError, MusselToolsError
-from .results import RunResults, class_map_of, load_results, results_signature, thresholds_of
+from .results import RunResults, class_map_of, count_index, load_results, results_signature, thresholds_of
 from .store import Store, atomic_write_bytes, temp_path, utcnow
 from .thresholds import ClassMap, Thresholds
 
@@ -122,10 +122,11 @@ class Run(CorrectionsMixin):
 
     @property
     def progress(self) -> dict[str, Any]:
-        """``status, total_images, processed_count, failed_count`` and timestamps."""
+        """``status, total_images, processed_count, failed_count``, timestamps; while running, also
+        ``inferred_count`` (images inferred, committed or not) and ``phase`` (what the run is doing)."""
         m = self.meta
         keys = ("status", "total_images", "processed_count", "failed_count", "started_at", "updated_at",
-                "finished_at", "error")
+                "finished_at", "error", "inferred_count", "phase")
         return {k: m.get(k) for k in keys}
 
     def save_thresholds(self, thresholds: Any) -> None:
@@ -176,7 +177,8 @@ class Run(CorrectionsMixin):
     def counts(self, threshold: Any | None = None, *, corrected: bool = True) -> dict[str, int]:
         """Totals per category at the threshold (the run's thresholds by default); ``corrected=False``:
         the model alone."""
-        return views.totals(self.per_image(threshold, corrected=corrected), self.categories)
+        res = self.results(corrected=corrected)
+        return views.totals_at(count_index(res), self.rule(threshold), res.classes)
 
     def cube(self, *, rebuild: bool = False, corrected: bool = True):
         """The count-versus-threshold cube (``xarray.Dataset``), from ``cube.zarr`` when it is current.
@@ -194,9 +196,9 @@ class Run(CorrectionsMixin):
                                     attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
                                            "corrected": 0, "model_sha256": m["model"]["fingerprint"],
                                            "inference_key": m["inference_key"]})
-        path = self.store.run_dir(self.run_id) / "cube.zarr"
+        path = f"{self.store.run_dir(self.run_id)}/cube.zarr"
         signature = results_signature(self.store, self.run_id, self.meta)
-        if not rebuild and path.exists():
+        if not rebuild and self.store.exists(path):
             try:
                 ds = xr.open_zarr(path)
                 if ds.attrs.get("signature") == signature:
@@ -205,6 +207,22 @@ class Run(CorrectionsMixin):
                 log.warning("[run %s] cube at %s unreadable (%s); rebuilding", self.run_id, path, exc)
         self.write_cube()
         return xr.open_zarr(path)
+
+    def cube_is_current(self) -> bool:
+        """Whether ``cube.zarr`` was built from the results as they are now (read from its metadata file,
+        without opening the cube: a resume with nothing to do stays quick)."""
+        import json
+
+        if self.store.remote:
+            try:
+                return self.cube().attrs.get("signature") == results_signature(self.store, self.run_id, self.meta)
+            except Exception:  # noqa: BLE001 - unreadable: not current
+                return False
+        try:
+            doc = json.loads((self.store.run_dir(self.run_id) / "cube.zarr" / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return doc.get("attributes", {}).get("signature") == results_signature(self.store, self.run_id, self.meta)
 
     def write_cube(self) -> Path:
         """(Re)build ``cube.zarr`` from the Parquet results, atomically (write aside, then swap)."""
@@ -222,6 +240,12 @@ class Run(CorrectionsMixin):
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
                    "corrected": 1, "corrections_applied": len(res.applied), "created_at": utcnow().isoformat()},
         )
+        if self.store.remote:  # no rename in an object store: written in place, its signature tells if it is current
+            final = f"{self.store.run_dir(self.run_id)}/cube.zarr"
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                ds.to_zarr(final, mode="w", consolidated=True)
+            return final
         run_dir = self.store.run_dir(self.run_id)
         final = run_dir / "cube.zarr"
         tmp = temp_path(final)  # names a dead writer's leftovers recognisably (removed on the next run)

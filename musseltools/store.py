@@ -25,27 +25,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from ._failpoints import failpoint
 from .detections import DETECTIONS_SCHEMA
 from .errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreError
+from .paths import project_root
+from .storage import atomic_write_bytes, atomic_write_table, remove_dead_temporaries, temp_path
 
 __all__ = [
-    "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "project_root", "atomic_write_bytes", "temp_path",
+    "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes", "temp_path",
     "remove_dead_temporaries", "update_run_meta",
 ]
 
@@ -65,7 +66,7 @@ IMAGES_SCHEMA = pa.schema(
     ]
 )
 
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = storage.TMP_SUFFIX
 #: Integer columns read as nullable integers, so that their dtype does not depend on whether some
 #: rows (images that failed) are null.
 _NULLABLE_INTS = {pa.int32(): pd.Int32Dtype()}
@@ -73,110 +74,9 @@ _NULLABLE_INTS = {pa.int32(): pd.Int32Dtype()}
 _RUN_KEYS = ("status", "threshold", "settings", "model", "inference_key", "collection")
 
 
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The folder that default paths are relative to: the nearest of ``start`` (the working directory)
-    and its parents that holds ``data/store`` or a ``pyproject.toml``; else ``start`` itself.
-
-    So a notebook in ``notebooks/`` and a shell in the project root find the same store.
-    """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "data" / "store").is_dir() or (folder / "pyproject.toml").is_file():
-            return folder
-    return here
-
-
 def default_store_path() -> Path:
-    """``$MUSSELTOOLS_STORE``, else ``data/store`` under :func:`project_root` (the working directory, or
-    the nearest parent that holds ``data/store`` or a ``pyproject.toml``)."""
+    """``$MUSSELTOOLS_STORE``, else ``data/store`` in the :func:`~musseltools.paths.project_root`."""
     return Path(os.environ.get("MUSSELTOOLS_STORE") or project_root() / "data" / "store")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-#: Short tag of this host in temporary names, so that a sweep only judges its own host's processes.
-_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def temp_path(path: Path, suffix: str = _TMP_SUFFIX) -> Path:
-    """A temporary name beside ``path``: ``.<name>.<host tag>.<pid>.<thread><suffix>`` (hidden, never
-    matched by ``part-*.parquet``), so that a later sweep can tell whether its writer is dead."""
-    name = path.name
-    if len(name.encode("utf-8", "surrogateescape")) > 160:  # keep within the 255-byte name limit
-        name = name[:40] + "-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return path.with_name(f".{name}.{_HOST_TAG}.{os.getpid()}.{threading.get_ident()}{suffix}")
-
-
-_tmp_path = temp_path
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
-
-
-def remove_dead_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporary files and folders in ``folder`` whose writer was a process of this host that no
-    longer exists (killed mid-write); returns how many. Safe to call at any time: a live writer's
-    temporaries, and those of other hosts, are left alone."""
-    n = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for entry in folder.iterdir():
-        name = entry.name
-        if not (name.startswith(".") and name.endswith((_TMP_SUFFIX, ".old"))):
-            continue
-        bits = name.rsplit(".", 4)  # [.<name>, host tag, pid, thread, tmp|old]
-        if len(bits) != 5 or bits[1] != _HOST_TAG or not bits[2].isdigit() or _pid_alive(int(bits[2])):
-            continue
-        with contextlib.suppress(OSError):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            n += 1
-            log.info("store: removed %s, left by a writer that was killed", entry)
-    return n
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], failpoint_name: str | None) -> None:
-    """Temporary file beside ``path``, ``write`` into it, fsync, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    if failpoint_name:
-        failpoint(failpoint_name)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, failpoint_name: str | None = None) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the folder."""
-    _atomic_write(path, lambda f: f.write(data), failpoint_name)
-
-
-def _atomic_write_table(path: Path, table: pa.Table, *, failpoint_name: str | None = None) -> None:
-    """Write a Parquet file atomically (zstd-compressed)."""
-    _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"), failpoint_name)
 
 
 def utcnow() -> _dt.datetime:
@@ -204,36 +104,84 @@ class Store:
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self._cache: dict[str, tuple[Any, Any]] = {}
+        self.quarantined: list[Any] = []
+        #: the object store behind an fsspec URL root (``s3://bucket/prefix``); None for a local folder
+        self.objects: storage.ObjectStorage | None = None
+        if root is None and storage.is_url(os.environ.get("MUSSELTOOLS_STORE")):
+            root = os.environ["MUSSELTOOLS_STORE"]
+        if storage.is_url(root):
+            self.objects = storage.ObjectStorage(str(root))
+            self.root: Any = self.objects.url
+            return
         self.root = Path(root).expanduser() if root is not None else default_store_path()
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {str(self.root)!r} is a file — expected a folder — pass another --store")
-        self._cache: dict[str, tuple[Any, Any]] = {}
-        self.quarantined: list[Path] = []
+
+    remote = property(lambda self: self.objects is not None, doc="True for an object store (an fsspec URL).")
+
+    @property
+    def location(self) -> str:
+        """Where the store is, as every process can open it: an absolute folder, or the URL."""
+        return self.root if self.objects is not None else str(self.root.resolve())
+
+    def _name(self, path: Any) -> str:  # a URL from results_dir / run_dir as a name under the object root
+        return self.objects.name_of(str(path))
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
     # ------------------------------------------------------------------ paths
-    def results_dir(self, key: str) -> Path:
-        return self.root / "results" / key
+    def results_dir(self, key: str) -> Any:
+        """The folder of an inference key's results (a URL string for an object store)."""
+        return self.objects.full(f"results/{key}") if self.objects else self.root / "results" / key
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+    def run_dir(self, run_id: str) -> Any:
+        """The folder of a run (a URL string for an object store)."""
+        return self.objects.full(f"runs/{run_id}") if self.objects else self.root / "runs" / run_id
+
+    def exists(self, path: Any) -> bool:  # a path from results_dir / run_dir
+        return self.objects.exists(self._name(path)) if self.objects else Path(path).exists()
+
+    def stamp(self, path: Any) -> str | None:
+        """A version stamp of a file or object that changes when it is rewritten; None when it is missing."""
+        try:
+            if self.objects:
+                return "|".join(map(str, self.objects.stamp(self._name(path))))
+            st = Path(path).stat()
+            return f"{Path(path).name}{st.st_mtime_ns}"
+        except (FileNotFoundError, OSError):
+            return None
 
     # ------------------------------------------------------------------ results
     def write_settings(self, key: str, settings: Mapping[str, Any]) -> None:
         """Record what an inference key stands for (written once)."""
+        data = json.dumps(settings, indent=2, sort_keys=True).encode()
+        if self.objects:
+            if not self.objects.exists(f"results/{key}/settings.json"):
+                self.objects.write(f"results/{key}/settings.json", data)
+            return
         path = self.results_dir(key) / "settings.json"
         if not path.exists():
             atomic_write_bytes(path, json.dumps(settings, indent=2, sort_keys=True).encode())
 
-    def commit_part(self, key: str, unit_key: str, images: pa.Table, detections: pa.Table) -> Path:
-        """Commit one unit's results atomically; returns the images part (the commit proof)."""
-        base = self.results_dir(key)
+    def commit_part(self, key: str, unit_key: str, images: pa.Table, detections: pa.Table) -> Any:
+        """Commit one unit's results atomically; returns the images part (the commit proof).
+
+        In an object store each part is one object written in one PUT, the images part last: it
+        exists whole or not at all, so its existence is the commit, as the rename is in a folder."""
         name = f"part-{unit_key}.parquet"
-        _atomic_write_table(base / "detections" / name, detections.cast(DETECTIONS_SCHEMA))
+        if self.objects:
+            dets = storage.parquet_bytes(detections.cast(DETECTIONS_SCHEMA))
+            self.objects.write(f"results/{key}/detections/{name}", dets)
+            failpoint("detections-committed")
+            self.objects.write(f"results/{key}/images/{name}", storage.parquet_bytes(images.cast(IMAGES_SCHEMA)),
+                               failpoint_name="part-written")
+            return self.objects.full(f"results/{key}/images/{name}")
+        base = self.results_dir(key)
+        atomic_write_table(base / "detections" / name, detections.cast(DETECTIONS_SCHEMA))
         failpoint("detections-committed")
-        _atomic_write_table(base / "images" / name, images.cast(IMAGES_SCHEMA), failpoint_name="part-written")
+        atomic_write_table(base / "images" / name, images.cast(IMAGES_SCHEMA), failpoint_name="part-written")
         return base / "images" / name
 
     def clean_temporary(self, key: str, run_id: str | None = None) -> int:
@@ -242,6 +190,10 @@ class Store:
         Part temporaries of the key are removed whoever wrote them (only the lock holder writes parts);
         elsewhere (the key's folder, the run's folder, the caches) only those of dead local processes.
         """
+        if self.objects:
+            # no temporaries in an object store; a detections part whose images part never came is removed
+            return self.objects.remove_unmatched(f"results/{key}/detections/part-*.parquet",
+                                                 f"results/{key}/images/part-*.parquet")
         n = 0
         for sub in ("images", "detections"):
             for tmp in (self.results_dir(key) / sub).glob(f".*{_TMP_SUFFIX}"):
@@ -259,7 +211,24 @@ class Store:
         folders = [self.results_dir(key), self.root / "cache"] + ([self.run_dir(run_id)] if run_id else [])
         return n + sum(remove_dead_temporaries(f) for f in folders)
 
+    def quarantine_is_empty(self, key: str) -> bool:
+        """True when no damaged part of ``key`` was ever moved to quarantine."""
+        if self.objects:
+            return not self.objects.glob(f"results/{key}/quarantine/*")
+        qdir = self.results_dir(key) / "quarantine"
+        return not (qdir.is_dir() and any(qdir.iterdir()))
+
     def _quarantine(self, key: str, name: str, reason: str) -> None:
+        if self.objects:
+            stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+            for sub in ("images", "detections"):
+                with contextlib.suppress(OSError):
+                    dst = f"results/{key}/quarantine/{stamp}-{sub}-{name}"
+                    self.objects.move(f"results/{key}/{sub}/{name}", dst)
+                    self.quarantined.append(self.objects.full(dst))
+            self.objects.write(f"results/{key}/quarantine/{stamp}-{name}.txt", (reason + "\n").encode())
+            log.warning("store: damaged part %s of results %s moved to quarantine (%s)", name, key, reason)
+            return
         qdir = self.results_dir(key) / "quarantine"
         qdir.mkdir(parents=True, exist_ok=True)
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
@@ -276,9 +245,38 @@ class Store:
             name, key, reason,
         )
 
-    def part_files(self, key: str) -> list[Path]:
+    def part_files(self, key: str) -> list[Any]:
+        """The committed images parts of ``key`` (paths; URLs in an object store), sorted."""
+        if self.objects:
+            return [self.objects.full(n) for n in self.objects.glob(f"results/{key}/images/part-*.parquet")]
         d = self.results_dir(key) / "images"
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def _part(self, key: str, sub: str, name: str) -> Any:
+        return f"{self.results_dir(key)}/{sub}/{name}" if self.objects else self.results_dir(key) / sub / name
+
+    def _read_table(self, path: Any) -> pa.Table:
+        return storage.read_parquet_bytes(self.objects.read(self._name(path))) if self.objects else pq.read_table(path)
+
+    def succeeded_images(self, key: str) -> set[str]:
+        """Ids of the images with a successful committed result: the images parts alone are read (what
+        planning needs; a no-op resume of a large survey never reads its detections)."""
+        if self._cache.get(key) is not None:
+            images, _ = self.read_results(key)
+            return set(images.loc[images["error"].isna(), "image_id"])
+        ok: set[str] = set()
+        for p in self.part_files(key):
+            try:
+                t = self._read_table(p).select(["image_id", "error"])
+            except FileNotFoundError:  # merged away by compaction meanwhile: read everything instead
+                images, _ = self.read_results(key)
+                return set(images.loc[images["error"].isna(), "image_id"])
+            except Exception:  # noqa: BLE001 - a damaged part: the full read quarantines and reports it
+                images, _ = self.read_results(key)
+                return set(images.loc[images["error"].isna(), "image_id"])
+            ids, err = t.column("image_id").to_pylist(), t.column("error").to_pylist()
+            ok.update(i for i, e in zip(ids, err) if e is None)
+        return ok
 
     def read_results(self, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Committed results for an inference key: (per-image table, detections table).
@@ -300,6 +298,9 @@ class Store:
         stamp = []
         for p in parts:
             with contextlib.suppress(OSError):
+                if self.objects:
+                    stamp.append(self.objects.stamp(self._name(p)))
+                    continue
                 st = p.stat()
                 stamp.append((p.name, st.st_mtime_ns, st.st_size))
         cache_key = (key, tuple(stamp))
@@ -308,14 +309,15 @@ class Store:
             return hit[1]
         img_tables, det_tables = [], []
         for i, p in enumerate(parts):
+            name = str(p).rsplit("/", 1)[-1]
             try:
-                it = pq.read_table(p)
-                dp = self.results_dir(key) / "detections" / p.name
-                if not dp.exists():
-                    if not p.exists():
-                        raise _PartVanished(p.name)
-                    raise CorruptStoreError(f"detections part {dp.name} is missing")
-                dt = pq.read_table(dp)
+                it = self._read_table(p)
+                dp = self._part(key, "detections", name)
+                if not self.exists(dp):
+                    if not self.exists(p):
+                        raise _PartVanished(name)
+                    raise CorruptStoreError(f"detections part {name} is missing")
+                dt = self._read_table(dp)
                 if not set(IMAGES_SCHEMA.names) <= set(it.column_names) or not set(DETECTIONS_SCHEMA.names) <= set(
                     dt.column_names
                 ):
@@ -327,13 +329,13 @@ class Store:
             except _PartVanished:
                 raise
             except FileNotFoundError as exc:  # quarantined by another reader, or merged by compaction
-                raise _PartVanished(p.name) from exc
+                raise _PartVanished(name) from exc
             except PermissionError as exc:  # the part may be fine: a reader without rights must not move it
                 raise StoreError(
                     f"cannot read results part {str(p)!r}: {exc.strerror or exc} — check the store's permissions"
                 ) from exc
             except Exception as exc:  # noqa: BLE001 - any other unreadable part is damaged: quarantined
-                self._quarantine(key, p.name, f"{type(exc).__name__}: {exc}")
+                self._quarantine(key, name, f"{type(exc).__name__}: {exc}")
                 continue
             img_tables.append(it.append_column("_part", pa.array([i] * len(it), pa.int32())))
             det_tables.append(dt.append_column("_part", pa.array([i] * len(dt), pa.int32())))
@@ -362,16 +364,26 @@ class Store:
     def write_run(self, meta: Mapping[str, Any]) -> None:
         """Write run metadata atomically (only the process coordinating the run does)."""
         data = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+        if self.objects:
+            self.objects.write(f"runs/{meta['run_id']}/run.json", data, failpoint_name="meta-written")
+            return
         atomic_write_bytes(self.run_dir(meta["run_id"]) / "run.json", data, failpoint_name="meta-written")
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         """Run metadata; raises :class:`RunNotFoundError` or :class:`CorruptStoreError`."""
-        path = self.run_dir(run_id) / "run.json"
-        if not path.exists():
+        path = self.run_dir(run_id) / "run.json" if not self.objects else f"{self.run_dir(run_id)}/run.json"
+        raw = None
+        with contextlib.suppress(FileNotFoundError):
+            raw = self.objects.read(f"runs/{run_id}/run.json") if self.objects else Path(path).read_bytes()
+        if raw is None:
             known = ", ".join(r["run_id"] for r in self.list_runs()) or "none"
             raise RunNotFoundError(f"no run {run_id!r} in store {str(self.root)!r} — runs there: {known}")
+        return self.parse_run(run_id, raw, str(path))
+
+    def parse_run(self, run_id: str, raw: bytes, shown: str) -> dict[str, Any]:
+        """Run metadata from the bytes of ``run.json``; raises :class:`CorruptStoreError` when damaged."""
         try:
-            meta = json.loads(path.read_text())
+            meta = json.loads(raw.decode())
             if not isinstance(meta, dict) or meta.get("run_id") != run_id:
                 raise ValueError("not the metadata of this run")
             missing = [k for k in _RUN_KEYS if k not in meta]
@@ -379,14 +391,20 @@ class Store:
                 raise ValueError(f"keys missing: {missing or ['model.fingerprint']}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptStoreError(
-                f"run metadata {str(path)!r} is damaged ({exc}) — the results themselves are safe in "
-                f"{str(self.root / 'results')!r} — run `musseltools run` with the same images and model again to "
+                f"run metadata {shown!r} is damaged ({exc}) — the results themselves are safe in "
+                f"{str(self.root) + '/results'!r} — run `musseltools run` with the same images and model again to "
                 "rebuild it"
             ) from exc
         return meta
 
     def quarantine_run(self, run_id: str, reason: str) -> None:
         """Move damaged run metadata aside so the run can be recreated."""
+        if self.objects:
+            with contextlib.suppress(FileNotFoundError):
+                self.objects.move(f"runs/{run_id}/run.json",
+                                  f"runs/{run_id}/run.json.damaged-{utcnow().strftime('%Y%m%dT%H%M%S')}")
+                log.warning("store: damaged run metadata of %s set aside (%s)", run_id, reason)
+            return
         src = self.run_dir(run_id) / "run.json"
         if src.exists():
             dst = self.run_dir(run_id) / f"run.json.damaged-{utcnow().strftime('%Y%m%dT%H%M%S')}"
@@ -396,19 +414,30 @@ class Store:
     def list_runs(self) -> list[dict[str, Any]]:
         """Metadata of every readable run, oldest first (damaged ones are left out, with a warning)."""
         runs = []
-        for d in sorted((self.root / "runs").glob("*/run.json")) if (self.root / "runs").is_dir() else []:
+        if self.objects:
+            ids = [n.split("/")[1] for n in self.objects.glob("runs/*/run.json")]
+        else:
+            ids = [d.parent.name for d in sorted((self.root / "runs").glob("*/run.json"))
+                   if (self.root / "runs").is_dir()]
+        for run_id in ids:
             try:
-                runs.append(self.read_run(d.parent.name))
+                runs.append(self.read_run(run_id))
             except (StoreError, OSError) as exc:
-                log.warning("store: run %s left out of the list: %s", d.parent.name, exc)
+                log.warning("store: run %s left out of the list: %s", run_id, exc)
         return sorted(runs, key=lambda r: r.get("created_at", ""))
 
     def write_collection(self, run_id: str, table: pd.DataFrame) -> None:
-        _atomic_write_table(self.run_dir(run_id) / "collection.parquet", pa.Table.from_pandas(table, preserve_index=False))
+        if self.objects:
+            self.objects.write(f"runs/{run_id}/collection.parquet",
+                               storage.parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
+            return
+        atomic_write_table(self.run_dir(run_id) / "collection.parquet", pa.Table.from_pandas(table, preserve_index=False))
 
     def read_collection(self, run_id: str) -> pd.DataFrame:
-        path = self.run_dir(run_id) / "collection.parquet"
+        path = self.run_dir(run_id) / "collection.parquet" if not self.objects else None
         try:
+            if self.objects:
+                return storage.read_parquet_bytes(self.objects.read(f"runs/{run_id}/collection.parquet")).to_pandas()
             return pd.read_parquet(path)
         except FileNotFoundError as exc:
             raise StoreError(f"run {run_id!r} has no collection table — run it again to rebuild it") from exc
@@ -427,21 +456,23 @@ class Store:
         """
         from filelock import FileLock, Timeout
 
+        timeout = -1 if wait is True else (0 if wait is False else float(wait))
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": utcnow().isoformat()}
+        if self.objects:  # a lease object (conditional PUT, renewed while held; expires when its holder dies)
+            try:
+                with storage.lease(self.objects, f"results/{key}/.lock.json", info, timeout=timeout):
+                    yield
+            except storage.LeaseHeld as exc:
+                raise _locked_error(key, exc.holder) from None
+            return
         d = self.results_dir(key)
         d.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(d / ".lock"))
-        timeout = -1 if wait is True else (0 if wait is False else float(wait))
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
-            holder = self.lock_holder(key) or {}
-            raise RunLockedError(
-                f"run {holder.get('run_id', '?')} holds the results of {key}: pid {holder.get('pid', '?')} on host "
-                f"{holder.get('host', '?')} since {holder.get('since', '?')} — wait for it to finish, or ask to wait "
-                "(--wait / wait=True)"
-            ) from None
+            raise _locked_error(key, self.lock_holder(key) or {}) from None
         try:
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": utcnow().isoformat()}
             atomic_write_bytes(d / ".lock.json", json.dumps(info).encode())
             yield
         finally:
@@ -449,8 +480,19 @@ class Store:
 
     def lock_holder(self, key: str) -> dict[str, Any] | None:
         with contextlib.suppress(OSError, ValueError):
+            if self.objects:
+                return json.loads(self.objects.read(f"results/{key}/.lock.json"))
             return json.loads((self.results_dir(key) / ".lock.json").read_text())
         return None
+
+    def _read_cache(self, name: str) -> bytes:
+        return self.objects.read(f"cache/{name}") if self.objects else (self.root / "cache" / name).read_bytes()
+
+    def _write_cache(self, name: str, data: bytes) -> None:
+        if self.objects:
+            self.objects.write(f"cache/{name}", data)
+        else:
+            atomic_write_bytes(self.root / "cache" / name, data)
 
     # ------------------------------------------------------------------ caches
     def scan_cache(self) -> dict[tuple[str, int, int, int], tuple[str, int | None, int | None]]:
@@ -458,9 +500,8 @@ class Store:
 
         The change time is part of the key because a rewrite can keep size and modification time
         (``touch -d``); the inode change time cannot be set back by users."""
-        path = self.root / "cache" / "scan.parquet"
         try:
-            t = pd.read_parquet(path)
+            t = storage.read_parquet_bytes(self._read_cache("scan.parquet")).to_pandas()
         except Exception:  # noqa: BLE001 - a lost cache only costs hashing time
             return {}
         if "ctime_ns" not in t:  # written by an older version: hash again
@@ -474,9 +515,8 @@ class Store:
 
     def update_scan_cache(self, table: pd.DataFrame) -> None:
         ok = table[table["error"].isna()][["path", "size", "mtime_ns", "ctime_ns", "image_id", "width", "height"]]
-        path = self.root / "cache" / "scan.parquet"
         try:
-            old = pd.read_parquet(path)
+            old = storage.read_parquet_bytes(self._read_cache("scan.parquet")).to_pandas()
             if "ctime_ns" not in old:
                 raise ValueError("scan cache of an older version")
             merged = pd.concat([old[~old["path"].isin(ok["path"])], ok], ignore_index=True)
@@ -484,18 +524,21 @@ class Store:
             merged = ok
         merged = merged.astype({"size": "int64", "mtime_ns": "int64", "ctime_ns": "int64", "width": "Int64",
                                 "height": "Int64"})
-        _atomic_write_table(path, pa.Table.from_pandas(merged, preserve_index=False))
+        self._write_cache("scan.parquet", storage.parquet_bytes(pa.Table.from_pandas(merged, preserve_index=False)))
 
     def read_json_cache(self, name: str) -> dict[str, Any]:
         with contextlib.suppress(OSError, ValueError):
-            return json.loads((self.root / "cache" / name).read_text())
+            return json.loads(self._read_cache(name))
         return {}
 
     def write_json_cache(self, name: str, data: Mapping[str, Any]) -> None:
-        atomic_write_bytes(self.root / "cache" / name, json.dumps(data, indent=2, sort_keys=True).encode())
+        self._write_cache(name, json.dumps(data, indent=2, sort_keys=True).encode())
 
     def remove_run_outputs(self, run_id: str, name: str) -> None:
         """Delete a derived output of a run (e.g. a stale cube)."""
+        if self.objects:
+            self.objects.remove(f"runs/{run_id}/{name}", recursive=True)
+            return
         shutil.rmtree(self.run_dir(run_id) / name, ignore_errors=True)
 
 
@@ -510,6 +553,8 @@ def update_run_meta(
     """
     from filelock import FileLock
 
+    if store.objects:
+        return _update_remote_meta(store, run_id, compute, changes)
     d = store.run_dir(run_id)
     d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d / ".meta.lock")):
@@ -524,3 +569,32 @@ def update_run_meta(
         meta["updated_at"] = utcnow().isoformat()
         store.write_run(meta)
     return meta
+
+
+def _update_remote_meta(store: Store, run_id: str, compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
+                        changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Read-modify-write of ``run.json`` in an object store by a conditional PUT, retried on a conflict."""
+    name = f"runs/{run_id}/run.json"
+    out: dict[str, Any] = {}
+
+    def modify(raw: bytes | None) -> bytes:
+        meta = store.parse_run(run_id, raw, store.objects.full(name)) if raw is not None else {}
+        meta.update(run_id=run_id, **changes)
+        if compute is not None:
+            meta.update(compute(meta))
+        meta["updated_at"] = utcnow().isoformat()
+        out.clear()
+        out.update(meta)
+        failpoint("meta-written")
+        return json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+
+    store.objects.update(name, modify)
+    return out
+
+
+def _locked_error(key: str, holder: Mapping[str, Any]) -> RunLockedError:
+    return RunLockedError(
+        f"run {holder.get('run_id', '?')} holds the results of {key}: pid {holder.get('pid', '?')} on host "
+        f"{holder.get('host', '?')} since {holder.get('since', '?')} — wait for it to finish, or ask to wait "
+        "(--wait / wait=True)"
+    )

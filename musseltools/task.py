@@ -99,8 +99,8 @@ class RunTask:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
-        root = store.root if isinstance(store, Store) else store
-        self.store_root = str(Path(root).resolve())  # the same store from a worker in another folder
+        # the same store from a worker in another folder (or on another machine, for an object store)
+        self.store_root = (store if isinstance(store, Store) else Store(store)).location
         self.info = model.info if isinstance(model, LoadedModel) else model
         self.settings = settings
         self.inference_key = inference_key

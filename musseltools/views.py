@@ -18,6 +18,8 @@ __all__ = [
     "above_threshold",
     "per_image_counts",
     "totals",
+    "totals_at",
+    "class_confidences",
     "with_results",
     "count_disagreement",
     "threshold_grid",
@@ -46,6 +48,25 @@ def per_image_counts(
     out = images.merge(table, left_on="image_id", right_index=True, how="left")
     for c in categories:
         out[c] = out[c].fillna(0).astype("int64")
+    return out
+
+
+def class_confidences(detections: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The confidences of each class, sorted (float64): the index :func:`totals_at` answers from."""
+    out = {}
+    if len(detections):
+        for name, conf in detections.groupby("class_name", sort=False)["confidence"]:
+            out[str(name)] = np.sort(conf.to_numpy(np.float64))
+    return out
+
+
+def totals_at(confidences: Mapping[str, np.ndarray], thresholds: Thresholds, classes: ClassMap) -> dict[str, int]:
+    """Survey totals per category at the thresholds, by binary search in sorted confidences: the rule of
+    :mod:`musseltools.thresholds` (``confidence >= T - TOLERANCE``), in microseconds whatever the survey."""
+    out = dict.fromkeys(classes.categories, 0)
+    for name, conf in confidences.items():
+        cut = np.searchsorted(conf, thresholds.of(name) - TOLERANCE, side="left")
+        out[classes.category(name)] = out.get(classes.category(name), 0) + int(len(conf) - cut)
     return out
 
 

@@ -1,7 +1,9 @@
-"""Jupyter widgets: tune thresholds by eye (:class:`ThresholdTuner`), follow a run (:class:`RunMonitor`).
+"""Jupyter widgets: tune thresholds by eye (:class:`ThresholdTuner`), follow a run (:class:`RunMonitor`,
+from :mod:`musseltools.monitor`).
 
 Both read the store only: the tuner loads a run's stored detections once (down to the confidence
-floor) and filters them in memory, so moving a slider never runs the model; the monitor polls the
+floor) and filters them in memory, so moving a slider never runs the model; its image view
+(:mod:`musseltools.quadrats`) steps, sorts and zooms through the images. The monitor polls the
 run's ``run.json``, so it follows a run executing in a background thread or in another process.
 """
 
@@ -9,8 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +22,9 @@ import pandas as pd
 
 from . import plots
 from .errors import MusselToolsError
-from .runs import TERMINAL, Run
-from .store import Store
+from .monitor import RunMonitor
+from .quadrats import SORTS, QuadratNavigator, render_quadrat
+from .runs import Run
 from .thresholds import Thresholds
 
 __all__ = ["ThresholdTuner", "RunMonitor"]
@@ -61,9 +62,12 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 class ThresholdTuner(widgets.VBox):
     """Tune per-class confidence thresholds of a run by eye, with live counts, and save them.
 
-    One slider per class, an image picker, the picked image with the detections kept at the current
-    thresholds, the image's and the survey's counts, and the survey count-versus-threshold curves with
-    markers that follow the sliders. *Save* records the thresholds on the run
+    A first line naming the run, its store and settings; one slider per class; the image with the
+    detections kept at the current thresholds and a legend of its counts, browsed with :attr:`nav`
+    (previous/next buttons showing the neighbours' counts, a jump list, sorting by count, failures or
+    disagreement with ``truth``, zoom 2x-8x with pan, confidence per box on demand); the image's and
+    the survey's counts; and the survey count-versus-threshold curves with markers that follow the
+    sliders. *Save* records the thresholds on the run
     (:meth:`musseltools.Run.save_thresholds`), so ``musseltools counts``, exports and reports use them.
 
     Parameters
@@ -114,7 +118,7 @@ class ThresholdTuner(widgets.VBox):
         bounds = np.searchsorted(self._img, np.arange(len(table) + 1))
         self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self._colours = plots.class_colours(self.categories)
-        self._preview_cache: dict[int, tuple[np.ndarray, float] | str] = {}
+        self._preview_cache: dict[tuple[int, int], tuple[np.ndarray, float] | str] = {}
         self.evaluation = self._evaluation(truth)
         self.metrics: dict[str, dict[str, float]] | None = None
         self.last_update_s = 0.0
@@ -130,22 +134,20 @@ class ThresholdTuner(widgets.VBox):
             s.observe(self._on_change, names="value")
             self.sliders[n] = s
 
-        options = [(self._image_label(i), i) for i in range(len(table))]
-        ok = np.flatnonzero(table["error"].isna().to_numpy()) if len(table) else np.array([], int)
-        first = int(ok[0]) if len(ok) else (0 if options else None)  # start on an image that has results
-        self.picker = widgets.Dropdown(options=options, value=first, description="image",
-                                       layout=widgets.Layout(width="26em"))
-        self.picker.observe(self._on_change, names="value")
+        self.nav = self._navigator()
+        self.picker = self.nav.picker
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(
-            width="50%", max_width="640px", height="auto", object_fit="contain", align_self="flex-start"))
+            width="55%", max_width="720px", height="auto", object_fit="contain", align_self="flex-start"))
+        self.image.add_class("mt-quadrat-image")
         self.image_counts_html = widgets.HTML()
         self.image_counts_html.add_class("mt-image-counts")
         self.survey_counts_html = widgets.HTML()
         self.survey_counts_html.add_class("mt-survey-counts")
         self.metrics_html = widgets.HTML()
         self.metrics_html.add_class("mt-metrics")
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(
-            width="50%", max_width="480px", height="auto", object_fit="contain", align_self="flex-start"))
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(  # whole, never cropped: keeps the "1.0" tick
+            width="100%", max_width="480px", height="auto", object_fit="contain", align_self="flex-start"))
+        self.plot.add_class("mt-curve")
         self.save_button = widgets.Button(description="Save thresholds", icon="save", button_style="primary",
                                           tooltip="record these thresholds on the run (counts, exports, reports)")
         self.save_button.on_click(lambda _b: self.save())
@@ -153,13 +155,14 @@ class ThresholdTuner(widgets.VBox):
         self.status_html.add_class("mt-status")
         self._build_plot()
 
-        controls = widgets.VBox([*self.sliders.values(), self.picker, self.save_button, self.status_html])
+        controls = widgets.VBox([*self.sliders.values(), self.save_button, self.status_html])
         counts = widgets.VBox([self.survey_counts_html, self.image_counts_html, self.metrics_html])
+        self.source_html = widgets.HTML(self._source_text())
+        self.source_html.add_class("mt-tuner-source")
         super().__init__([
-            widgets.HTML(f"<b>Threshold tuning</b> — run <code>{html.escape(run.run_id)}</code>, "
-                         f"{len(table)} images, {len(self._conf)} stored detections (floor {floor:g})"),
+            self.source_html,
             widgets.HBox([controls, counts]),
-            widgets.HBox([self.image, self.plot]),
+            widgets.HBox([self.image, widgets.VBox([self.nav, self.plot], layout=widgets.Layout(width="45%"))]),
         ])
         self.add_class("mt-threshold-tuner")
         self._update()
@@ -174,6 +177,51 @@ class ThresholdTuner(widgets.VBox):
         from .evaluation import evaluate
 
         return evaluate(self.run, truth)
+
+    def _navigator(self) -> QuadratNavigator:
+        """Previous/next, sort, zoom; it starts on the first image (by name) that has results."""
+        table = self.table
+        ok = np.flatnonzero(table["error"].isna().to_numpy()) if len(table) else np.array([], int)
+        first = int(ok[0]) if len(ok) else (0 if len(table) else None)
+        nav = QuadratNavigator([self._image_label(i) for i in range(len(table))], first,
+                               truth=self.evaluation is not None)
+        nav.set_order(nav.sort_order("name", np.zeros((len(table), 0)), table["error"].notna().to_numpy(),
+                                     [Path(str(p)).name for p in table["path"]]))
+        nav.view_changed(self._on_change)
+        nav.sort.observe(lambda _c: self.resort(), names="value")
+        return nav
+
+    def _source_text(self) -> str:
+        """Which run, store and inference settings the tuner shows."""
+        run, meta = self.run, self.run.meta
+        st = meta.get("settings") or {}
+        shown = ", ".join(f"{k} {st[k]}" for k in ("tile", "tile_overlap", "iou", "imgsz") if k in st)
+        return (f"<b>Threshold tuning</b> — run <code>{html.escape(run.run_id)}</code> in store "
+                f"<code>{html.escape(str(run.store.root.resolve()))}</code>: {len(self.table)} images "
+                f"({html.escape(str((meta.get('collection') or {}).get('source', {}).get('root', '')))}), "
+                f"{len(self._conf)} stored detections (floor {self.conf_floor:g}); settings: {html.escape(shown)}; "
+                f"model <code>{html.escape(Path(str((meta.get('model') or {}).get('path', ''))).name)}</code>")
+
+    def _disagreement(self, counts: np.ndarray) -> np.ndarray | None:
+        """Per image, the absolute difference of the counts from the truth (summed over categories)."""
+        if self.evaluation is None:
+            return None
+        truth = self.evaluation.per_image().pivot_table(index="image_id", columns="class", values="true",
+                                                        aggfunc="sum")
+        true = truth.reindex(index=self.table["image_id"], columns=self.categories).to_numpy(np.float64)
+        diff = np.abs(counts - np.nan_to_num(true, nan=0.0)).sum(axis=1)
+        return np.where(np.isnan(true).all(axis=1), -1.0, diff)  # images without truth last
+
+    def resort(self) -> list[int]:
+        """Order previous/next by the navigator's sort (counts at the sliders' values); returns the order."""
+        counts = self.counts_table()
+        names = [Path(str(p)).name for p in self.table["path"]]
+        key = SORTS[self.nav.sort.value]
+        order = self.nav.sort_order(key, counts, self.table["error"].notna().to_numpy(), names,
+                                    self._disagreement(counts) if key == "truth" else None)
+        self.nav.set_order(order)
+        self._update()
+        return order
 
     def _image_label(self, i: int) -> str:
         row = self.table.iloc[i]
@@ -258,14 +306,15 @@ class ThresholdTuner(widgets.VBox):
             cv2.circle(img, (x, y), 6, (0, 0, 0), 1, cv2.LINE_AA)
         self.plot.value = _png(img)
 
-    def _preview(self, i: int) -> tuple[np.ndarray, float] | str:
-        if i not in self._preview_cache:
+    def _preview(self, i: int, zoom: int = 1) -> tuple[np.ndarray, float] | str:
+        """The image shrunk for ``zoom`` (its side ``max_side * zoom`` at most); the last one is kept."""
+        if (i, zoom) not in self._preview_cache:
             row = self.table.iloc[i]
             try:
-                self._preview_cache = {i: plots.read_image_rgb(row["path"], self.max_side)}  # keep one image
+                self._preview_cache = {(i, zoom): plots.read_image_rgb(row["path"], self.max_side * zoom)}
             except (OSError, ValueError) as exc:
-                self._preview_cache = {i: f"cannot read {row['path']}: {exc}"}
-        return self._preview_cache[i]
+                self._preview_cache = {(i, zoom): f"cannot read {row['path']}: {exc}"}
+        return self._preview_cache[(i, zoom)]
 
     def _render_image(self, kept: np.ndarray) -> None:
         i = self.picker.value
@@ -280,7 +329,14 @@ class ThresholdTuner(widgets.VBox):
         rows = self._dets.iloc[sl][kept[sl]]
         if self.classes.mapping:
             rows = rows.assign(category=self.classes.categories_of(rows["class_name"]))
-        self.image.value = _jpeg(plots.draw_detections(rgb, rows, self._colours, scale=scale))
+        zoom = int(self.nav.zoom.value)
+        if zoom > 1:
+            prev = self._preview(i, zoom)
+            rgb, scale = prev if not isinstance(prev, str) else (rgb, scale)
+        self.image.value = _jpeg(render_quadrat(
+            rgb, scale, rows, self._colours, counts=self.image_counts, zoom=zoom,
+            pan=(float(self.nav.pan_x.value), float(self.nav.pan_y.value)),
+            confidences=bool(self.nav.confidences.value), out_side=self.max_side))
 
     def _on_change(self, _change: Any = None) -> None:
         self._update()
@@ -300,6 +356,7 @@ class ThresholdTuner(widgets.VBox):
                                             f"{_counts_text(per)}{err}")
         if self.evaluation is not None:
             self._metrics_update()
+        self.nav.describe(table, self.categories)
         self._render_image(kept)
         self._render_plot(survey)
         self.last_update_s = time.perf_counter() - t0
@@ -338,91 +395,3 @@ class ThresholdTuner(widgets.VBox):
         when = time.strftime("%H:%M:%S")
         self.status_html.value = f"saved {html.escape(self.rule.label(self.class_names))} at {when}"
         return t
-
-
-class RunMonitor(widgets.VBox):
-    """Status and progress of a run, polled from its ``run.json`` (works across processes).
-
-    Polling runs in a daemon thread every ``interval`` seconds and stops when the run ends
-    (completed, failed or cancelled), or on :meth:`stop`. :meth:`refresh` updates it once.
-
-    Parameters
-    ----------
-    run_or_id : Run, RunHandle or str
-        The run, a background handle, or a run id (with ``store``).
-    store : path or Store, optional
-        The store of a run given by id.
-    interval : float
-        Seconds between polls.
-    start : bool
-        Start polling now.
-
-    Examples
-    --------
-    >>> handle = mt.run("data/demo/images", model="data/models/mussel-demo.pt", background=True)  # doctest: +SKIP
-    >>> RunMonitor(handle)                                              # doctest: +SKIP
-    """
-
-    def __init__(self, run_or_id: Any, store: str | os.PathLike | Store | None = None, interval: float = 1.0,
-                 *, start: bool = True) -> None:
-        if isinstance(run_or_id, Run):
-            self.run = run_or_id
-        elif isinstance(run_or_id, str):
-            self.run = Run(store, run_or_id)
-        elif hasattr(run_or_id, "run") and isinstance(run_or_id.run, Run):  # a RunHandle
-            self.run = run_or_id.run
-        else:
-            raise TypeError(f"RunMonitor takes a Run, a RunHandle or a run id, not {type(run_or_id).__name__}")
-        self.interval = float(interval)
-        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="images", bar_style="info")
-        self.label = widgets.HTML()
-        self.label.add_class("mt-run-status")
-        super().__init__([self.label, self.bar])
-        self.add_class("mt-run-monitor")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last: dict[str, Any] = {}
-        self.refresh()
-        if start and self.last.get("status") not in TERMINAL:
-            self._thread = threading.Thread(target=self._poll, name=f"musseltools-monitor-{self.run.run_id}",
-                                            daemon=True)
-            self._thread.start()
-
-    @property
-    def polling(self) -> bool:
-        """Whether the polling thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def refresh(self) -> dict[str, Any]:
-        """Read the run's progress once and update the widget; returns ``run.progress``."""
-        p = self.run.progress
-        total = int(p.get("total_images") or 0)
-        done = int(p.get("processed_count") or 0)
-        status = p.get("status") or "unknown"
-        self.bar.max = max(total, 1)
-        self.bar.value = min(done, self.bar.max)
-        self.bar.bar_style = {"completed": "success", "failed": "danger", "cancelled": "warning"}.get(status, "info")
-        failed = int(p.get("failed_count") or 0)
-        text = f"run <code>{html.escape(self.run.run_id)}</code>: <b>{html.escape(status)}</b> — {done}/{total} images"
-        if failed:
-            text += f", {failed} failed"
-        if p.get("error"):
-            text += f" — {html.escape(str(p['error']))}"
-        self.label.value = text
-        self.last = p
-        return p
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.refresh().get("status") in TERMINAL:
-                    return
-            except MusselToolsError as exc:  # e.g. run.json briefly unreadable: say so, keep polling
-                self.label.value = f"cannot read run {html.escape(self.run.run_id)}: {html.escape(str(exc))}"
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        """Stop polling (the widget keeps its last state)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=max(2.0, 2 * self.interval))

@@ -24,18 +24,21 @@
 
 # %% tags=["parameters"]
 images = "../data/demo/images"  # folder of survey photographs (or one image)
-model = "../data/models/mussel-demo.pt"  # Ultralytics YOLO weights
+model = "../data/models/mussel-demo.pt"  # weights: Ultralytics YOLO (.pt) or a torchvision Faster R-CNN checkpoint
+model_family = None  # "ultralytics" or "torchvision" (detected from the file by default)
+trust_pickle = False  # allow a fully pickled torchvision model (a pickle can run code: only files you trust)
 threshold = 0.5  # confidence threshold of the run (saved per-class thresholds take precedence)
-store = None  # results store (default: $MUSSELTOOLS_STORE or ./data/store)
+store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 title = None  # report title
 class_map = None  # e.g. {"live_mussel": "live", "gaping": "dead"}
 truth = None  # labels to evaluate against: YOLO label folder, COCO JSON or counts CSV
 n_samples = 6  # sample images drawn with their detections
+compare_model = None  # a second model's weights: run on the same images and compared with the first
 tile = None  # tile size in pixels (or "auto") for large quadrat photos
 tile_overlap = 0.2
 imgsz = None  # model input size (default: the size the model was trained at)
 conf_floor = 0.01
-iou = 0.7
+iou = None  # NMS IoU (default: the family's own: 0.7 for YOLO, 0.5 for Faster R-CNN)
 max_det = 10000
 batch_size = None
 commit_every = None
@@ -67,7 +70,8 @@ display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
 
 # %%
 run = mt.run(
-    images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
+    images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold, store=store,
+    class_map=class_map, tile=tile,
     tile_overlap=tile_overlap, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
     batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
     scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,
@@ -155,6 +159,52 @@ else:
         display(Markdown(f"{len(ev.unmatched_labels)} labels have no image: {', '.join(map(str, ev.unmatched_labels[:20]))}"))
 
 # %% [markdown]
+# ## Comparison with a second model
+#
+# With `compare_model` (`musseltools report ... --compare-model W2`), the second model runs on the same images
+# with the same options (except `imgsz`, which it takes from its own family unless both models are of one
+# family), and the two runs are compared: run A is this report's, run B the second model's, and every difference
+# is B − A. Per category: the mean difference of the counts per image and its 95 % limits of agreement (the
+# Bland-Altman plot), survey totals with bootstrap intervals, and the images where the two disagree most. Those
+# head run A's review queue given run B (`run.review_queue(other=other)`, and the correction editor with
+# `other=other`).
+
+# %%
+if compare_model is None:
+    display(Markdown("No second model was given (`compare_model`), so there is no comparison."))
+else:
+    from musseltools import compare_plots
+    from musseltools.models import detect_family
+
+    same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == meta["model"]["family"]
+    other = mt.run(
+        images, model=compare_model, trust_pickle=trust_pickle, threshold=threshold, store=store,
+        class_map=class_map, tile=tile, tile_overlap=tile_overlap, imgsz=imgsz if same_family else None,
+        conf_floor=conf_floor, iou=iou, max_det=max_det, batch_size=batch_size, commit_every=commit_every,
+        name=name, device=device, wait=wait, workers=workers, scheduler=scheduler, scheduler_file=scheduler_file,
+        quiet=False,
+    )
+    cmp = mt.compare(run, other)
+    a, b = cmp.run_a, cmp.run_b
+    display(Markdown(
+        f"Run A `{a['run_id']}` ({Path(a['model']).name}, {a['family']}) against run B `{b['run_id']}` "
+        f"({Path(b['model']).name}, {b['family']}): {len(cmp.images)} images with results in both."
+    ))
+    display(Markdown("**Agreement per image** (B − A; limits of agreement at 95 %):"))
+    display(cmp.agreement.round(2))
+    display(compare_plots.bland_altman(cmp))
+    display(Markdown("**Survey totals** (95 % bootstrap intervals over images):"))
+    display(cmp.totals.round(1))
+    top = cmp.disagreements(10)
+    if top.empty:
+        display(Markdown("The two runs count every image alike."))
+    else:
+        display(Markdown("**Images where the two disagree most** (the head of the review queue given run B):"))
+        cols = [f"{c}_{s}" for c in cmp.categories for s in ("a", "b")]
+        display(top.assign(image=top["path"].map(lambda p: Path(p).name))[["image", *cols, "disagreement"]]
+                .set_index("image"))
+
+# %% [markdown]
 # ## Hand corrections and review
 #
 # Corrections made by hand (the correction editor, `run.reclassify(...)`, `musseltools corrections import`)
@@ -208,6 +258,7 @@ provenance = {
     "musseltools": versions.get("musseltools", mt.__version__),
     "ultralytics": versions.get("ultralytics", "?"),
     "torch": versions.get("torch", "?"),
+    "torchvision": versions.get("torchvision", "?"),
     "python": platform.python_version(),
     "run created": meta.get("created_at"),
     "run finished": meta.get("finished_at"),

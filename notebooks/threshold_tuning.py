@@ -21,17 +21,23 @@
 # records them on the run, so `musseltools counts RUN_ID`, polygon exports and reports use them.
 #
 # Set the parameters, then *Run All*. With `run_id` set, an existing run is opened instead of run.
+# The defaults are those of `make demo` (tiled, NMS IoU 0.5), and the default store is the project's
+# `data/store` whether this notebook runs from `notebooks/` or from the project root (the nearest
+# folder, upwards, holding `data/store` or `pyproject.toml`), so Run All opens the demo run that
+# `make demo` made and `musseltools counts RUN_ID` from the project root finds it. The tuner's first
+# line names the run, the store and the settings it shows.
 
 # %% tags=["parameters"]
 images = "../data/demo/images"  # folder of survey photographs
 model = "../data/models/mussel-demo.pt"  # Ultralytics YOLO weights
 threshold = 0.5  # the run's threshold (the sliders start at the saved thresholds, else this)
-store = None  # results store (default: $MUSSELTOOLS_STORE or ./data/store)
+store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 run_id = None  # open this existing run instead of running `images` with `model`
 class_map = None
 truth = None  # labels (YOLO folder, COCO JSON or counts CSV): precision, recall and count error live
-tile = None
+tile = "auto"  # tile large photos ("auto", a tile size in pixels, or None): the demo's setting
 tile_overlap = 0.2
+iou = 0.5  # NMS IoU: the demo's setting (`make demo`)
 imgsz = None  # model input size (default: the size the model was trained at)
 background = False  # run in a background thread and show a RunMonitor while it works
 
@@ -47,12 +53,15 @@ from musseltools.widgets import RunMonitor, ThresholdTuner
 # `mt.run` infers only the images without a stored result and shows a progress bar. To keep the
 # notebook responsive during a long survey, run it in the background and watch it with a `RunMonitor`
 # (which reads the run's `run.json`, so it also follows a run started in another process, e.g. with
-# `musseltools run` in a terminal: `RunMonitor("RUN_ID", store=...)`):
+# `musseltools run` in a terminal: `RunMonitor("RUN_ID", store=...)`). Its bar counts images as they are
+# inferred, and until the first one it says what the run is doing ("loading model", "measuring batch
+# size", "starting 2 worker processes"). Cancelling keeps every image already inferred; running the same
+# cell again while the run works returns the same handle instead of a lock error:
 #
 # ```python
 # handle = mt.run(images, model=model, background=True)
 # display(RunMonitor(handle))   # status and a progress bar, polled every second
-# handle.cancel()               # stops after the current batch; committed work is kept
+# handle.cancel()               # stops after the current batch; what is inferred is kept
 # run = handle.wait()           # the Run, once it has ended
 # ```
 
@@ -61,21 +70,26 @@ if run_id is not None:
     run = mt.open_run(run_id, store=store)
 elif background:
     handle = mt.run(images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
-                    tile_overlap=tile_overlap, imgsz=imgsz, background=True)
+                    tile_overlap=tile_overlap, iou=iou, imgsz=imgsz, background=True)
     monitor = RunMonitor(handle)
     display(monitor)
     run = handle.wait()
     monitor.refresh()
 else:
     run = mt.run(images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
-                 tile_overlap=tile_overlap, imgsz=imgsz, quiet=False)
+                 tile_overlap=tile_overlap, iou=iou, imgsz=imgsz, quiet=False)
 run
 
 # %% [markdown]
 # ## Tune
 #
-# One slider per class; pick an image to see the detections kept at the current thresholds (colour by
-# class). The curve shows the survey total against the threshold; the dots follow the sliders.
+# One slider per class. The image shows the detections kept at the current thresholds, live in blue and
+# dead in orange (a colour-blind-safe palette, the same in every figure), with a legend of its counts.
+# Step through the images with **◀ / ▶** (each button shows that image's counts), or jump with the list;
+# **sort** orders them by count, by failures, or (with `truth`) by disagreement with the labels. **zoom**
+# (2x-8x) and **pan** show a part of a large quadrat at full detail; **confidence per box** writes each
+# kept box's confidence. The curve shows the survey total against the threshold; the dots follow the
+# sliders.
 
 # %%
 tuner = ThresholdTuner(run, truth=truth)

@@ -29,7 +29,7 @@ def main() -> int:
     dets = run.detections()
     dets = dets[dets["path"].str.endswith("/" + args.image)]
     image, scale = plots.read_image_rgb(ROOT / "data" / "demo" / "images" / args.image, max_side=None)
-    colours = {"live": "#1f77b4", "dead": "#ff7f0e"}
+    colours = plots.class_colours(["live", "dead"])  # the one palette (Okabe-Ito blue and orange)
     drawn = plots.draw_detections(image, dets, colours, scale=scale, thickness=2)
     counts = dets["class_name"].value_counts().to_dict()
     label = f"live {counts.get('live', 0)}   dead {counts.get('dead', 0)}   (threshold {args.threshold})"

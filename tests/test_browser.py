@@ -54,17 +54,39 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float
     raise AssertionError(f"JupyterLab did not answer at {url} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def _parameterised_copy(root: Path, **params) -> Path:
+def _parameterised_copy(folder: Path, setup: str | None = None, **params) -> Path:
+    """The notebook with ``params`` set, and ``setup`` as a code cell after the parameters."""
     nb = nbformat.read(ROOT / "notebooks" / "threshold_tuning.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    index, cell = next((i, c) for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     lines = []
     for line in cell.source.splitlines():
         name = line.split("=", 1)[0].strip()
         lines.append(f"{name} = {params[name]!r}" if "=" in line and name in params else line)
     cell.source = "\n".join(lines)
-    out = root / "threshold_tuning.ipynb"
+    if setup:
+        nb.cells.insert(index + 1, nbformat.v4.new_code_cell(setup))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "threshold_tuning.ipynb"
     nbformat.write(nb, out)
     return out
+
+
+#: Test-only: slow the local executor down after each image, so the browser can watch a run progress.
+SLOW = """import time
+import musseltools.executors.local as local_executor
+original = local_executor.LocalExecutor.process
+def slow_process(self, task, units, *, cancel, on_progress=lambda n: None):
+    def slow(n):
+        on_progress(n)
+        time.sleep(0.8 * n)
+    return original(self, task, units, cancel=cancel, on_progress=slow)
+local_executor.LocalExecutor.process = slow_process"""
+
+#: Collects every text the RunMonitor's status line shows, as the page renders it.
+WATCH_STATUS = """() => { window.mtStatus = []; setInterval(() => {
+    for (const e of document.querySelectorAll('.mt-run-status')) {
+        const t = e.innerText; if (window.mtStatus[window.mtStatus.length - 1] !== t) window.mtStatus.push(t); }
+}, 100); }"""
 
 
 def _accept_kernel_dialog(page) -> bool:
@@ -104,22 +126,67 @@ def _survey_text(page) -> str:
     return page.locator(".mt-survey-counts").first.inner_text()
 
 
+def _check_monitor(page, total: int) -> None:
+    """Point 3 of issue 15: the monitor counted images before their unit was saved, and said what it did."""
+    page.wait_for_function(f"() => window.mtStatus.some(t => t.includes('completed') && t.includes('{total}/{total}'))",
+                           timeout=120_000)
+    texts = page.evaluate("() => window.mtStatus")
+    partial = [t for t in texts if re.search(r"running — [1-9]\d*/\d+ images \(\d+ saved\)", t)]
+    assert partial, texts
+    assert any("loading model" in t or "inferring" in t for t in texts), texts
+
+
+def _check_browser(page, before_name: str) -> None:
+    """Point 7: next/previous with counts, position, zoom and confidences change the image."""
+    image = page.locator(".mt-quadrat-image").first
+    src0 = image.get_attribute("src")
+    position = page.locator(".mt-position").first
+    page.locator(".mt-next").first.click(force=True)
+    page.wait_for_function("() => document.querySelector('.mt-position')?.innerText.includes('image 2 of')",
+                           timeout=30_000)
+    assert re.search(r"live \d+, dead \d+", page.locator(".mt-next").first.inner_text()), "counts on next"
+    page.wait_for_function("(s) => document.querySelector('.mt-quadrat-image')?.src !== s", arg=src0, timeout=30_000)
+    src1 = image.get_attribute("src")
+    page.locator(".mt-quadrat-nav button", has_text="4x").first.click(force=True)
+    page.wait_for_function("(s) => document.querySelector('.mt-quadrat-image')?.src !== s", arg=src1, timeout=30_000)
+    src2 = image.get_attribute("src")
+    page.locator(".mt-quadrat-nav input[type=checkbox]").first.click(force=True)
+    page.wait_for_function("(s) => document.querySelector('.mt-quadrat-image')?.src !== s", arg=src2, timeout=30_000)
+    assert "image 2 of" in position.inner_text() and before_name
+
+
+def _check_curve_whole(page) -> None:
+    """Point 9: at 1280x800 the curve is shown whole (not cropped), so its "1.0" tick stays."""
+    box = page.evaluate("""() => { const img = document.querySelector('.mt-curve');
+        const r = img.getBoundingClientRect(); const out = img.closest('.jp-OutputArea-output').getBoundingClientRect();
+        return {w: r.width, h: r.height, nw: img.naturalWidth, nh: img.naturalHeight, right: r.right,
+                outRight: out.right, vw: window.innerWidth}; }""")
+    assert box["nw"] > 0 and box["w"] > 200, box
+    assert abs(box["w"] / box["h"] - box["nw"] / box["nh"]) < 0.03, box  # not cropped nor squeezed
+    assert box["right"] <= min(box["outRight"], box["vw"]) + 1, box
+
+
 def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing — install Debian's chromium (make dev does)"
     from playwright.sync_api import sync_playwright
 
-    root = tmp_path / "lab"
+    root = tmp_path / "lab"  # a project: pyproject.toml, data/store, notebooks/
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[project]\nname = 'survey'\n")
     folder = root / "images"
     write_images(folder, 5, seed=17)
-    store = root / "store"
-    run = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, batch_size=1)
-    _parameterised_copy(root, images=str(folder), model=str(tiny_model), imgsz=IMGSZ, store=str(store),
-                        threshold=0.5)
+    store = root / "data" / "store"
+    demo = dict(model=tiny_model, imgsz=IMGSZ, tile="auto", iou=0.5)  # the notebook's defaults: the demo's
+    run = mt.run(folder, store=store, quiet=True, batch_size=1, **demo)  # made "from the project root"
+    write_images(folder, 4, seed=18, start=5)  # the notebook resumes the same run with 4 more images
+    _parameterised_copy(root / "notebooks", setup=SLOW, images="../images", model=str(tiny_model), imgsz=IMGSZ,
+                        threshold=0.5, background=True)  # store left at its default
 
     ARTIFACT.with_name("threshold_tuner-failure.png").unlink(missing_ok=True)
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "MUSSELTOOLS_BATCH_SIZE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "MUSSELTOOLS_STORE"}
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "MUSSELTOOLS_COMMIT_EVERY": "100",
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "MUSSELTOOLS_BATCH_SIZE": "1"})
     log = tmp_path / "jupyterlab.log"
     jupyter = Path(sys.executable).with_name("jupyter")
     with open(log, "wb") as log_file:
@@ -135,19 +202,30 @@ def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1100})
-                page.goto(f"{base}/lab/tree/threshold_tuning.ipynb?token={token}", timeout=120_000)
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(f"{base}/lab/tree/notebooks/threshold_tuning.ipynb?token={token}", timeout=120_000)
                 page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
                 _wait_for_idle_kernel(page, timeout=180)
+                page.evaluate(WATCH_STATUS)
                 page.get_by_role("menuitem", name="Run").first.click(force=True)
                 page.get_by_role("menuitem", name="Run All Cells").first.click(force=True)
 
+                _check_monitor(page, total=9)
                 _wait_for_tuner(page, timeout=240)
                 page.wait_for_function(
                     "() => document.querySelector('.mt-survey-counts')?.innerText.includes('live')", timeout=60_000
                 )
+                source = page.locator(".mt-tuner-source").first.inner_text()
+                assert run.run_id in source and str(store.resolve()) in source, source  # point 2: the root's store
+                assert "tile auto" in source and "iou 0.5" in source, source
+                run = mt.open_run(run.run_id, store=store)
+                assert run.status == "completed" and run.meta["total_images"] == 9
                 before = _survey_text(page)
                 assert f"live {run.counts(0.5)['live']}" in before, before
+                page.locator(".mt-curve").first.scroll_into_view_if_needed()
+                _check_curve_whole(page)
+                page.locator(".mt-curve").first.screenshot(path=str(ARTIFACT.with_name("curve-1280x800.png")))
+                _check_browser(page, before)
 
                 handle = page.locator(".mt-threshold-tuner .widget-slider .noUi-handle").first
                 handle.scroll_into_view_if_needed()

@@ -68,6 +68,7 @@ def test_second_process_gets_a_clear_error_naming_the_holder_or_waits(survey, ti
     pid, out = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
     holder = _wait_for_lock(store, pid)
     os.kill(pid, signal.SIGSTOP)  # hold the lock as long as the test needs
+    parts_when_stopped = _parts(store)
     try:
         host = socket.gethostname()
         assert holder["host"] == host
@@ -95,7 +96,12 @@ def test_second_process_gets_a_clear_error_naming_the_holder_or_waits(survey, ti
         time.sleep(1.0)
         in_process.start()
         time.sleep(1.0)
-        assert in_process.is_alive()
+        # both waiters are still waiting, and neither has run anything: the holder's run.json and parts
+        # are exactly as they were when it was stopped
+        assert in_process.is_alive() and "run" not in result
+        assert _running(waiter), wait_out.read_text()
+        assert wait_out.read_text() == ""  # no JSON result printed yet
+        assert _parts(store) == parts_when_stopped
     finally:
         os.kill(pid, signal.SIGCONT)
     assert zygote.wait(pid)["rc"] == 0, out.read_text()
@@ -103,6 +109,10 @@ def test_second_process_gets_a_clear_error_naming_the_holder_or_waits(survey, ti
     assert json.loads(wait_out.read_text())["inferred_this_call"] == 0
     in_process.join(120)
     assert result["run"].status == "completed" and result["run"].meta["inferred_this_call"] == 0
+
+
+def _parts(store: Path) -> list[str]:
+    return sorted(p.name for p in store.glob("results/*/images/part-*.parquet"))
 
 
 def test_lock_of_a_killed_process_is_recovered(survey, tiny_model, zygote, tmp_path):
@@ -130,10 +140,12 @@ def test_readers_never_see_partial_data_while_a_run_commits(survey, tiny_model, 
     pid, out = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
     status_pid = None
     observations, last_total, last_done, saved = [], -1, -1, False
+    last_listed, listed_states = 0, set()
     run_id = reference.run_id
     while True:
         finished = not _running(pid)  # observe once more after the writer ended
         try:
+            listed = mt.list_runs(store=store)  # what a notebook's run list shows meanwhile
             run = mt.open_run(run_id, store=Store(store))  # a fresh reader each time: nothing cached
             meta = run.meta  # read in this order: each later view may only know more, never less
             dets = run.detections(run.conf_floor)
@@ -155,6 +167,17 @@ def test_readers_never_see_partial_data_while_a_run_commits(survey, tiny_model, 
         assert len(dets) == len(final_dets[final_dets["image_id"].isin(per_image_dets.index)])
         # status never runs ahead of the committed parts; totals only grow
         assert meta["processed_count"] <= len(done)
+        # mt.list_runs (read first) shows this one run, in a valid state, never ahead of what it saw next
+        if len(listed):
+            assert listed["run_id"].tolist() == [run_id], listed
+            row = listed.iloc[0]
+            assert row["status"] in ("pending", "running", "completed"), row["status"]
+            assert row["total_images"] in (None, N_IMAGES) or pd.isna(row["total_images"])
+            assert last_listed <= row["processed_count"] <= meta["processed_count"] <= len(done)
+            last_listed = row["processed_count"]
+            listed_states.add((row["status"], row["processed_count"]))
+        else:
+            assert last_listed == 0, "a run vanished from list_runs"
         total = sum(run.counts(0.5).values())
         assert total >= last_total and len(done) >= last_done
         last_total, last_done = total, len(done)
@@ -170,6 +193,9 @@ def test_readers_never_see_partial_data_while_a_run_commits(survey, tiny_model, 
         assert zygote.wait(status_pid)["rc"] == 0
         assert json.loads(status_out.read_text())["run_id"] == run_id
     assert len(set(observations)) >= 3, f"the reader saw too few states to mean anything: {observations}"
+    assert any(s == "running" and 0 < n < N_IMAGES for s, n in listed_states), listed_states
+    listed = mt.list_runs(store=store).iloc[0]
+    assert (listed["status"], listed["processed_count"], listed["total_images"]) == ("completed", N_IMAGES, N_IMAGES)
     final = mt.open_run(run_id, store=store)
     saved_t = {"live": 0.4, "dead": 0.6}
     assert final.meta["saved_thresholds"] == saved_t, "the writer lost a concurrent update of run.json"

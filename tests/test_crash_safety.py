@@ -226,20 +226,78 @@ def test_real_command_line_killed_and_resumed(survey, tiny_model, zygote, baseli
     assert_same_results(final, base_run)
 
 
+def _committed_parts(store: Path) -> list[Path]:
+    return sorted(store.glob("results/*/images/part-*.parquet"))
+
+
 def test_store_copied_mid_run_by_a_backup_tool_is_still_consistent(survey, tiny_model, zygote, baseline, tmp_path):
-    """A copy of the store taken at any moment (as ``cp -r`` during a run would) resumes to the same
-    results: only committed parts count, and a copy never contains a half-renamed part."""
-    base_run, full_seconds, _ = baseline
+    """A copy of the store taken while the writer runs (as ``cp -r`` during a run would) holds only whole
+    committed units and resumes to the same results. The writer is never paused: each copy starts when
+    the store shows a new committed part (a signal from the store, not a sleep), and races the writer."""
+    base_run = baseline[0]
+    total = len(base_run.per_image())
     store = tmp_path / "store"
-    pid, _ = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
-    time.sleep(full_seconds * 0.5)
-    os.kill(pid, signal.SIGSTOP)  # freeze the writer, copy, then let it finish
+    pid, out = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
+    copies, seen, deadline = [], 0, time.monotonic() + 300
     try:
-        shutil.copytree(store, tmp_path / "copy", symlinks=True)
+        while len(copies) < 2 and time.monotonic() < deadline:
+            parts = len(_committed_parts(store))
+            if parts > seen and parts in (1, 3):  # a first unit, then a later one, is on disk: copy now
+                copy = tmp_path / f"copy{len(copies)}"
+                shutil.copytree(store, copy, symlinks=True)
+                copies.append((copy, parts))
+            seen = max(seen, parts)
+            time.sleep(0.002)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    assert zygote.wait(pid)["rc"] == 0
-    _check_committed_prefix(tmp_path / "copy", base_run)
-    again = zygote.run(_argv(survey, tiny_model, tmp_path / "copy"), cwd=tmp_path)
+        status = zygote.wait(pid)
+    assert status["rc"] == 0, out.read_text()
+    assert len(copies) == 2, f"the writer finished before the copies: {copies}"
+    for copy, parts_at_start in copies:
+        n, n_ok = _check_committed_prefix(copy, base_run)  # committed rows are already the final ones
+        parts = _committed_parts(copy)
+        # the copy was taken mid-run: some but not all units; every unit whole (its images rows and detections)
+        assert 0 < n < total, (copy.name, n)
+        assert len(parts) >= parts_at_start and n == COMMIT_EVERY * len(parts), (copy.name, n, parts)
+        for part in parts:
+            assert (part.parent.parent / "detections" / part.name).exists()
+        again = zygote.run(_argv(survey, tiny_model, copy), cwd=tmp_path)
+        assert again["rc"] == 0, again["output"]
+        resumed = _final_run(copy)
+        assert resumed.meta["inferred_this_call"] == 13 - n_ok  # only what the copy did not hold
+        assert_same_results(resumed, base_run)
+        assert _temporaries(copy) == []
+
+
+@pytest.mark.parametrize("moment", ["started", "first-part", "third-part"])
+def test_real_sigint_cancels_and_the_resume_completes_identical(survey, tiny_model, zygote, baseline, tmp_path, moment):
+    """Ctrl-C for real: SIGINT sent to a running ``musseltools run`` process (not a ``KeyboardInterrupt``
+    raised in a patched model), at moments read from the store: as soon as it holds the lock, after its
+    first committed unit, after its third. It exits 130 with a one-line message, the run is marked
+    ``cancelled``, whatever is committed is final, and running the same command again completes with
+    results identical to an uninterrupted run."""
+    base_run = baseline[0]
+    store = tmp_path / "store"
+    pid, out = zygote.start(_argv(survey, tiny_model, store), cwd=tmp_path)
+    want_parts = {"started": 0, "first-part": 1, "third-part": 3}[moment]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        locked = any(store.glob("results/*/.lock.json")) and any(store.glob("runs/*/run.json"))
+        if locked and len(_committed_parts(store)) >= want_parts:
+            break
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGINT)
+    status = zygote.wait(pid)
+    text = out.read_text()
+    assert status == {"signal": None, "rc": 130}, text
+    assert text.strip().splitlines()[-1].startswith("musseltools: cancelled"), text
+    run = _final_run(store)
+    assert run.status == "cancelled", (text, run.meta)
+    n, n_ok = _check_committed_prefix(store, base_run)
+    assert want_parts * COMMIT_EVERY <= n < len(base_run.per_image()), (moment, n)
+    assert run.meta["processed_count"] <= n
+    again = zygote.run(_argv(survey, tiny_model, store), cwd=tmp_path)
     assert again["rc"] == 0, again["output"]
-    assert_same_results(_final_run(tmp_path / "copy"), base_run)
+    final = _final_run(store)
+    assert final.status == "completed" and final.meta["inferred_this_call"] == 13 - n_ok
+    assert_same_results(final, base_run)
+    assert _temporaries(store) == []

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import jupytext
 import nbformat
+import pandas as pd
 import papermill as pm
 import pytest
 from conftest import IMGSZ, write_images
+from procs import comparable
 
 import musseltools as mt
 
@@ -27,8 +29,27 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 PARAMETERS = {
     "survey_report": {"images", "model", "threshold", "store", "title", "class_map", "truth", "n_samples", "tile",
                       "tile_overlap", "imgsz"},
-    "threshold_tuning": {"images", "model", "threshold", "store", "run_id", "truth", "background"},
+    "threshold_tuning": {"images", "model", "threshold", "store", "run_id", "truth", "background", "tile", "iou"},
 }
+
+
+def _parameters(name: str) -> dict[str, object]:
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict[str, object] = {}
+    exec(cell.source, {}, values)  # noqa: S102 - the committed notebook's own parameters cell
+    return values
+
+
+def test_threshold_tuning_defaults_are_the_demos_settings():
+    """Issue 15, point 2: Run All tunes the run `make demo` made (tiled, IoU 0.5), in the project's store."""
+    demo = re.search(r"^DEMO_RUN := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    flags = dict(zip(demo[1::2], demo[2::2]))
+    p = _parameters("threshold_tuning")
+    assert str(p["tile"]) == flags["--tile"] and float(p["iou"]) == float(flags["--iou"])
+    assert p["store"] is None  # the default store: data/store in the project root, also from notebooks/
+    assert (NOTEBOOKS / p["images"]).resolve() == (ROOT / demo[0]).resolve()
+    assert (NOTEBOOKS / p["model"]).resolve() == (ROOT / flags["--model"]).resolve()
 
 
 def _cells(nb) -> list[tuple[str, str, list[str]]]:
@@ -122,8 +143,8 @@ def test_threshold_tuning_notebook_runs_in_the_background_with_a_monitor(tmp_pat
 
 
 @pytest.mark.slow
-def test_demo_collection_notebooks_and_tuner_speed(tmp_path, capsys):
-    """Both notebooks on the demo survey with the demo detector and its labels; slider update time."""
+def test_demo_collection_notebooks_and_tuner_speed(tmp_path):
+    """Both notebooks on the demo survey with the demo detector and its labels; the tuner's counts."""
     assert DEMO_MODEL.exists(), f"the demo detector {DEMO_MODEL} is missing — run scripts/ to train it"
     store = tmp_path / "store"
     html = mt.report(DEMO_IMAGES, model=DEMO_MODEL, truth=DEMO_LABELS, store=store, out=tmp_path / "demo")
@@ -135,7 +156,7 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path, capsys):
     assert run.status == "completed" and run.meta["total_images"] == 40
 
     nb = _execute("threshold_tuning", tmp_path / "tuning.ipynb", images=str(DEMO_IMAGES), model=str(DEMO_MODEL),
-                  store=str(store), truth=str(DEMO_LABELS))
+                  store=str(store), truth=str(DEMO_LABELS), tile=None, iou=None)  # the report's settings
     assert any(WIDGET in o.get("data", {}) for o in _outputs_of(nb, "tuner = ThresholdTuner("))
     assert mt.list_runs(store=store).shape[0] == 1  # the notebook reused the report's run
 
@@ -153,8 +174,92 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path, capsys):
             tuner.sliders["live"].value = t
             slider.append(tuner.last_update_s)
             assert tuner.survey_counts == run.counts(tuner.thresholds)
-    with capsys.disabled():
-        print(f"\n[demo ThresholdTuner] build {build:.2f} s; slider update median {statistics.median(slider) * 1000:.0f} ms, "
-              f"max {max(slider) * 1000:.0f} ms ({len(slider)} moves, incl. 4000x3000 quadrats); "
-              f"image pick max {max(picker) * 1000:.0f} ms")
-    assert max(slider) < 1.0 and max(picker) < 2.0
+    # guards against a pathological slowdown only (10x what a slider may take); the figures are printed by
+    # benchmarks/widgets.py
+    assert max(slider) < 10.0 and max(picker) < 20.0 and build < 120.0, (build, slider, picker)
+
+
+def _kernel_exec(kc, code: str, timeout: float = 300) -> tuple[dict, str]:
+    """Execute ``code`` in the kernel; its reply content and what it printed."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return reply["content"], "".join(out)
+
+
+def test_kernel_interrupt_during_a_background_run(tmp_path, tiny_model):
+    """A real kernel interrupt (SIGINT to an ipykernel, as JupyterLab's stop button sends it) while a
+    background run works and the notebook waits for it in ``handle.wait()``: the interrupt stops the
+    waiting cell, not the run (a background run is stopped by ``handle.cancel()``), the kernel stays
+    usable, the run goes on to ``completed`` and nothing is lost. A foreground ``mt.run`` interrupted the
+    same way is marked ``cancelled`` and resumes to the same results."""
+    from jupyter_client import KernelManager
+
+    from musseltools.store import Store
+
+    folder = tmp_path / "images"
+    write_images(folder, 16, seed=23)
+    store = tmp_path / "store"
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env=dict(os.environ, MUSSELTOOLS_TORCH_THREADS="1", YOLO_OFFLINE="1"))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        kw = f"model={str(tiny_model)!r}, imgsz={IMGSZ}, store={str(store)!r}, commit_every=2, batch_size=1, quiet=True"
+        reply, text = _kernel_exec(kc, f"import musseltools as mt\nh = mt.run({str(folder)!r}, {kw}, background=True)")
+        assert reply["status"] == "ok", text
+
+        def parts() -> int:
+            return len(list(store.glob("results/*/images/part-*.parquet")))
+
+        deadline = time.monotonic() + 120
+        while parts() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        msg_id = kc.execute("r = h.wait()")  # the notebook waits for the run ...
+        time.sleep(0.5)
+        assert parts() < 8, "the run ended before the interrupt: nothing was tested"
+        km.interrupt_kernel()  # ... and the user presses stop
+        while True:
+            msg = kc.get_shell_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+        assert msg["content"]["status"] == "error" and msg["content"]["ename"] == "KeyboardInterrupt", msg["content"]
+        reply, text = _kernel_exec(kc, "print(h.done(), h.run.status)")  # the kernel answers at once
+        assert reply["status"] == "ok" and text.split()[1] in ("running", "completed"), text
+        reply, text = _kernel_exec(kc, "r = h.wait(); print(r.status, r.meta['processed_count'], r.meta['inferred_this_call'])")
+        assert reply["status"] == "ok" and text.split() == ["completed", "16", "16"], text
+        run = mt.open_run(mt.list_runs(store=store).run_id.iloc[0], store=store)
+        fresh = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "fresh", batch_size=1, quiet=True)
+        for got, want in zip(comparable(run), comparable(fresh)):
+            pd.testing.assert_frame_equal(got, want)
+
+        # a foreground run in the kernel, interrupted: cancelled, then resumed
+        write_images(folder, 10, seed=24, start=16)
+        msg_id = kc.execute(f"r2 = mt.run({str(folder)!r}, {kw})")
+        key = run.meta["inference_key"]
+        deadline = time.monotonic() + 120
+        while len(Store(store).read_results(key)[0]) < 18 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        km.interrupt_kernel()
+        while True:
+            msg = kc.get_shell_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+        assert msg["content"]["ename"] in ("KeyboardInterrupt", "RunCancelled"), msg["content"]
+        assert mt.list_runs(store=store).set_index("run_id").at[run.run_id, "status"] == "cancelled"
+        assert len(Store(store).read_results(key)[0]) < 26, "the run ended before the interrupt: nothing was tested"
+        reply, text = _kernel_exec(kc, f"r2 = mt.run({str(folder)!r}, {kw}); print(r2.status, r2.meta['processed_count'])")
+        assert reply["status"] == "ok" and text.split() == ["completed", "26"], text
+        fresh = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "fresh2", batch_size=1, quiet=True)
+        for got, want in zip(comparable(mt.open_run(run.run_id, store=store)), comparable(fresh)):
+            pd.testing.assert_frame_equal(got, want)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -168,3 +168,23 @@ def test_real_dask_scheduler_and_workers_via_the_command_line(folder, tiny_model
         for p in (sched, *workers):
             _stop(p)
         log.close()
+
+
+def test_a_cluster_object_as_an_hpc_user_makes_it(folder, tiny_model, reference, tmp_path):
+    """The README's dask-jobqueue example: ``mt.run(..., client=SLURMCluster(...))``. There is no SLURM
+    here, so a ``dask worker`` started by hand stands in for the batch job the cluster would submit."""
+    from dask_jobqueue import SLURMCluster
+
+    cluster = SLURMCluster(cores=1, memory="2GB", processes=1, walltime="00:30:00",
+                           scheduler_options={"host": "127.0.0.1", "dashboard_address": None})
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = _dask("worker", cluster.scheduler_address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                   "--host", "127.0.0.1", cwd=tmp_path, log=log)
+    try:
+        r = _run(folder, tiny_model, tmp_path / "store", client=cluster)
+        assert r.meta["executor"].startswith("DaskExecutor(")
+        assert_same_results(r, reference)
+    finally:
+        _stop(worker)
+        cluster.close()
+        log.close()

@@ -23,9 +23,9 @@ def survey(tmp_path_factory, tiny_model):
 
 def test_class_colours_are_fixed_per_name():
     c = plots.class_colours(["dead", "other", "live"])
-    assert c["live"] == "#2ca02c" and c["dead"] == "#d62728"
+    assert c["live"] == "#0072B2" and c["dead"] == "#E69F00"  # Okabe-Ito: colour-blind safe (issue 15)
     assert c["other"] not in (c["live"], c["dead"])
-    assert plots.colour_of("live", c) == (44, 160, 44)
+    assert plots.colour_of("live", c) == (0, 114, 178)
 
 
 def test_counts_per_image_bars_are_the_counts(survey):
@@ -96,11 +96,11 @@ def test_draw_detections_outlines_in_class_colour():
     colours = plots.class_colours(["live", "dead"])
     out = plots.draw_detections(img, dets, colours, thickness=1)
     assert img.sum() == 0  # the input is untouched
-    assert tuple(out[10, 20]) == (44, 160, 44)  # top edge of the live box
-    assert tuple(out[40, 40]) == (214, 39, 40)  # left edge of the dead polygon
+    assert tuple(out[10, 20]) == (0, 114, 178)  # top edge of the live box
+    assert tuple(out[40, 40]) == (230, 159, 0)  # left edge of the dead polygon
     assert out[17, 20].sum() == 0  # inside: not filled
     half = plots.draw_detections(np.zeros((30, 40, 3), np.uint8), dets.iloc[:1], colours, scale=0.5, thickness=1)
-    assert tuple(half[5, 10]) == (44, 160, 44)  # coordinates scaled to a shrunk preview
+    assert tuple(half[5, 10]) == (0, 114, 178)  # coordinates scaled to a shrunk preview
 
 
 def test_read_image_rgb_shrinks_large_images(tmp_path):

@@ -128,3 +128,32 @@ def test_import_is_light_and_mt_report_is_a_plain_function():
     assert notebook_path().name == "survey_report.ipynb"
     with pytest.raises(ReportError, match="not found"):
         notebook_path("nope.ipynb")
+
+
+def test_exports_and_reports_use_saved_thresholds(default_report, collection, tiny_model, tmp_path):
+    """Thresholds saved on a run (the tuner's Save) are what a later report and polygon export use."""
+    root, _ = default_report
+    _, folder = collection
+    r = mt.open_run(mt.list_runs(store=root / "store").iloc[0].run_id, store=root / "store")
+    saved = {"live": 0.05, "dead": 0.9}
+    assert r.counts(saved) != r.counts(0.3), "the saved thresholds must change the counts"
+    r.save_thresholds(saved)
+    try:
+        # the polygon export: one object per detection kept at the saved thresholds
+        r.export_polygons(tmp_path / "polygons")
+        docs = [json.loads(p.read_text()) for p in sorted((tmp_path / "polygons").rglob("*.json"))]
+        want = r.counts(saved)
+        assert {c: sum(d[f"{c}_count"] for d in docs) for c in saved} == want
+        assert {c: sum(p["class"] == c for d in docs for p in d["polygons"]) for c in saved} == want
+        assert all(min((p["confidence"] for p in d["polygons"] if p["class"] == "dead"), default=1) >= 0.9
+                   for d in docs)
+        by_image = r.per_image()  # no threshold given: the saved ones
+        assert by_image[["live", "dead"]].sum().to_dict() == want
+        # the report resumes the same run (no inference) and shows the saved thresholds' counts
+        html = mt.report(folder, model=tiny_model, imgsz=IMGSZ, threshold=0.3, store=root / "store",
+                         out=tmp_path / "report", n_samples=1, batch_size=1).read_text()
+        for cat, n in want.items():
+            assert re.search(rf"<th>{cat}</th>\s*<td>{n}</td>", html), (cat, n)
+        assert "0.05" in _text(html) and "0.9" in _text(html)  # the thresholds shown are the saved ones
+    finally:
+        r.save_thresholds(0.3)  # leave the shared run as it was

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import IMGSZ, make_image
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from procs import Zygote, comparable
@@ -75,6 +75,8 @@ class SurveyMachine(RuleBasedStateMachine):
     # repeat one rule and rarely reach a run).
     @rule(action=st.sampled_from(ACTIONS), arg=st.integers(0, 5), flag=st.booleans())
     def step(self, action, arg, flag):
+        event(f"action: {action}")
+        self.checks.setdefault("actions", set()).add(action)
         files = self._files()
         if action == "add":
             for _ in range(arg % 3 + 1):
@@ -121,6 +123,7 @@ class SurveyMachine(RuleBasedStateMachine):
             _INJECT.clear()
             self.checks["interrupted"] += 1
             self.checks[exc.__name__] = self.checks.get(exc.__name__, 0) + 1
+            event(f"interrupted by {exc.__name__}")
             assert mt.list_runs(store=self.store)["status"].isin(["cancelled", "failed"]).any()
             self._assert_committed_are_final()
             return
@@ -137,6 +140,8 @@ class SurveyMachine(RuleBasedStateMachine):
         status = self.zygote.run(argv, cwd=self.root, env={"MUSSELTOOLS_FAILPOINTS": point})
         if status["signal"] == signal.SIGKILL:
             self.checks["killed"] += 1
+            self.checks.setdefault("failpoints", set()).add(point.partition("@")[0])
+            event(f"killed at {point}")
             self._assert_committed_are_final()
         else:  # with nothing left to do, the failpoint was never reached: a normal, completed run
             assert status["rc"] == 0, status["output"]
@@ -225,3 +230,45 @@ def test_results_always_equal_a_fresh_full_run(tiny_model, tmp_path, monkeypatch
     print("stateful checks:", checks)
     assert checks["completed"] >= 6 and checks["killed"] >= 2, checks
     assert checks.get("KeyboardInterrupt", 0) >= 1 and checks.get("RuntimeError", 0) >= 1, checks
+
+
+def test_every_rule_and_every_failpoint_in_one_scripted_sequence(tiny_model, tmp_path, monkeypatch, inject):
+    """The same machine, its rules called in a fixed order, so that every rule (add, modify, delete,
+    threshold, run, interrupted run) and every failpoint (``part-written``, ``detections-committed``,
+    ``part-committed``, ``meta-written``, ``cube-writing``), Ctrl-C and a model crash are certainly reached,
+    whatever Hypothesis draws above; the same checks run after each step."""
+    monkeypatch.setenv("MUSSELTOOLS_TORCH_THREADS", "1")
+    SurveyMachine.model = tiny_model
+    SurveyMachine.workdir = tmp_path
+    SurveyMachine.checks = {"completed": 0, "interrupted": 0, "killed": 0}
+    m = SurveyMachine()
+    try:
+        m.start(3)
+        for point in FAILPOINTS:  # enough new images that each point is reached before the run ends
+            for _ in range(4):
+                m._new_image(m.folder / f"img{m.counter:03d}.jpg")
+            m._killed_run(point)
+            m.no_damaged_parts()
+        m._interrupted_run(1, KeyboardInterrupt)  # nothing left to infer: completes before the injection
+        for action, arg, flag in [("run-interrupted", 2, True), ("add", 2, False), ("modify", 1, False), ("delete", 2, False),
+                                  ("threshold", 1, False), ("run", 0, False), ("delete", 0, False),
+                                  ("modify", 3, False), ("threshold", 3, True)]:
+            m.step(action, arg, flag)
+            m.no_damaged_parts()
+        for exc in (KeyboardInterrupt, RuntimeError):
+            for _ in range(4):
+                m._new_image(m.folder / f"img{m.counter:03d}.jpg")
+            m._interrupted_run(1, exc)
+            m.no_damaged_parts()
+        m.step("run", 0, False)
+        m.teardown()
+    finally:
+        if SurveyMachine.zygote is not None:
+            SurveyMachine.zygote.close()
+            SurveyMachine.zygote = None
+    checks = SurveyMachine.checks
+    print("scripted checks:", checks)
+    assert checks["failpoints"] == {p.partition("@")[0] for p in FAILPOINTS}, checks
+    assert checks["actions"] == set(ACTIONS), checks
+    assert checks.get("KeyboardInterrupt", 0) >= 1 and checks.get("RuntimeError", 0) >= 1, checks
+    assert checks["completed"] >= 3, checks

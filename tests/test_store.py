@@ -44,3 +44,43 @@ def test_retried_unit_overwrites_its_part_without_duplicates(images, tiny_model)
                       pq.read_table(store.results_dir(key) / "detections" / part.name))
     imgs2, dets2 = Store(store.root).read_results(key)
     assert len(imgs2) == len(imgs) and len(dets2) == len(dets)
+
+
+def test_an_image_committed_in_several_parts_is_read_once(images, tiny_model):
+    """The same images committed again under other units (a unit retried after the plan changed, or by a
+    second worker) reach the de-duplication in ``Store.read_results``: each image is read once, its
+    latest successful result wins over an earlier one and over a later error, and only the detections
+    of the chosen part are kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    r = mt.run(images, model=tiny_model, imgsz=128, quiet=True, commit_every=3)
+    store, key = r.store, r.meta["inference_key"]
+    imgs, dets = store.read_results(key)
+    part = sorted((store.results_dir(key) / "images").glob("part-*.parquet"))[0]
+    it, dt = pq.read_table(part), pq.read_table(store.results_dir(key) / "detections" / part.name)
+    assert len(dt) > 0, "the unit needs detections to tell the parts apart"
+    later = pa.array([t + pd.Timedelta(seconds=60) for t in it["processed_at"].to_pylist()], it.schema.field("processed_at").type)
+    # a retry whose detections are shifted by one pixel (so that the kept part can be told)
+    shifted = dt.set_column(dt.schema.get_field_index("x1"), "x1", pa.compute.add(dt["x1"], 1.0))
+    store.commit_part(key, "zz-retry", it.set_column(it.schema.get_field_index("processed_at"), "processed_at", later),
+                      shifted)
+    # an even later failed attempt of the same images: an error never replaces a result
+    even_later = pa.array([t + pd.Timedelta(seconds=120) for t in it["processed_at"].to_pylist()], later.type)
+    failed = it.set_column(it.schema.get_field_index("processed_at"), "processed_at", even_later)
+    failed = failed.set_column(failed.schema.get_field_index("error"), "error", pa.array(["boom"] * len(it), pa.string()))
+    failed = failed.set_column(failed.schema.get_field_index("n_detections"), "n_detections",
+                               pa.array([0] * len(it), failed.schema.field("n_detections").type))
+    store.commit_part(key, "zzz-failed", failed, dt.slice(0, 0))
+    assert len(list((store.results_dir(key) / "images").glob("part-*.parquet"))) == 4  # 2 units + 2 retries
+
+    imgs2, dets2 = Store(store.root).read_results(key)
+    assert len(imgs2) == len(imgs) and imgs2["image_id"].is_unique
+    assert len(dets2) == len(dets)
+    assert imgs2["error"].isna().all()
+    retried = set(it["image_id"].to_pylist())
+    mine = dets2[dets2["image_id"].isin(retried)].sort_values(["image_id", "confidence"]).reset_index(drop=True)
+    want = dets[dets["image_id"].isin(retried)].sort_values(["image_id", "confidence"]).reset_index(drop=True)
+    assert (mine["x1"] - want["x1"]).round(3).eq(1.0).all()  # the later successful retry's detections
+    chosen = imgs2.set_index("image_id").loc[sorted(retried), "processed_at"]
+    assert (chosen > imgs.set_index("image_id").loc[sorted(retried), "processed_at"]).all()

@@ -418,3 +418,44 @@ def test_cli_tile_flags_are_recorded_on_the_run(capsys, tiny_model, large_images
     assert run.per_image()["width"].tolist() == [300] * 4
     other = mt.run(large_images, model=tiny_model, tile="auto", tile_overlap=0.2, store="store", **KW)
     assert other.meta["inference_key"] != run.meta["inference_key"]  # the overlap keys the cached results
+
+
+@pytest.mark.slow
+def test_demo_model_counts_mussels_on_seams_once(tmp_path):
+    """The real demo detector, tiled, on a 960x704 cut-out of a demo quadrat (95 labelled mussels, 28 of
+    them cut by a tile edge: 320-px tiles overlapping by 20%). Every labelled mussel on a seam is counted
+    at most once (no two detections centred on it) and almost all are found; the tiled count is within
+    15% of the labels (measured: 89 detections at 0.5 for 95 labels, seam mussels 25 found once, 3
+    missed, none twice)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stem, x0, y0, w, h = "quadrat_0037", 1750, 2250, 960, 704
+    image = cv2.imread(str(root / "data" / "demo" / "images" / f"{stem}.jpg"))
+    H, W = image.shape[:2]
+    c, cx, cy, bw, bh = np.loadtxt(root / "data" / "demo" / "labels" / f"{stem}.txt", ndmin=2).T
+    boxes = np.stack([(cx - bw / 2) * W, (cy - bh / 2) * H, (cx + bw / 2) * W, (cy + bh / 2) * H], 1)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    inside = (centre[:, 0] >= x0) & (centre[:, 0] < x0 + w) & (centre[:, 1] >= y0) & (centre[:, 1] < y0 + h)
+    truth = np.clip(boxes[inside] - [x0, y0, x0, y0], 0, [w, h, w, h])
+    cv2.imwrite(str(tmp_path / "cutout.png"), image[y0:y0 + h, x0:x0 + w])
+    tiles = tile_grid(w, h, 320, 0.2)
+
+    def on_seam(b) -> bool:  # partly inside some tile: that tile cuts it
+        return any(not (b[2] <= t.x0 or b[0] >= t.x1 or b[3] <= t.y0 or b[1] >= t.y1)
+                   and not (t.x0 <= b[0] and b[2] <= t.x1 and t.y0 <= b[1] and b[3] <= t.y1) for t in tiles)
+
+    seam = np.array([on_seam(b) for b in truth])
+    assert len(truth) == 95 and seam.sum() >= 20, (len(truth), seam.sum())
+    run = mt.run([tmp_path / "cutout.png"], model=root / "data" / "models" / "mussel-demo.pt", tile=320,
+                 tile_overlap=0.2, iou=0.5, threshold=0.5, store=tmp_path / "store", quiet=True)
+    assert run.meta["settings"]["tile"] == 320
+    dets = run.detections(0.5)
+    d = dets[["x1", "y1", "x2", "y2"]].to_numpy()
+    dc = (d[:, :2] + d[:, 2:]) / 2
+    centred = np.array([((dc[:, 0] >= b[0] - 2) & (dc[:, 0] <= b[2] + 2) & (dc[:, 1] >= b[1] - 2)
+                         & (dc[:, 1] <= b[3] + 2)).sum() for b in truth])
+    assert (centred[seam] >= 2).sum() == 0, "a mussel on a seam was counted twice"
+    assert (centred[seam] == 1).mean() >= 0.8, centred[seam]
+    assert abs(len(dets) - len(truth)) <= 0.15 * len(truth), (len(dets), len(truth))
+    assert sum(run.counts(0.5).values()) == len(dets)

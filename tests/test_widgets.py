@@ -86,7 +86,42 @@ def test_views_follow_the_sliders_quickly(survey):
     for t in (0.1, 0.3, 0.6, 0.9):
         tuner.sliders["dead"].value = t
         times.append(tuner.last_update_s)
-    assert max(times) < 1.0, times
+    # a guard against a pathological slowdown only (~100x the usual update on this survey), not a
+    # figure: the update times are measured by benchmarks/widgets.py
+    assert max(times) < 5.0, times
+
+
+def test_tuner_never_reruns_the_model(survey, monkeypatch):
+    """Building the tuner, moving every slider, picking every image and saving never calls the model."""
+    from musseltools.models.ultralytics import YoloPredictor
+
+    calls = {"predict": 0, "load": 0}
+    orig_predict, orig_init = YoloPredictor.predict, YoloPredictor.__init__
+
+    def predict(self, batch):
+        calls["predict"] += 1
+        return orig_predict(self, batch)
+
+    def init(self, *a, **k):
+        calls["load"] += 1
+        orig_init(self, *a, **k)
+
+    monkeypatch.setattr(YoloPredictor, "predict", predict)
+    monkeypatch.setattr(YoloPredictor, "__init__", init)
+    tuner = ThresholdTuner(survey)
+    for i in range(len(tuner.table)):
+        tuner.picker.value = i
+        for t in (0.05, 0.6, 0.95):
+            for s in tuner.sliders.values():
+                s.value = t
+            assert tuner.survey_counts == survey.counts(tuner.thresholds)
+    tuner.save_button.click()
+    assert calls == {"predict": 0, "load": 0}, calls
+    survey.save_thresholds(0.5)  # leave the shared run as it was
+    # the counting patch does see the model when it runs (so the zero above means something)
+    one_image = survey.per_image().query("error.isna()")["path"].iloc[:1].tolist()
+    mt.run(one_image, model=survey.meta["model"]["path"], imgsz=IMGSZ, quiet=True, batch_size=1)  # a new store
+    assert calls["predict"] >= 1
 
 
 def test_save_persists_and_counts_use_it(survey, capsys):

@@ -1,0 +1,181 @@
+"""Object storage: a store at ``s3://bucket/prefix`` and images under ``s3://``, against a real S3 API
+server (moto in server mode) on 127.0.0.1: the same results as a local run, resumes that infer nothing,
+no lost run-metadata updates under concurrent writers, and worker processes that share no folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import IMGSZ, write_images
+from procs import comparable
+
+import musseltools as mt
+from musseltools.store import Store, update_run_meta
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+pytestmark = pytest.mark.slow
+
+N = 8
+BUCKET = "survey"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free loopback port, with the standard AWS environment pointing at it."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": endpoint,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    yield fs
+    mp.undo()
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("objects") / "images"
+    write_images(f, N, seed=33)
+    return f
+
+
+@pytest.fixture(scope="module")
+def s3_images(s3, folder) -> str:
+    for p in sorted(folder.iterdir()):
+        s3.pipe_file(f"{BUCKET}/images/{p.name}", p.read_bytes())
+    return f"s3://{BUCKET}/images/"
+
+
+def _by_name(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table, dets = comparable(run)
+    for t in (table, dets):
+        if "path" in t:
+            t["path"] = t["path"].map(lambda p: p.rsplit("/", 1)[-1])
+    return table.sort_values(["image_id", "path"]).reset_index(drop=True), dets
+
+
+def test_a_run_to_s3_with_s3_images_equals_a_local_run_and_resumes(s3, s3_images, folder, tiny_model, tmp_path):
+    local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
+    url = f"s3://{BUCKET}/stores/a"
+    remote = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=1, quiet=True, commit_every=3)
+    assert remote.status == "completed"
+    assert remote.meta["inferred_this_call"] == N
+    # parts are whole objects in the bucket, images parts beside their detections parts
+    images_parts = s3.glob(f"{BUCKET}/stores/a/results/*/images/part-*.parquet")
+    dets_parts = s3.glob(f"{BUCKET}/stores/a/results/*/detections/part-*.parquet")
+    assert len(images_parts) == len(dets_parts) == 3
+    lt, ld = _by_name(local)
+    rt, rd = _by_name(remote)
+    pd.testing.assert_frame_equal(rt, lt)
+    pd.testing.assert_frame_equal(rd, ld)
+    assert remote.meta["counts"] == local.meta["counts"]
+    # a resume infers nothing
+    again = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=1, quiet=True, commit_every=3)
+    assert again.run_id == remote.run_id and again.meta["inferred_this_call"] == 0
+    # counts, the cube and the export read back from S3, in a fresh Store
+    back = mt.open_run(remote.run_id, store=url)
+    assert back.counts(0.3) == local.counts(0.3) and back.counts(0.6) == local.counts(0.6)
+    cube, local_cube = back.cube(), local.cube()
+    assert s3.exists(f"{BUCKET}/stores/a/runs/{remote.run_id}/cube.zarr/zarr.json")
+    for var in local_cube.data_vars:
+        assert (cube[var].values == local_cube[var].values).all()
+    out = back.export_polygons(tmp_path / "export")
+    ref = local.export_polygons(tmp_path / "export-local")
+    assert sorted(p.name for p in out) == sorted(p.name for p in ref)
+    assert all(a.read_text().replace(s3_images, "") == b.read_text().replace(str(folder) + "/", "")
+               for a, b in zip(sorted(out), sorted(ref)))
+    assert [r["run_id"] for r in Store(url).list_runs()] == [remote.run_id]
+
+
+def test_worker_processes_against_s3(s3, s3_images, folder, tiny_model, tmp_path):
+    local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
+    url = f"s3://{BUCKET}/stores/workers"
+    remote = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=2, quiet=True, commit_every=2)
+    assert remote.status == "completed" and remote.meta["inferred_this_call"] == N
+    lt, ld = _by_name(local)
+    rt, rd = _by_name(remote)
+    pd.testing.assert_frame_equal(rt, lt)
+    pd.testing.assert_frame_equal(rd, ld)
+
+
+def test_concurrent_run_metadata_updates_lose_nothing(s3):
+    """Conditional PUTs (If-Match / If-None-Match): every increment of every writer survives."""
+    url = f"s3://{BUCKET}/stores/meta"
+    writers, each = 4, 10
+
+    def bump(meta):
+        return {"n": meta.get("n", 0) + 1}
+
+    def writer(i: int) -> None:
+        store = Store(url)
+        for _ in range(each):
+            update_run_meta(store, "r1", bump, **{f"w{i}": True})
+
+    update_run_meta(Store(url), "r1", status="running", threshold=0.5, settings={}, model={"fingerprint": "x"},
+                    inference_key="k", collection={})
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    raw = Store(url).objects.read("runs/r1/run.json")
+    meta = json.loads(raw)
+    assert meta["n"] == writers * each
+    assert all(meta[f"w{i}"] for i in range(writers))
+
+
+def test_the_key_lock_is_a_lease_object(s3):
+    url = f"s3://{BUCKET}/stores/lock"
+    a, b = Store(url), Store(url)
+    with a.lock("k", run_id="r-a"):
+        assert b.lock_holder("k")["run_id"] == "r-a"
+        with pytest.raises(mt.RunLockedError, match="r-a"), b.lock("k", run_id="r-b"):
+            pass
+    with b.lock("k", run_id="r-b", wait=5):
+        pass
+    assert b.lock_holder("k") is None
+
+
+def test_a_local_store_is_still_the_default(tmp_path):
+    s = Store(tmp_path / "store")
+    assert not s.remote and s.location == str((tmp_path / "store").resolve())
+    assert os.fspath(s.root) == str(tmp_path / "store")
