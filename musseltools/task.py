@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -177,7 +178,8 @@ class RunTask:
         try:
             data = read_regular_file(ref.fspath, ref.path)
         except FileNotFoundError:
-            return f"file not found: {ref.path} (removed after it was scanned)"
+            return (f"file not found: {ref.path} (removed after it was scanned, or not visible from the worker on "
+                    f"{socket.gethostname()}: workers must reach the images by the same path)")
         except IsADirectoryError:
             return f"{ref.path} is a directory, not an image file"
         except OSError as exc:

@@ -176,7 +176,8 @@ else:
     from musseltools import compare_plots
     from musseltools.models import detect_family
 
-    same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == meta["model"]["family"]
+    first_family = meta["model"].get("family", "ultralytics")
+    same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == first_family
     other = mt.run(
         images, model=compare_model, trust_pickle=trust_pickle, threshold=threshold, store=store,
         class_map=class_map, tile=tile, tile_overlap=tile_overlap, imgsz=imgsz if same_family else None,

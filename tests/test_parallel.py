@@ -188,3 +188,28 @@ def test_a_cluster_object_as_an_hpc_user_makes_it(folder, tiny_model, reference,
         _stop(worker)
         cluster.close()
         log.close()
+
+
+def test_a_worker_that_cannot_see_the_images_gives_per_image_errors_not_a_hang(folder, tiny_model, tmp_path):
+    """The worker runs in a mount namespace where the images' folder is an empty tmpfs, as on a cluster
+    node without the survey's file system."""
+    port = _free_port()
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    sched = _dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", cwd=tmp_path, log=log)
+    dask_exe = Path(sys.executable).with_name("dask")
+    blind = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs tmpfs "{folder}" && exec "{dask_exe}" worker tcp://127.0.0.1:{port} --nthreads 1 '
+         "--no-dashboard --no-nanny --host 127.0.0.1"],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        r = _run(folder, tiny_model, tmp_path / "store", scheduler=f"tcp://127.0.0.1:{port}")
+        assert r.status == "completed" and r.meta["failed_count"] == N
+        errors = r.per_image()["error"]
+        assert errors.str.contains("not visible from the worker").all()
+        again = _run(folder, tiny_model, tmp_path / "store", workers=1)  # where the images are visible
+        assert again.meta["failed_count"] == 0 and again.meta["inferred_this_call"] == N
+    finally:
+        for p in (sched, blind):
+            _stop(p)
+        log.close()
