@@ -641,7 +641,8 @@ def write_card(out: Path, info: dict) -> None:
         f"- `YOLO('yolov8n.yaml').train(imgsz={t['imgsz']}, batch=16, epochs={t['epochs_requested']}"
         f"{', time=' + str(t['hours']) if t['hours'] else ''}, device='cpu', workers=0, plots=False, cache=True,"
         f" flipud=0.5, fliplr=0.5, close_mosaic=5, seed=0, deterministic=True, save_period=2)`; other"
-        " hyperparameters are Ultralytics defaults (SGD auto-selected, mosaic, HSV and scale augmentation)."
+        " hyperparameters are Ultralytics defaults (`optimizer=auto`, which chose AdamW at lr 0.001667 for this"
+        " short run; mosaic, HSV and scale augmentation)."
         + (" With `time=` Ultralytics fits the epoch count to the time budget." if t["hours"] else ""),
         f"- It ran {t['epochs_run']} epochs in "
         + (f"{t['train_wall_s'] / 60:.1f} min" if t["train_wall_s"] else "(wall time not recorded)")
