@@ -80,6 +80,9 @@ class RunHandle:
     def __init__(self, store: Store, run_id: str, cancel: threading.Event) -> None:
         self.store, self.run_id, self._cancel = store, run_id, cancel
         self._thread: threading.Thread | None = None
+        # set when the run's thread ends: an interrupted Thread.join() (Ctrl-C in handle.wait()) can leave
+        # is_alive() False and later joins returning at once while the thread still runs
+        self._ended = threading.Event()
         self.exception: BaseException | None = None
         self.started: float | None = None  # time.time() when start() was called
 
@@ -92,7 +95,7 @@ class RunHandle:
         return self.run.status
 
     def done(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
+        return self._ended.is_set()
 
     def cancel(self) -> None:
         """Ask the run to stop after the current batch."""
@@ -101,7 +104,7 @@ class RunHandle:
     def wait(self, timeout: float | None = None) -> Run:
         """Wait for the run to end; re-raises its error (not a cancellation)."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._ended.wait(timeout)
         if self.exception is not None and not isinstance(self.exception, RunCancelled):
             raise self.exception
         return self.run
@@ -120,6 +123,7 @@ class RunHandle:
                 with _RUNNING_LOCK:
                     if _RUNNING.get(slot) is self:
                         del _RUNNING[slot]
+                self._ended.set()
 
         slot = _running_slot(job)
         self.started = time.time()
@@ -343,43 +347,47 @@ class _Job:
     # -- execution ------------------------------------------------------------------------------------
     def execute(self) -> Run:
         """Hold the key's lock, plan, process the units, record the outcome; returns the run."""
-        with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
-            try:
+        try:
+            with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
                 run = self._prepare()
                 refs, fresh = self._plan()
                 executor, close = self._executor(len(refs))
                 units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
                 done_before = self._start(run, units, fresh, executor)
                 task = self._task(run, executor)
-            except KeyboardInterrupt:  # Ctrl-C before the first unit (scan, plan, model load): cancelled too
-                update_run_meta(self.store, self.run_id, status="cancelled", phase=None,
-                                error="cancelled by the user; committed work is kept")
-                raise
-            try:
-                self._process(run, task, units, done_before, executor)
-            except (KeyboardInterrupt, RunCancelled) as exc:
-                state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
-                self.log.warning("cancelled; %d of %d images have results and are kept", state["processed_count"],
-                                 len(self.collection))
-                if isinstance(exc, KeyboardInterrupt):
+                try:
+                    self._process(run, task, units, done_before, executor)
+                except (KeyboardInterrupt, RunCancelled) as exc:
+                    state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
+                    self.log.warning("cancelled; %d of %d images have results and are kept", state["processed_count"],
+                                     len(self.collection))
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    raise RunCancelled(f"run {self.run_id} cancelled; committed work is kept — run again to resume") from None
+                except BaseException as exc:
+                    msg = str(exc) if isinstance(exc, MusselToolsError) else f"{type(exc).__name__}: {exc}"
+                    self._finish(run, "failed", task, error=msg)
+                    self.log.error("failed: %s", msg)
                     raise
-                raise RunCancelled(f"run {self.run_id} cancelled; committed work is kept — run again to resume") from None
-            except BaseException as exc:
-                msg = str(exc) if isinstance(exc, MusselToolsError) else f"{type(exc).__name__}: {exc}"
-                self._finish(run, "failed", task, error=msg)
-                self.log.error("failed: %s", msg)
-                raise
-            finally:
-                close()
-            final = self._finish(run, "completed", task)
-            with contextlib.suppress(Exception):
-                if not run.cube_is_current():  # rebuilt only when the results changed
-                    run.write_cube()
-            self.log.info(
-                "completed: %d images, %d failed, %d inferred in this call, counts %s",
-                final["total_images"], final["failed_count"], self.inferred, final["counts"],
-            )
-            return run
+                finally:
+                    close()
+                final = self._finish(run, "completed", task)
+                with contextlib.suppress(Exception):
+                    if not run.cube_is_current():  # rebuilt only when the results changed
+                        run.write_cube()
+                self.log.info(
+                    "completed: %d images, %d failed, %d inferred in this call, counts %s",
+                    final["total_images"], final["failed_count"], self.inferred, final["counts"],
+                )
+                return run
+        except KeyboardInterrupt:  # Ctrl-C before the first unit (taking the lock, planning, loading the model)
+            holder = self.store.lock_holder(self.key) or {}
+            with contextlib.suppress(MusselToolsError):
+                if (holder.get("pid"), holder.get("run_id")) == (os.getpid(), self.run_id) and \
+                        self.store.read_run(self.run_id).get("status") in ("pending", "running"):
+                    update_run_meta(self.store, self.run_id, status="cancelled", phase=None,
+                                    error="cancelled by the user; committed work is kept")
+            raise
 
     def _prepare(self) -> Run:
         """Record the scan, the collection, the key's settings (and the model card); clean leftovers."""

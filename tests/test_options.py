@@ -18,7 +18,7 @@ from musseltools.options import OPTIONS, REQUIRED
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: Keywords of run() and report() that are not run options (how to execute, not what to ask).
-RUN_ONLY = {"quiet", "background", "executor"}
+RUN_ONLY = {"quiet", "background", "executor", "client"}  # Python objects: no flag, no notebook parameter
 REPORT_ONLY = {"notebook", "kernel_name"}
 
 

@@ -113,7 +113,8 @@ def test_every_checkpoint_form_loads_as_the_same_model(checkpoints, net, caplog)
         path = checkpoints[form]
         assert detect_family(path.read_bytes(), path.name) == "torchvision", form
         m = load_model(path)
-        assert (m.info.family, m.info.task, m.info.names) == ("torchvision", "detect", {1: "live", 2: "dead"})
+        # labels 1 and 2 (0 is the background) are musseltools' classes 0 and 1, as YOLO numbers them
+        assert (m.info.family, m.info.task, m.info.names) == ("torchvision", "detect", {0: "live", 1: "dead"})
         assert m.model.architecture == SMALL and m.model.num_classes == 3 and m.train_imgsz == 320, form
         loaded = m.model.net.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in weights.items()), form
@@ -186,7 +187,7 @@ def test_the_sidecar_is_part_of_the_model(checkpoints, survey, tmp_path):
     shutil.copy(checkpoints["bare"], weights)
     side = write_sidecar(weights, ARCH_YAML + "names: {1: alive, 2: gaping}\n")
     first = load_model(weights)
-    assert first.info.names == {1: "alive", 2: "gaping"}
+    assert first.info.names == {0: "alive", 1: "gaping"}
     assert first.info.fingerprint != mt.models.fingerprint(weights)  # weights and sidecar hashed together
     run = mt.run(survey, model=weights, store="store", quiet=True, max_det=20)
     assert run.categories == ["alive", "gaping"] and run.meta["settings"]["max_det"] == 20
@@ -292,7 +293,7 @@ class _Reference:
     def predict(self, batch):
         with torch.inference_mode():
             out = [self.direct([b.tensor])[0] for b in batch]
-        return [mt.Detections(r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy(), names=self.names,
+        return [mt.Detections(r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy() - 1, names=self.names,
                               image_size=(b.image.shape[1], b.image.shape[0])) for r, b in zip(out, batch)]
 
 
@@ -302,10 +303,11 @@ def test_tiles_wrap_faster_rcnn_like_any_predictor(checkpoints, net, tmp_path):
     run = mt.run(folder, model=checkpoints["bare"], store="store", quiet=True, tile=160, conf_floor=FLOOR)
     assert run.meta["settings"]["tile"] == 160
     dets = run.detections(FLOOR)
+    assert set(dets["class_id"]) <= {0, 1} and set(dets["class_name"]) == {"live", "dead"}
     assert len(dets) and dets["x2"].max() > 160 and dets["y2"].max() > 160  # tiles mapped back into the image
     assert dets["x2"].max() <= 360 + 1e-3 and dets["y2"].max() <= 270 + 1e-3
     settings = InferenceSettings(imgsz=320, conf_floor=FLOOR, iou=0.5, tile=160)
-    reference = TiledPredictor(_Reference(_direct(net), {1: "live", 2: "dead"}), settings)
+    reference = TiledPredictor(_Reference(_direct(net), {0: "live", 1: "dead"}), settings)
     image = decode_image(next(folder.glob("*.jpg")).read_bytes())
     [want] = reference.predict([reference.prepare(image)])
     assert len(want) == len(dets)
@@ -329,6 +331,28 @@ def test_yolo_and_faster_rcnn_results_sit_side_by_side_in_one_store(checkpoints,
     again = mt.run(survey, model=checkpoints["state_dict"], store="store", quiet=True, threshold=0.3)
     assert again.meta["inferred_this_call"] == 0 and again.totals == frcnn.totals
     assert yolo.per_image().equals(yolo_counts)
+
+
+def test_corrections_and_datasets_number_faster_rcnn_classes_as_yolo(checkpoints, survey, tmp_path):
+    import yaml
+
+    from musseltools.dataset import export_dataset
+
+    run = mt.run(survey, model=checkpoints["bare"], store="store", quiet=True, threshold=0.5)
+    live = run.detections().query("class_name == 'live'").iloc[0]
+    before = run.counts()
+    run.reclassify(live.detection_id, "dead")
+    assert run.counts() == {"live": before["live"] - 1, "dead": before["dead"] + 1}
+    dets = run.detections()
+    assert (dets.groupby("class_name")["class_id"].unique().map(list).to_dict()) == {"live": [0], "dead": [1]}
+    run.verify(live.path)
+    data = export_dataset(run, tmp_path / "dataset")  # its data.yaml
+    assert yaml.safe_load(data.read_text())["names"] == {0: "live", 1: "dead"}
+    out = data.parent
+    [labels] = list(out.glob("labels/*/*.txt"))
+    classes = [int(line.split()[0]) for line in labels.read_text().splitlines()]
+    mine = dets[dets["image_id"] == live.image_id]
+    assert sorted(classes) == sorted(mine["class_id"].tolist())
 
 
 def test_cli_runs_faster_rcnn_with_family_and_trust_flags(checkpoints, survey, capsys):
@@ -363,8 +387,8 @@ def test_cuda_counts_equal_cpu_counts(checkpoints, survey):
     for a, b in zip(on_cpu, on_gpu):
         for t in THRESHOLDS:
             if np.abs(a.confidence - t).min(initial=1) > 1e-3:  # no CPU score at the threshold's edge
-                assert np.bincount(a.class_id[a.confidence >= t], minlength=3).tolist() == \
-                    np.bincount(b.class_id[b.confidence >= t], minlength=3).tolist()
+                assert np.bincount(a.class_id[a.confidence >= t], minlength=2).tolist() == \
+                    np.bincount(b.class_id[b.confidence >= t], minlength=2).tolist()
 
 
 @pytest.mark.slow
@@ -380,7 +404,7 @@ def test_resnet50_fpn_the_replaced_systems_model(tmp_path):
     folder = tmp_path / "images"
     write_images(folder, 2, seed=5)
     run = mt.run(folder, model=weights, store="store", quiet=True, imgsz=256, conf_floor=FLOOR)
-    assert run.meta["model"]["names"] == {"1": "live", "2": "dead"}
+    assert run.meta["model"]["names"] == {"0": "live", "1": "dead"}
     assert load_model(weights).model.architecture == "fasterrcnn_resnet50_fpn"
     direct = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3, box_score_thresh=FLOOR,
                                      box_detections_per_img=10000, min_size=256, max_size=round(256 * 1333 / 800))

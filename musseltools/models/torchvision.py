@@ -47,6 +47,10 @@ Class names: the sidecar
     three-class head is named as the replaced system named it: {1: live, 2: dead}
     (:data:`DEFAULT_NAMES`).
 
+    musseltools numbers a model's classes from 0, in label order, as YOLO does (so that corrections,
+    training datasets and every view treat both families alike): label ``l`` is class id ``l - 1``,
+    and the model's class names are ``{0: live, 1: dead}`` for the labels {1: live, 2: dead}.
+
 ``imgsz``: the transform's sizes
     torchvision's ``GeneralizedRCNNTransform`` scales an image so that its shorter side is
     ``min_size``, unless its longer side would then exceed ``max_size``, in which case the longer side
@@ -467,9 +471,10 @@ class TorchvisionFamily:
             )
         state, hint = read_checkpoint(data, shown, trust_pickle=trust_pickle)
         n_classes = num_classes_of(state, shown)
-        names, named_arch = parse_sidecar(dict(sidecars or {}), n_classes, shown)
+        labels, named_arch = parse_sidecar(dict(sidecars or {}), n_classes, shown)
         architecture = recognise_architecture(state, named_arch or hint, shown)
         net = build_network(architecture, n_classes, state, shown)
+        names = {label - 1: name for label, name in labels.items()}  # class ids from 0 (module docstring)
         card = ModelCard("torchvision", "detect", names, ARCHITECTURES[architecture].min_size, TORCHVISION_NMS_IOU)
         return FasterRCNNModel(architecture, n_classes, net), card
 
@@ -482,7 +487,8 @@ class TorchvisionFamily:
 class FasterRCNNPredictor:
     """Runs a Faster R-CNN on decoded images: ``prepare`` in a worker thread, ``predict`` in batches.
 
-    Implements :class:`~musseltools.models.base.Predictor`. The model is a copy of the loaded one,
+    Implements :class:`~musseltools.models.base.Predictor`; a detection of label ``l`` has class id ``l - 1``
+    (see the module docstring). The model is a copy of the loaded one,
     configured for the settings (see the module docstring): ``min_size, max_size`` from ``imgsz``
     (:func:`transform_sizes`), ``score_thresh`` = ``conf_floor``, ``nms_thresh`` = ``iou``,
     ``detections_per_img`` = ``max_det``: what torchvision's builder sets from ``box_score_thresh``,
@@ -555,7 +561,7 @@ class FasterRCNNPredictor:
     def _detections(self, result: Mapping[str, Any], image: np.ndarray) -> Detections:
         h, w = image.shape[:2]
         return Detections(result["boxes"].float().cpu().numpy(), result["scores"].float().cpu().numpy(),
-                          result["labels"].cpu().numpy(), names=self.names, image_size=(w, h))
+                          result["labels"].cpu().numpy() - 1, names=self.names, image_size=(w, h))  # label l: class l-1
 
     def images_per_call(self, batch_size: int) -> int:
         """Images handed to :meth:`predict` at once: one model batch."""
