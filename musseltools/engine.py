@@ -289,6 +289,7 @@ class _Job:
     client: Any = None
     commit_every_given: bool = False
     inferred: int = 0
+    collection_record: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
@@ -401,7 +402,8 @@ class _Job:
         written = [meta.get("collection_signature"), meta.get("collection_stamp")]
         if written != [signature, st.stamp(path)]:  # changed, missing, or rewritten by someone else (damaged?)
             st.write_collection(self.run_id, table)
-            update_run_meta(st, self.run_id, collection_signature=signature, collection_stamp=st.stamp(path))
+            # recorded with the run's start (one run.json write less; a crash before it only rewrites again)
+            self.collection_record = {"collection_signature": signature, "collection_stamp": st.stamp(path)}
         cleaned = st.clean_temporary(self.key, self.run_id)
         if cleaned:
             self.log.info("removed %d temporary files left by an interrupted writer", cleaned)
@@ -466,7 +468,7 @@ class _Job:
         update_run_meta(
             self.store, self.run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
             finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
-            executor=repr(executor),
+            executor=repr(executor), **self.collection_record,
             processed_count=done_before["processed"], failed_count=done_before["failed"],
             counts=done_before["counts"], versions=_versions(), host=socket.gethostname(), pid=os.getpid(),
         )
@@ -509,7 +511,7 @@ class _Job:
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
             on_progress = _InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
-            update_run_meta(self.store, self.run_id, phase=_phase(executor, task))
+            write_progress(self.store, self.run_id, phase=_phase(executor, task), inferred_count=done_before["processed"])
             for summary in executor.process(task, units, cancel=self.cancel, on_progress=on_progress):
                 failpoint("part-committed")  # the part is committed, run.json not yet updated
                 processed += summary.n_images
@@ -562,6 +564,14 @@ def _phase(executor: Executor, task: RunTask) -> str:
     return "sending tasks to the cluster"
 
 
+def write_progress(store: Store, run_id: str, **progress: Any) -> None:
+    """What a running run is doing (``phase``) and how many images it has inferred, committed or not:
+    in ``cache/progress-RUN_ID.json``, apart from ``run.json`` (volatile, written up to twice a second,
+    never the record of what is committed). A failed write never fails the run."""
+    with contextlib.suppress(OSError, MusselToolsError):
+        store.write_json_cache(f"progress-{run_id}.json", {**progress, "at": utcnow().isoformat()})
+
+
 class _InferredCounter:
     """``on_progress`` of the executors: the progress bar, and ``inferred_count`` in ``run.json`` (images
     with a result, committed or still in the unit in flight), written at most every ``every`` seconds."""
@@ -579,5 +589,4 @@ class _InferredCounter:
         now = time.monotonic()
         if now - self.written_at >= self.every:
             self.written_at = now
-            with contextlib.suppress(OSError, MusselToolsError):  # progress display only: never fail the run
-                update_run_meta(self.store, self.run_id, inferred_count=min(self.count, self.total), phase="inferring")
+            write_progress(self.store, self.run_id, inferred_count=min(self.count, self.total), phase="inferring")

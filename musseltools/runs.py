@@ -126,8 +126,12 @@ class Run(CorrectionsMixin):
         ``inferred_count`` (images inferred, committed or not) and ``phase`` (what the run is doing)."""
         m = self.meta
         keys = ("status", "total_images", "processed_count", "failed_count", "started_at", "updated_at",
-                "finished_at", "error", "inferred_count", "phase")
-        return {k: m.get(k) for k in keys}
+                "finished_at", "error")
+        out = {k: m.get(k) for k in keys}
+        live = self.store.read_json_cache(f"progress-{self.run_id}.json") if m.get("status") == "running" else {}
+        out["inferred_count"] = max(live.get("inferred_count") or 0, m.get("processed_count") or 0) if live else None
+        out["phase"] = live.get("phase")
+        return out
 
     def save_thresholds(self, thresholds: Any) -> None:
         """Record chosen thresholds (one, or one per class) on the run; counts, exports and reports use them.

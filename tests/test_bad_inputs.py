@@ -63,7 +63,7 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "broken-link.jpg": ("error", r"broken symlink: .*broken-link\.jpg"),
     "loop.jpg": ("error", r"cannot read .*loop\.jpg: Too many levels of symbolic links"),
     "pipe.jpg": ("error", r"pipe\.jpg is not a regular file \(a FIFO"),
-    "deleted.jpg": ("error", r"file not found: .*deleted\.jpg \(removed after it was scanned\)"),
+    "deleted.jpg": ("error", r"file not found: .*deleted\.jpg \(removed after it was scanned"),
     "changed.jpg": ("error", r"file changed after it was scanned: .*changed\.jpg .*run again to process it"),
     "alpha.png": ("ok", None),
     "deep-16bit.png": ("ok", None),

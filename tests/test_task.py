@@ -77,6 +77,9 @@ def test_a_task_loads_its_model_lazily_and_only_from_the_recorded_bytes(tmp_path
     run = mt.run(images, model=weights, imgsz=IMGSZ, store=tmp_path / "a", quiet=True)
     task = pickle.loads(pickle.dumps(_task(run, tmp_path / "b", load_model(weights).info)))
     weights.write_bytes(model_factory("detect", 1).read_bytes())  # swapped after the run recorded its SHA-256
+    from musseltools.task import PREDICTORS
+
+    PREDICTORS.clear()  # as in a worker process that has not built this model yet
     with pytest.raises(mt.ModelChangedError, match="changed"):
         task(_unit_of(images, run.meta["inference_key"]))
 

@@ -54,10 +54,15 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Environment variables a worker takes from the parent when it starts: musseltools' and Ultralytics'
+#: settings, and the credentials and endpoint of an object store (AWS_*, fsspec's FSSPEC_*).
+_SHARED_ENV = ("MUSSELTOOLS_", "YOLO_", "AWS_", "FSSPEC_")
+
+
 def _environment() -> tuple[str, dict[str, str]]:
     """The parent's folder and settings that a worker must share (workers fork from a server started once,
     which kept the folder and environment of its first use)."""
-    return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(("MUSSELTOOLS_", "YOLO_"))}
+    return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(_SHARED_ENV)}
 
 
 def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str, dict[str, str]]) -> None:
@@ -65,7 +70,7 @@ def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C means
     _progress, _stop = progress, stop
     cwd, env = environment
-    for k in [k for k in os.environ if k.startswith(("MUSSELTOOLS_", "YOLO_")) and k not in env]:
+    for k in [k for k in os.environ if k.startswith(_SHARED_ENV) and k not in env]:
         del os.environ[k]
     os.environ.update(env)
     os.chdir(cwd)
