@@ -248,6 +248,8 @@ class RunTask:
         rule, classes = self.rule, self.info.classes
         for ref in unit.images:
             _, det, err = by_id[ref.image_id]
+            if det is None and err is None:  # never silently a zero count
+                err = "the model gave no result for this image — run again to retry it"
             h = w = None
             if err is None:
                 w, h = det.image_size or (None, None)

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -143,6 +144,7 @@ class YoloPredictor:
             threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
             torch.set_num_threads(threads)
         self._inference_mode = torch.inference_mode
+        self._forward_lock = threading.Lock()
 
     def _predict_args(self) -> dict[str, Any]:
         s = self.settings
@@ -174,13 +176,22 @@ class YoloPredictor:
                     origs = [batch[i].image for i in idx]
                     for i, det in zip(idx, self._forward(x, origs)):
                         out[i] = det
+                for i in [i for i in same_shape if out[i] is None]:  # a result missing from a batch: alone
+                    out[i] = self._forward(batch[i].tensor, [batch[i].image])[0]
         return out  # type: ignore[return-value]
 
     def _forward(self, x: Any, origs: list[np.ndarray]) -> list[Detections]:
         p = self._p
-        preds = p.inference(x)
-        p.batch = ([""] * len(origs), origs, [""] * len(origs))
-        return [Detections.from_ultralytics(r) for r in p.postprocess(preds, x, origs)]
+        with self._forward_lock:  # Ultralytics keeps the batch on the predictor: one forward at a time
+            preds = p.inference(x)
+            p.batch = ([""] * len(origs), origs, [""] * len(origs))
+            results = [Detections.from_ultralytics(r) for r in p.postprocess(preds, x, origs)]
+        if len(results) != len(origs):
+            from ..errors import InferenceError
+
+            raise InferenceError(f"the model gave {len(results)} results for {len(origs)} images — run again; if it "
+                                 "persists, run with --batch-size 1")
+        return results
 
     # -- batch size -----------------------------------------------------------------------------------
     def images_per_call(self, batch_size: int) -> int:
