@@ -41,7 +41,7 @@ test: dev
 ## demo: run the demo survey on the bundled collection and detector, then write its report
 # The demo detector over-counts a shell seen as overlapping parts at NMS IoU 0.7 (see its model card),
 # and the three 4000x3000 quadrats need tiles: hence --iou 0.5 --tile auto.
-DEMO_RUN := data/demo/images --model data/models/mussel-demo.pt --tile auto --iou 0.5
+DEMO_RUN := data/demo/images --model data/models/mussel-demo.pt
 
 demo: setup
 	$(BIN)/musseltools run $(DEMO_RUN)

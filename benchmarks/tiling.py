@@ -147,13 +147,13 @@ def musseltools_fn(weights: str, imgsz: int, tile: int | None, overlap: float, m
     from musseltools.models import InferenceSettings, TiledPredictor, load_model, make_predictor
 
     model = load_model(weights)
-    settings = InferenceSettings(imgsz=imgsz, tile=tile, tile_overlap=overlap, iou=iou)
+    settings = InferenceSettings(imgsz=imgsz, tile=tile, tile_overlap=overlap, iou=iou, tile_merge=merge)
     info: dict = {}
     if tile is None:
         p = make_predictor(model, settings, threads=threads)
         return (lambda im: p.predict([p.prepare(im.bgr)])[0]), info
     inner = make_predictor(model, InferenceSettings(imgsz=imgsz, tile_overlap=overlap, iou=iou), threads=threads)
-    p = TiledPredictor(inner, settings, merge=merge)
+    p = TiledPredictor(inner, settings)
 
     def fn(im: Image) -> Detections:
         prepared = p.prepare(im.bgr)

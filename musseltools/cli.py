@@ -95,7 +95,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     m = r.meta
     out = {
         "run_id": r.run_id, "status": m["status"], "total_images": m["total_images"],
-        "processed_count": m["processed_count"], "failed_count": m["failed_count"], "threshold": m["threshold"],
+        "processed_count": m["processed_count"], "failed_count": m["failed_count"],
+        "threshold": r.rule().to_json(r.class_names),  # in effect: a number, or one per class (as `counts`)
         "counts": m["counts"], "inferred_this_call": m.get("inferred_this_call", 0),
     }
     if args.json:
@@ -114,11 +115,15 @@ def _summary(r: Any, m: dict[str, Any], seconds: float) -> str:
     )
     lines = [
         f"run {r.run_id}  {m['status']}  ({m['collection']['name']}, model {m['model']['path'].rsplit('/', 1)[-1]})",
-        f"  images  {m['total_images']}   failed {m['failed_count']}   threshold {m['threshold']}",
+        f"  images  {m['total_images']}   failed {m['failed_count']}   threshold {r.rule().label(r.class_names)}",
         f"  counts  {counts}",
         f"  {reuse}; {seconds:.1f} s",
         f"  store   {r.store.root}",
     ]
+    if m.get("cap_hit_images"):
+        from .progress import cap_hit_message
+
+        lines.append("  " + cap_hit_message(m["cap_hit_images"], m["settings"]["max_det"]))
     return "\n".join(lines)
 
 

@@ -37,9 +37,10 @@ from .errors import (
     RunNotFoundError,
 )
 from .executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
-from .models import InferenceSettings, LoadedModel, describe_model
+from .models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from .options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from .planning import ImageRef, Unit, make_run_id, make_units
+from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
 from .results import results_signature
 from .runs import Run
 from .store import Store, update_run_meta, utcnow
@@ -182,7 +183,7 @@ def run(
     model: str | os.PathLike,
     model_family: str | None = OPTIONS.model_family.default,
     trust_pickle: bool = OPTIONS.trust_pickle.default,
-    threshold: float = OPTIONS.threshold.default,
+    threshold: float | Mapping[str, float] | None = OPTIONS.threshold.default,
     store: str | os.PathLike | Store | None = OPTIONS.store.default,
     batch_size: int | None = OPTIONS.batch_size.default,
     commit_every: int | None = OPTIONS.commit_every.default,
@@ -191,7 +192,8 @@ def run(
     iou: float | None = OPTIONS.iou.default,
     max_det: int = OPTIONS.max_det.default,
     tile: int | str | None = OPTIONS.tile.default,
-    tile_overlap: float = OPTIONS.tile_overlap.default,
+    tile_overlap: float | None = OPTIONS.tile_overlap.default,
+    tile_merge: str | None = OPTIONS.tile_merge.default,
     class_map: Mapping[str, str] | None = OPTIONS.class_map.default,
     name: str | None = OPTIONS.name.default,
     device: str | None = OPTIONS.device.default,
@@ -251,11 +253,11 @@ def run(
     return handle
 
 
-def _one_threshold(threshold: Any, conf_floor: float) -> float:
-    t = Thresholds.parse(threshold, floor=conf_floor)
-    if t.default is None or t.per_class:
-        raise MusselToolsError("run() takes one threshold; save per-class thresholds with Run.save_thresholds()")
-    return t.default
+def _run_threshold(threshold: Any, conf_floor: float, model: LoadedModel) -> float | dict[str, float]:
+    """The run's threshold: one number, or one per class (a mapping by class or category, given or from the
+    weights' card, checked against the model; classes it leaves out take 0.5)."""
+    t = Thresholds.parse(threshold, default=OPTIONS.threshold.fallback, floor=conf_floor, classes=model.info.classes)
+    return t.to_json(model.info.classes)
 
 
 def _describe(st: Store, options: Mapping[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
@@ -290,6 +292,7 @@ class _Job:
     commit_every_given: bool = False
     inferred: int = 0
     collection_record: dict[str, Any] = field(default_factory=dict)
+    settings_from: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
@@ -298,10 +301,11 @@ class _Job:
         store = options["store"]
         st = store if isinstance(store, Store) else Store(store)
         loaded, new_cards = _describe(st, options)
-        values = {o.name: options[o.name] for o in OPTIONS.inference_settings()}
-        iou = options["iou"] if options["iou"] is not None else loaded.default_iou or OPTIONS.iou.fallback
-        settings = InferenceSettings(**{**values, "imgsz": options["imgsz"] or loaded.train_imgsz, "iou": iou})
-        threshold = _one_threshold(options["threshold"], settings.conf_floor)
+        resolved = resolve_settings(options, read_card(options["model"]), default_iou=loaded.default_iou,
+                                    train_imgsz=loaded.train_imgsz)
+        settings = InferenceSettings(**{o.name: resolved.values[o.name] for o in OPTIONS.inference_settings()})
+        threshold = _run_threshold(resolved.values["threshold"], settings.conf_floor, loaded)
+        resolved.origins["threshold"]["value"] = threshold
         batch_size = options["batch_size"] or _env_int("MUSSELTOOLS_BATCH_SIZE")
         commit_every = options["commit_every"] or _env_int("MUSSELTOOLS_COMMIT_EVERY") or DEFAULT_COMMIT_EVERY
         if batch_size is not None and batch_size < 1 or commit_every < 1:
@@ -314,11 +318,12 @@ class _Job:
         job = cls(st, run_id, collection, loaded, settings, key, batch_size, commit_every, options["device"],
                   options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards,
                   options=dict(options), client=client,
-                  commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")))
+                  commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")),
+                  settings_from=resolved.origins)
         job.create_or_check(threshold)
         return job
 
-    def create_or_check(self, threshold: float) -> None:
+    def create_or_check(self, threshold: float | Mapping[str, float]) -> None:
         """Create the run's metadata, or refuse weights that changed since the run was made."""
         st, run_id, info = self.store, self.run_id, self.model.info
         try:
@@ -338,7 +343,9 @@ class _Job:
             update_run_meta(
                 st, run_id, status="pending", created_at=utcnow().isoformat(),
                 collection={"name": self.collection.name, "source": self.collection.source},
-                model=info.to_dict(), threshold=threshold, saved_thresholds=None, settings=self.settings.to_dict(),
+                model=info.to_dict(), settings=self.settings.to_dict(), settings_from=self.settings_from,
+                threshold=OPTIONS.threshold.fallback if isinstance(threshold, Mapping) else threshold,
+                saved_thresholds=dict(threshold) if isinstance(threshold, Mapping) else None,
                 inference_key=self.key, total_images=len(self.collection), processed_count=0, failed_count=0,
                 counts={c: 0 for c in info.categories}, error=None, store=st.location,
             )
@@ -510,8 +517,9 @@ class _Job:
             return {"counts": counts}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
-            on_progress = _InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
-            write_progress(self.store, self.run_id, phase=_phase(executor, task), inferred_count=done_before["processed"])
+            on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
+            write_progress(self.store, self.run_id, phase=phase_before_inference(executor, task),
+                           inferred_count=done_before["processed"])
             for summary in executor.process(task, units, cancel=self.cancel, on_progress=on_progress):
                 failpoint("part-committed")  # the part is committed, run.json not yet updated
                 processed += summary.n_images
@@ -531,12 +539,14 @@ class _Job:
         signature = self._state_signature(meta)
         if meta.get("state_signature") == signature and meta.get("counts") is not None:
             return {"processed": meta["processed_count"], "failed": meta["failed_count"], "counts": meta["counts"],
-                    "signature": signature}
+                    "signature": signature, "cap_hit": meta.get("cap_hit_images") or []}
         table = run.per_image()
         processed = int(table["processed_at"].notna().sum() + (table["processed_at"].isna() & table["error"].notna()).sum())
         failed = int(table["error"].notna().sum())
+        capped = table.loc[table["cap_hit"].fillna(False).astype(bool), "path"]
         return {"processed": processed, "failed": failed, "signature": signature,
-                "counts": {c: int(table[c].sum()) if c in table else 0 for c in run.categories}}
+                "counts": {c: int(table[c].sum()) if c in table else 0 for c in run.categories},
+                "cap_hit": sorted(map(str, capped))}
 
     def _state_signature(self, meta: dict[str, Any]) -> str:
         what = [results_signature(self.store, self.run_id, meta), meta.get("saved_thresholds"), meta.get("threshold"),
@@ -547,46 +557,12 @@ class _Job:
         def final_state(meta: dict[str, Any]) -> dict[str, Any]:  # at the thresholds saved right now
             state = self._state(run, {**meta, "status": status})
             return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
-                    "state_signature": state["signature"]}
+                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"]}
 
-        return update_run_meta(
+        meta = update_run_meta(
             self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,
             finished_at=utcnow().isoformat(), batch_size=task.batch_size, phase=None, inferred_count=None,
         )
-
-
-def _phase(executor: Executor, task: RunTask) -> str:
-    """What a run does before its first image is inferred (``phase`` in ``run.json``)."""
-    if isinstance(executor, ProcessExecutor):
-        return f"starting {executor.workers} worker processes"
-    if isinstance(executor, LocalExecutor):
-        return "loading model" + (" and measuring batch size" if task.batch_size is None else "")
-    return "sending tasks to the cluster"
-
-
-def write_progress(store: Store, run_id: str, **progress: Any) -> None:
-    """What a running run is doing (``phase``) and how many images it has inferred, committed or not:
-    in ``cache/progress-RUN_ID.json``, apart from ``run.json`` (volatile, written up to twice a second,
-    never the record of what is committed). A failed write never fails the run."""
-    with contextlib.suppress(OSError, MusselToolsError):
-        store.write_json_cache(f"progress-{run_id}.json", {**progress, "at": utcnow().isoformat()})
-
-
-class _InferredCounter:
-    """``on_progress`` of the executors: the progress bar, and ``inferred_count`` in ``run.json`` (images
-    with a result, committed or still in the unit in flight), written at most every ``every`` seconds."""
-
-    def __init__(self, store: Store, run_id: str, before: int, total: int, bar: Callable[[int], Any],
-                 every: float = 0.5) -> None:
-        self.store, self.run_id, self.count, self.total, self.bar, self.every = store, run_id, before, total, bar, every
-        self.written_at = float("-inf")
-
-    def __call__(self, n: int) -> None:
-        import time
-
-        self.bar(n)
-        self.count += n
-        now = time.monotonic()
-        if now - self.written_at >= self.every:
-            self.written_at = now
-            write_progress(self.store, self.run_id, inferred_count=min(self.count, self.total), phase="inferring")
+        if meta.get("cap_hit_images"):
+            self.log.warning("%s", cap_hit_message(meta["cap_hit_images"], self.settings.max_det))
+        return meta

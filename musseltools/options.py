@@ -18,9 +18,9 @@ Examples
 >>> OPTIONS.iou.default, OPTIONS.iou.settings_default, OPTIONS.iou.flag, OPTIONS.iou.inference
 (None, 0.7, '--iou', True)
 >>> OPTIONS.iou.help_text
-"NMS IoU threshold (0.7) for YOLO; torchvision's 0.5 for Faster R-CNN"
+"NMS IoU threshold (the weights' card's, else 0.7 for YOLO and torchvision's 0.5 for Faster R-CNN)"
 >>> [o.name for o in OPTIONS.inference_settings()]
-['conf_floor', 'imgsz', 'iou', 'max_det', 'tile', 'tile_overlap']
+['conf_floor', 'imgsz', 'iou', 'max_det', 'tile', 'tile_overlap', 'tile_merge']
 """
 
 from __future__ import annotations
@@ -32,11 +32,15 @@ from typing import Any
 
 from .thresholds import Thresholds, parse_class_map
 
-__all__ = ["RunOptions", "Option", "OPTIONS", "REQUIRED", "DEFAULT_COMMIT_EVERY", "parse_positive_int",
-           "parse_tile", "parse_threshold"]
+__all__ = ["RunOptions", "Option", "OPTIONS", "REQUIRED", "DEFAULT_COMMIT_EVERY", "NO_TILES", "TILE_MERGE_METHODS",
+           "parse_positive_int", "parse_tile", "parse_threshold"]
 
 #: Images per committed part when neither ``commit_every`` nor ``$MUSSELTOOLS_COMMIT_EVERY`` is set.
 DEFAULT_COMMIT_EVERY = 32
+#: ``tile="none"`` (``--tile none``): whole images, even where the weights' card recommends tiles.
+NO_TILES = "none"
+#: Ways of merging duplicate detections across tile seams (:mod:`musseltools.models.tiling`).
+TILE_MERGE_METHODS = ("edge", "ios", "nmm")
 
 
 class _Required:
@@ -68,12 +72,23 @@ def parse_positive_int(text: str) -> int:
 
 
 def parse_tile(text: str) -> int | str:
-    """``auto`` or a tile size in pixels.
+    """``auto``, ``none`` or a tile size in pixels.
 
-    >>> parse_tile("auto"), parse_tile("640")
-    ('auto', 640)
+    >>> parse_tile("auto"), parse_tile("640"), parse_tile("none")
+    ('auto', 640, 'none')
     """
-    return "auto" if text == "auto" else parse_positive_int(text)
+    return text if text in ("auto", NO_TILES) else parse_positive_int(text)
+
+
+def parse_tile_merge(text: str) -> str:
+    """One of :data:`TILE_MERGE_METHODS`.
+
+    >>> parse_tile_merge("ios")
+    'ios'
+    """
+    if text not in TILE_MERGE_METHODS:
+        raise ValueError(f"{text!r} is not a tile merge method — expected one of {', '.join(TILE_MERGE_METHODS)}")
+    return text
 
 
 def parse_threshold(text: str) -> float | dict[str, float]:
@@ -184,8 +199,9 @@ class RunOptions:
                                     "file by default)", flag="--model-family", metavar="NAME")
     trust_pickle: bool = _opt(False, "load a fully pickled torchvision model (a pickle can run code: only for files "
                               "you trust; state dicts never need it)", flag="--trust-pickle", switch=True)
-    threshold: float = _opt(0.5, "confidence threshold ({default})", flag="--threshold", parse=parse_threshold,
-                            metavar="T")
+    threshold: float | Mapping[str, float] | None = _opt(
+        None, "confidence threshold, or one per class (live=0.4,dead=0.3) (the weights' card's, else {fallback})",
+        flag="--threshold", parse=parse_threshold, metavar="T", fallback=0.5)
     store: Any = _opt(None, "results store (default $MUSSELTOOLS_STORE, else data/store in the project root: the "
                       "working folder or its nearest parent holding data/store or pyproject.toml)", flag="--store",
                       metavar="DIR")
@@ -199,17 +215,25 @@ class RunOptions:
                              "was trained at, else {fallback})",
                              flag="--imgsz", parse=parse_positive_int, metavar="N", inference=True, fallback=640,
                              check=(lambda v: _is_int(v) and v >= 32, "be an integer >= 32"))
-    iou: float | None = _opt(None, "NMS IoU threshold ({fallback}) for YOLO; torchvision's 0.5 for Faster R-CNN",
+    iou: float | None = _opt(None, "NMS IoU threshold (the weights' card's, else {fallback} for YOLO and "
+                             "torchvision's 0.5 for Faster R-CNN)",
                              flag="--iou", parse=float, metavar="F", inference=True, fallback=0.7,
                              check=(lambda v: 0 < v <= 1, "lie in (0, 1]"))
     max_det: int = _opt(10000, "detection cap per image ({default})", flag="--max-det", parse=parse_positive_int,
                         metavar="N", inference=True, check=(lambda v: _is_int(v) and v >= 1, "be a positive integer"))
-    tile: int | str | None = _opt(None, "tile size in pixels, or 'auto', for large images", flag="--tile",
+    tile: int | str | None = _opt(None, "tile size in pixels, 'auto' (tiles of the model input size for images "
+                                  "over twice its size) or 'none' (the weights' card's, else none)", flag="--tile",
                                   parse=parse_tile, metavar="SIZE", inference=True,
                                   check=(lambda v: v is None or v == "auto" or (_is_int(v) and v >= 32),
-                                         "be None, 'auto' or an integer >= 32 pixels"))
-    tile_overlap: float = _opt(0.2, "tile overlap fraction ({default})", flag="--tile-overlap", parse=float,
-                               metavar="FRAC", inference=True, check=(lambda v: 0 <= v < 1, "lie in [0, 1)"))
+                                         "be None, 'auto', 'none' or an integer >= 32 pixels"))
+    tile_overlap: float | None = _opt(None, "tile overlap fraction (the weights' card's, else {fallback})",
+                                      flag="--tile-overlap", parse=float, metavar="FRAC", inference=True,
+                                      fallback=0.2, check=(lambda v: 0 <= v < 1, "lie in [0, 1)"))
+    tile_merge: str | None = _opt(None, "how duplicates across tile seams merge: " + ", ".join(TILE_MERGE_METHODS)
+                                  + " (the weights' card's, else {fallback})", flag="--tile-merge",
+                                  parse=parse_tile_merge, metavar="METHOD", inference=True, fallback="edge",
+                                  check=(lambda v: v in TILE_MERGE_METHODS,
+                                         "be one of " + ", ".join(TILE_MERGE_METHODS)))
     class_map: Mapping[str, str] | None = _opt(None, "NAME=CATEGORY,... grouping classes", flag="--class-map",
                                                parse=parse_class_map, metavar="MAP")
     name: str | None = _opt(None, "collection name (the folder's name by default)", flag="--name")

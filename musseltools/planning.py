@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .models import InferenceSettings
 from .models.base import LEGACY_FAMILY
@@ -83,17 +84,20 @@ def make_units(refs: Sequence[ImageRef], inference_key: str, commit_every: int) 
 def make_run_id(
     collection_identity: str,
     model_path: str,
-    threshold: float,
+    threshold: float | Mapping[str, float],
     settings: InferenceSettings,
     class_map: Mapping[str, str] | None = None,
     family: str = LEGACY_FAMILY,
 ) -> str:
     """Runs are identified by what the researcher asks: collection, model file, class map, threshold, settings.
 
-    The family enters the id only when it is not the ``ultralytics`` one (ids of existing runs are kept).
+    The threshold is one number, or one per class or category (a mapping). The family enters the id only
+    when it is not the ``ultralytics`` one (ids of existing runs are kept).
     """
-    payload = {"collection": collection_identity, "model": model_path, "threshold": round(float(threshold), 6),
-               "settings": settings.to_dict()}
+    t: Any = ({str(k): round(float(v), 6) for k, v in sorted(threshold.items())} if isinstance(threshold, Mapping)
+              else round(float(threshold), 6))
+    payload = {"collection": collection_identity, "model": model_path, "threshold": t,
+               "settings": settings.identity()}
     if class_map:
         payload["class_map"] = dict(sorted(class_map.items()))
     if family != LEGACY_FAMILY:

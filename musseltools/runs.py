@@ -120,6 +120,23 @@ class Run(CorrectionsMixin):
         """Survey totals per category at the run's thresholds."""
         return self.counts()
 
+    def settings_table(self) -> pd.DataFrame:
+        """Each setting of the run, its value, and where it came from: ``given`` (a keyword or flag),
+        ``card`` (recommended by the card beside the weights, :mod:`musseltools.models.card`, with how it
+        was found) or ``default`` (musseltools'). Thresholds saved later show as ``saved``."""
+        meta = self.meta
+        recorded = meta.get("settings_from") or {}
+        rows = []
+        for name, value in {"threshold": self.thresholds, **meta["settings"]}.items():
+            origin = recorded.get(name, {"from": "not recorded (a run made before runs recorded it)"})
+            where = origin["from"]
+            if name == "threshold" and recorded and value != origin.get("value"):
+                where = "saved (Run.save_thresholds)"
+            elif where == "card":
+                where = f"card ({origin.get('source')})"
+            rows.append({"setting": name, "value": value, "from": where, "how": origin.get("how", "")})
+        return pd.DataFrame(rows).set_index("setting")
+
     @property
     def progress(self) -> dict[str, Any]:
         """``status, total_images, processed_count, failed_count``, timestamps; while running, also

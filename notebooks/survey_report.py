@@ -27,18 +27,19 @@ images = "../data/demo/images"  # folder of survey photographs (or one image)
 model = "../data/models/mussel-demo.pt"  # weights: Ultralytics YOLO (.pt) or a torchvision Faster R-CNN checkpoint
 model_family = None  # "ultralytics" or "torchvision" (detected from the file by default)
 trust_pickle = False  # allow a fully pickled torchvision model (a pickle can run code: only files you trust)
-threshold = 0.5  # confidence threshold of the run (saved per-class thresholds take precedence)
+threshold = None  # confidence threshold, or one per class {"live": 0.4, "dead": 0.3} (default: the weights' card's, else 0.5)
 store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 title = None  # report title
 class_map = None  # e.g. {"live_mussel": "live", "gaping": "dead"}
 truth = None  # labels to evaluate against: YOLO label folder, COCO JSON or counts CSV
 n_samples = 6  # sample images drawn with their detections
 compare_model = None  # a second model's weights: run on the same images and compared with the first
-tile = None  # tile size in pixels (or "auto") for large quadrat photos
-tile_overlap = 0.2
+tile = None  # tile size in pixels, "auto" or "none" for large quadrat photos (default: the weights' card's, else none)
+tile_overlap = None  # tile overlap fraction (default: the card's, else 0.2)
+tile_merge = None  # "edge", "ios" or "nmm": how duplicates across tile seams merge (default: the card's, else edge)
 imgsz = None  # model input size (default: the size the model was trained at)
 conf_floor = 0.01
-iou = None  # NMS IoU (default: the family's own: 0.7 for YOLO, 0.5 for Faster R-CNN)
+iou = None  # NMS IoU (default: the card's, else the family's own: 0.7 for YOLO, 0.5 for Faster R-CNN)
 max_det = 10000
 batch_size = None
 commit_every = None
@@ -72,7 +73,7 @@ display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
 run = mt.run(
     images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold, store=store,
     class_map=class_map, tile=tile,
-    tile_overlap=tile_overlap, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
+    tile_overlap=tile_overlap, tile_merge=tile_merge, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
     batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
     scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,
 )
@@ -85,6 +86,15 @@ display(Markdown(
     f"({meta['failed_count']} failed, {meta.get('inferred_this_call', 0)} inferred for this report), "
     f"threshold {plots.threshold_label(t)}."
 ))
+
+# %% [markdown]
+# ## Settings
+#
+# Each setting of the run and where it came from: given to the run, recommended by the card beside the
+# weights (with how it was found), or musseltools' default.
+
+# %%
+display(run.settings_table())
 
 # %% [markdown]
 # ## Totals
@@ -180,7 +190,8 @@ else:
     same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == first_family
     other = mt.run(
         images, model=compare_model, trust_pickle=trust_pickle, threshold=threshold, store=store,
-        class_map=class_map, tile=tile, tile_overlap=tile_overlap, imgsz=imgsz if same_family else None,
+        class_map=class_map, tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge,
+        imgsz=imgsz if same_family else None,
         conf_floor=conf_floor, iou=iou, max_det=max_det, batch_size=batch_size, commit_every=commit_every,
         name=name, device=device, wait=wait, workers=workers, scheduler=scheduler, scheduler_file=scheduler_file,
         quiet=False,

@@ -30,14 +30,15 @@
 # %% tags=["parameters"]
 images = "../data/demo/images"  # folder of survey photographs
 model = "../data/models/mussel-demo.pt"  # Ultralytics YOLO weights
-threshold = 0.5  # the run's threshold (the sliders start at the saved thresholds, else this)
+threshold = None  # the run's threshold, or one per class (default: the weights' card's, else 0.5); the sliders start there
 store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 run_id = None  # open this existing run instead of running `images` with `model`
 class_map = None
 truth = None  # labels (YOLO folder, COCO JSON or counts CSV): precision, recall and count error live
-tile = "auto"  # tile large photos ("auto", a tile size in pixels, or None): the demo's setting
-tile_overlap = 0.2
-iou = 0.5  # NMS IoU: the demo's setting (`make demo`)
+tile = None  # tile large photos: "auto", a tile size in pixels or "none" (default: the weights' card's, else none)
+tile_overlap = None  # (default: the card's, else 0.2)
+tile_merge = None  # "edge", "ios" or "nmm" (default: the card's, else edge)
+iou = None  # NMS IoU (default: the card's, else the family's own)
 imgsz = None  # model input size (default: the size the model was trained at)
 background = False  # run in a background thread and show a RunMonitor while it works
 
@@ -70,14 +71,14 @@ if run_id is not None:
     run = mt.open_run(run_id, store=store)
 elif background:
     handle = mt.run(images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
-                    tile_overlap=tile_overlap, iou=iou, imgsz=imgsz, background=True)
+                    tile_overlap=tile_overlap, tile_merge=tile_merge, iou=iou, imgsz=imgsz, background=True)
     monitor = RunMonitor(handle)
     display(monitor)
     run = handle.wait()
     monitor.refresh()
 else:
     run = mt.run(images, model=model, threshold=threshold, store=store, class_map=class_map, tile=tile,
-                 tile_overlap=tile_overlap, iou=iou, imgsz=imgsz, quiet=False)
+                 tile_overlap=tile_overlap, tile_merge=tile_merge, iou=iou, imgsz=imgsz, quiet=False)
 run
 
 # %% [markdown]

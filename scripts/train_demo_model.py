@@ -28,7 +28,8 @@ Stages (all on CPU):
      precision / count MAE at those thresholds on the held-out test sets, and AP50 per class,
      precision, recall and count MAE on the demo collection ``data/demo``;
 
-   and write ``metrics.json``, ``recommended.json`` and the model card ``README.md`` under ``--out``.
+   and write ``metrics.json``, the card musseltools reads (``mussel-demo.yaml``: the recommended settings
+   and how each was found, see ``musseltools.models.card``) and the model card ``README.md`` under ``--out``.
 
 Usage::
 
@@ -596,7 +597,7 @@ def write_card(out: Path, info: dict) -> None:
     ko = info["metrics"]["old_recommended_iou"]
     r, ro = new["by_iou"][str(k)], old["by_iou"][str(ko)]
     L = [
-        "# mussel-demo.pt (next) — demo mussel detector (synthetic data only)",
+        "# mussel-demo.pt — demo mussel detector (synthetic data only)",
         "",
         "A YOLOv8n detector trained from scratch (no pretrained weights) on synthetic survey images made by",
         "`musseltools.synth`. It exists so that the toolkit, its notebooks and its tests have a real model to",
@@ -613,7 +614,7 @@ def write_card(out: Path, info: dict) -> None:
         f"| image size | {t['imgsz']} (stored in the checkpoint: `YOLO(...).predict` uses it by default) |",
         f"| recommended | NMS `iou={k}`, `tile=auto` (320-px tiles, overlap {info['recommended']['tile_overlap']}),"
         f" confidence live {info['recommended']['conf']['live']:.2f}, dead {info['recommended']['conf']['dead']:.2f}"
-        " (`recommended.json`) |",
+        ": in the card `mussel-demo.yaml`, which musseltools reads |",
         f"| Ultralytics / torch | {t['ultralytics']} / {t['torch']} |",
         "",
         "## Training data",
@@ -739,6 +740,22 @@ def write_card(out: Path, info: dict) -> None:
     (out / "README.md").write_text("\n".join(L))
 
 
+def write_settings_card(path: Path, rec: dict) -> None:
+    """The card beside the weights that musseltools reads (musseltools.models.card): settings and how each was found."""
+    import yaml
+
+    card = {
+        "recommended": {"threshold": {c: round(float(v), 2) for c, v in rec["conf"].items()}, "iou": rec["iou"],
+                        "tile": "auto" if rec["tile_auto"] else rec["tile"], "tile_overlap": rec["tile_overlap"],
+                        "tile_merge": rec["tile_merge"]},
+        "how": {"threshold": rec["conf_how"], "iou": rec["iou_how"], "tile": rec["tile_how"],
+                "tile_overlap": rec["tile_overlap_how"], "tile_merge": rec["tile_merge_how"]},
+    }
+    head = ("# Model card of mussel-demo.pt: the settings musseltools uses with these weights unless a run is given\n"
+            "# others (musseltools.models.card). Reports show where each setting came from.\n")
+    path.write_text(head + yaml.safe_dump(card, sort_keys=False, width=110))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/work/mt-train2", help="scratch folder for datasets and runs")
@@ -851,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_recall_at_conf": {c: rec["heldout"][c]["recall"] for c in CLASSES},
         "heldout_precision_at_conf": {c: rec["heldout"][c]["precision"] for c in CLASSES},
     }
-    (out / "recommended.json").write_text(json.dumps(recommended, indent=2) + "\n")
+    write_settings_card(out / "mussel-demo.yaml", recommended)
     info = {
         "model": dest.name,
         "sha256": sha256(dest),

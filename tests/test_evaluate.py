@@ -674,7 +674,8 @@ def test_agrees_with_ultralytics_val_on_demo_set(tmp_path):
         iou=0.7, max_det=3000, device="cpu", workers=0, plots=False, verbose=False, project=str(tmp_path / "val"),
         name="v", exist_ok=True,
     )
-    run = mt.run(ds / "images", model=DEMO_MODEL, imgsz=imgsz, conf_floor=0.001, iou=0.7, max_det=3000,
+    run = mt.run(ds / "images", model=DEMO_MODEL, imgsz=imgsz, conf_floor=0.001, iou=0.7, max_det=3000, tile="none",
+                 threshold=0.5,
                  store=tmp_path / "store", quiet=True)
     stored = run.detections(0.001)
     for name, conf in seen.items():  # the very same predictions

@@ -137,6 +137,39 @@ def test_worker_processes_against_s3(s3, s3_images, folder, tiny_model, tmp_path
     pd.testing.assert_frame_equal(rd, ld)
 
 
+def test_the_command_line_runs_and_counts_on_s3(s3, s3_images, folder, tiny_model, tmp_path, capsys):
+    from musseltools import cli
+
+    local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
+    url = f"s3://{BUCKET}/stores/cli"
+    args = ["run", s3_images, "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store", url, "--workers", "1",
+            "--json"]
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "completed" and out["inferred_this_call"] == N and out["counts"] == local.meta["counts"]
+    assert cli.main(args) == 0 and json.loads(capsys.readouterr().out)["inferred_this_call"] == 0  # resumes
+    assert cli.main(["counts", out["run_id"], "--threshold", "0.3", "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == local.counts(0.3)
+    assert cli.main(["status", out["run_id"], "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+
+
+def test_a_worker_killed_mid_run_on_s3_costs_nothing(s3, s3_images, folder, tiny_model, tmp_path, monkeypatch):
+    local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
+    url = f"s3://{BUCKET}/stores/killed"
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@3")  # each first worker dies on its third image
+    handle = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=2, commit_every=2, quiet=True,
+                    background=True)
+    threading.Event().wait(0.5)
+    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")  # workers started after that are left alone
+    remote = handle.wait(timeout=240)
+    assert remote.status == "completed" and remote.meta["failed_count"] == 0
+    lt, ld = _by_name(local)
+    rt, rd = _by_name(remote)
+    pd.testing.assert_frame_equal(rt, lt)  # nothing lost, no image twice
+    pd.testing.assert_frame_equal(rd, ld)
+
+
 def test_concurrent_run_metadata_updates_lose_nothing(s3):
     """Conditional PUTs (If-Match / If-None-Match): every increment of every writer survives."""
     url = f"s3://{BUCKET}/stores/meta"

@@ -170,6 +170,44 @@ def test_real_dask_scheduler_and_workers_via_the_command_line(folder, tiny_model
         log.close()
 
 
+def test_the_scheduler_going_away_mid_run_fails_clearly_and_the_run_resumes(tiny_model, tmp_path):
+    from distributed import Client
+
+    many = tmp_path / "many"
+    write_images(many, 60, seed=5)
+    reference = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "ref", workers=1, quiet=True)
+    port = _free_port()
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    sched = _dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", cwd=tmp_path, log=log)
+    worker = _dask("worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                   "--host", "127.0.0.1", cwd=tmp_path, log=log)
+    client = None
+    try:
+        client = Client(f"tcp://127.0.0.1:{port}", timeout="30s")
+        client.wait_for_workers(1, timeout=60)
+        handle = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", commit_every=1, client=client,
+                        quiet=True, background=True)
+        deadline = time.monotonic() + 120
+        while (handle.run.meta.get("processed_count") or 0) < 1 and not handle.done():
+            assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()[-3000:]
+            time.sleep(0.02)
+        _stop(sched)  # mid-run: units committed, others not
+        with pytest.raises(mt.MusselToolsError, match="Dask scheduler"):
+            handle.wait(timeout=180)
+        assert handle.done()
+        kept = handle.run.meta["processed_count"]
+        assert 1 <= kept < 60
+    finally:
+        for p in (sched, worker):
+            _stop(p)
+        if client is not None:
+            client.close(timeout=5)
+        log.close()
+    later = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
+    assert later.status == "completed" and later.meta["inferred_this_call"] <= 60 - kept  # committed work kept
+    assert_same_results(later, reference)
+
+
 def test_a_cluster_object_as_an_hpc_user_makes_it(folder, tiny_model, reference, tmp_path):
     """The README's dask-jobqueue example: ``mt.run(..., client=SLURMCluster(...))``. There is no SLURM
     here, so a ``dask worker`` started by hand stands in for the batch job the cluster would submit."""

@@ -52,8 +52,11 @@ def test_report_embeds_figures_and_hides_code(default_report, collection):
     assert "run = mt.run(" not in _text(html) and "import musseltools" not in _text(html)  # no code cells
     assert 'class="highlight' not in html
     for heading in ("Totals", "Counts per image", "Count versus threshold", "Sample images",
-                    "Images that could not be processed", "Provenance"):
+                    "Images that could not be processed", "Provenance", "Settings"):
         assert heading in html
+    for setting, value, origin in (("threshold", "0.3", "given"), ("imgsz", "128", "given"), ("iou", "0.7", "default"),
+                                   ("tile_merge", "edge", "default")):  # each setting and where it came from
+        assert re.search(rf"<th>{setting}</th>\s*<td>{value}</td>\s*<td>{origin}</td>", html), setting
     assert "Mussel survey: quadrats" in html  # default title from the folder
     run = mt.list_runs(store=root / "store").iloc[0]
     r = mt.open_run(run.run_id, store=root / "store")

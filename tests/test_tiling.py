@@ -423,10 +423,13 @@ def test_cli_tile_flags_are_recorded_on_the_run(capsys, tiny_model, large_images
 @pytest.mark.slow
 def test_demo_model_counts_mussels_on_seams_once(tmp_path):
     """The real demo detector, tiled, on a 960x704 cut-out of a demo quadrat (95 labelled mussels, 28 of
-    them cut by a tile edge: 320-px tiles overlapping by 20%). Every labelled mussel on a seam is counted
-    at most once (no two detections centred on it) and almost all are found; the tiled count is within
-    15% of the labels (measured: 89 detections at 0.5 for 95 labels, seam mussels 25 found once, 3
-    missed, none twice)."""
+    them cut by a tile edge: 320-px tiles overlapping by 20%), with the settings of its card. Every
+    labelled mussel on a seam is counted at most once and almost all are found; the tiled count is within
+    15% of the labels. Detections are matched one to one to the labels (IoU >= 0.5, by confidence); a
+    seam mussel is counted twice when a detection left unmatched lies mostly (>= 70% of its box) on
+    it. (Centres are no test on this dense bed: a neighbour's box centre often falls inside a mussel's
+    box.) Measured: 93 detections at 0.5 for 95 labels, no seam mussel twice; 18 twice with merging
+    turned off."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -448,14 +451,24 @@ def test_demo_model_counts_mussels_on_seams_once(tmp_path):
     seam = np.array([on_seam(b) for b in truth])
     assert len(truth) == 95 and seam.sum() >= 20, (len(truth), seam.sum())
     run = mt.run([tmp_path / "cutout.png"], model=root / "data" / "models" / "mussel-demo.pt", tile=320,
-                 tile_overlap=0.2, iou=0.5, threshold=0.5, store=tmp_path / "store", quiet=True)
+                 threshold=0.5, store=tmp_path / "store", quiet=True)
     assert run.meta["settings"]["tile"] == 320
-    dets = run.detections(0.5)
+    dets = run.detections(0.5).sort_values("confidence", ascending=False)
     d = dets[["x1", "y1", "x2", "y2"]].to_numpy()
-    dc = (d[:, :2] + d[:, 2:]) / 2
-    centred = np.array([((dc[:, 0] >= b[0] - 2) & (dc[:, 0] <= b[2] + 2) & (dc[:, 1] >= b[1] - 2)
-                         & (dc[:, 1] <= b[3] + 2)).sum() for b in truth])
-    assert (centred[seam] >= 2).sum() == 0, "a mussel on a seam was counted twice"
-    assert (centred[seam] == 1).mean() >= 0.8, centred[seam]
+    x1, y1 = np.maximum(d[:, None, 0], truth[None, :, 0]), np.maximum(d[:, None, 1], truth[None, :, 1])
+    x2, y2 = np.minimum(d[:, None, 2], truth[None, :, 2]), np.minimum(d[:, None, 3], truth[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_d = ((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]))[:, None]
+    area_t = ((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]))[None, :]
+    iou, on_label = inter / (area_d + area_t - inter), inter / area_d
+    matched: set[int] = set()
+    unmatched = []
+    for i in range(len(d)):
+        free = [j for j in np.argsort(-iou[i]) if iou[i, j] >= 0.5 and j not in matched]
+        matched.add(free[0]) if free else unmatched.append(i)
+    twice = {int(np.argmax(on_label[i])) for i in unmatched if on_label[i].max() >= 0.7}
+    twice = {j for j in twice if j in matched and seam[j]}
+    assert not twice, f"mussels on seams counted twice: {sorted(twice)}"
+    assert np.mean([j in matched for j in np.flatnonzero(seam)]) >= 0.8
     assert abs(len(dets) - len(truth)) <= 0.15 * len(truth), (len(dets), len(truth))
     assert sum(run.counts(0.5).values()) == len(dets)

@@ -78,6 +78,8 @@ class DaskExecutor:
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
+        lost = _connection_lost()
+
         by_key = {f"musseltools-unit-{u.key}": u for u in units}
         futures = [self.client.submit(run_unit_on_worker, task, u, key=k, pure=False) for k, u in by_key.items()]
         try:
@@ -93,14 +95,24 @@ class DaskExecutor:
                     summary = task.commit_failed(unit, (
                         "the Dask workers processing this image's commit unit died every time (out of memory? an "
                         "image that crashes the decoder?) — run again to retry"))
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError, *lost) as exc:
                     raise _lost(self.client, exc) from None
                 on_progress(summary.n_images)
                 yield summary
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, *lost) as exc:
             raise _lost(self.client, exc) from None
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+
+def _connection_lost() -> tuple[type[BaseException], ...]:
+    """What a task's result raises when the client lost its scheduler: distributed cancels every future
+    ("cancelled for reason: scheduler-connection-lost")."""
+    try:
+        from distributed.client import FutureCancelledError
+    except ImportError:  # older distributed: the plain cancellation
+        from asyncio import CancelledError as FutureCancelledError
+    return (FutureCancelledError,)
 
 
 def _lost(client: Any, exc: BaseException) -> MusselToolsError:

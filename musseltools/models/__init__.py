@@ -38,6 +38,7 @@ from .base import (
     model_fingerprint,
     register_family,
 )
+from .card import WeightsCard, read_card, resolve_settings
 from .tiling import TiledPredictor
 from .ultralytics import UltralyticsFamily, YoloPredictor
 
@@ -58,6 +59,9 @@ __all__ = [
     "UltralyticsFamily",
     "YoloPredictor",
     "FasterRCNNPredictor",
+    "WeightsCard",
+    "read_card",
+    "resolve_settings",
     "TorchvisionFamily",
     "claiming_family",
     "default_device",

@@ -59,6 +59,7 @@ from ..thresholds import ClassMap
 __all__ = [
     "DEFAULT_FAMILY",
     "LEGACY_FAMILY",
+    "LEGACY_TILE_MERGE",
     "RESULTS_FORMAT",
     "SUPPORTED_TASKS",
     "InferenceSettings",
@@ -114,6 +115,10 @@ def model_fingerprint(data: bytes, sidecars: Mapping[str, bytes] | None = None) 
     return h.hexdigest()
 
 
+#: The tile merge of every result stored before ``tile_merge`` was a setting (kept out of their keys).
+LEGACY_TILE_MERGE = "edge"
+
+
 def default_device() -> str:
     """``cuda:0`` when a CUDA GPU is usable, else ``cpu``."""
     import torch
@@ -132,13 +137,22 @@ class _SettingsBehaviour:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
+    def identity(self) -> dict[str, Any]:
+        """The settings as they identify results and runs: :meth:`to_dict` without ``tile_merge`` where it
+        changes nothing (no tiles) or is the merge that every store made before it was a setting
+        (:data:`LEGACY_TILE_MERGE`), so that the keys and run ids made then stay valid."""
+        d = self.to_dict()
+        if d["tile"] is None or d["tile_merge"] == LEGACY_TILE_MERGE:
+            d.pop("tile_merge")
+        return d
+
     def key(self, model_fingerprint: str, family: str = LEGACY_FAMILY) -> str:
         """The ``inference_key``: results are cached by (image_id, inference_key).
 
         The payload of the ``ultralytics`` family is what it was before families existed (see the module
         docstring); other families add ``"family": name``.
         """
-        payload = {"model": model_fingerprint, "format": RESULTS_FORMAT, **self.to_dict()}
+        payload = {"model": model_fingerprint, "format": RESULTS_FORMAT, **self.identity()}
         if payload["tile"] is None:  # overlap means nothing without tiles
             payload.pop("tile_overlap")
         if family != LEGACY_FAMILY:

@@ -70,6 +70,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..detections import Detections
+from ..options import OPTIONS, TILE_MERGE_METHODS
 from .base import InferenceSettings, Predictor, Prepared
 
 __all__ = [
@@ -90,9 +91,9 @@ log = logging.getLogger(__name__)
 #: ``tile="auto"`` tiles an image when its longest side exceeds this multiple of the model input size.
 AUTO_TILE_FACTOR = 2.0
 #: Ways of merging duplicates across tile seams (see the module docstring).
-MERGE_METHODS = ("edge", "ios", "nmm")
-#: The merge method used by default (chosen on ``benchmarks/tiling.py``).
-DEFAULT_MERGE = "edge"
+MERGE_METHODS = TILE_MERGE_METHODS
+#: The merge method used when neither the run nor the weights' card names one (``tile_merge``).
+DEFAULT_MERGE = OPTIONS.tile_merge.fallback
 #: Two detections of different tiles with at least this IoU are the same object seen twice.
 MERGE_IOU = 0.5
 #: Minimum intersection over the smaller box for a cut detection to be merged into another.
@@ -385,9 +386,8 @@ class TiledPredictor:
     inner : Predictor
         Runs the model on whole images and on tiles (the same inference settings).
     settings : InferenceSettings
-        ``settings.tile`` is the tile size in pixels or ``"auto"``.
-    merge : {"edge", "ios", "nmm"}
-        How duplicates across seams are merged (:data:`DEFAULT_MERGE`).
+        ``settings.tile`` is the tile size in pixels or ``"auto"``; ``settings.tile_merge`` says how
+        duplicates across seams are merged (``"edge"``, ``"ios"`` or ``"nmm"``).
 
     Attributes
     ----------
@@ -404,13 +404,11 @@ class TiledPredictor:
     >>> [dets] = p.predict([p.prepare(cv2.imread("quadrat.jpg"))])                        # doctest: +SKIP
     """
 
-    def __init__(self, inner: Predictor, settings: InferenceSettings, *, merge: str = DEFAULT_MERGE) -> None:
+    def __init__(self, inner: Predictor, settings: InferenceSettings) -> None:
         if settings.tile is None:
             raise ValueError("TiledPredictor needs settings.tile (a size in pixels or 'auto'); got None")
-        if merge not in MERGE_METHODS:
-            raise ValueError(f"unknown tile merge method {merge!r} — expected one of {', '.join(MERGE_METHODS)}")
         self.settings = settings
-        self.merge = merge
+        self.merge = settings.tile_merge
         self.inner = inner
         self.device = inner.device
         self.names = inner.names

@@ -387,10 +387,10 @@ def parse_sidecar(sidecars: Mapping[str, bytes], n_classes: int, shown: str = "w
     except Exception as exc:  # noqa: BLE001 - any syntax error: one clear message
         raise ModelLoadError(f"cannot read the {where}: {exc} — expected YAML or JSON with names (and optionally "
                              "architecture) — fix its syntax") from exc
-    if not isinstance(doc, Mapping) or set(doc) - {"names", "architecture"}:
+    if not isinstance(doc, Mapping) or set(doc) - {"names", "architecture", "recommended", "how"}:
         found = sorted(map(str, doc)) if isinstance(doc, Mapping) else type(doc).__name__
-        raise ModelLoadError(f"{where} holds {found} — expected a mapping with the keys names and architecture "
-                             "(optional) — fix the sidecar")
+        raise ModelLoadError(f"{where} holds {found} — expected a mapping with the keys names, and optionally "
+                             "architecture, recommended and how (musseltools.models.card) — fix the sidecar")
     arch = doc.get("architecture")
     if arch is not None and arch not in ARCHITECTURES:
         raise ModelLoadError(f"{where} names architecture {arch!r} — expected one of {', '.join(ARCHITECTURES)}")
