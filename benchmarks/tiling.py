@@ -1,26 +1,34 @@
-"""Tiled inference on large quadrat photographs: with and without tiles, musseltools against SAHI.
+"""Tiled inference on large quadrat photographs: musseltools against SAHI, for counts and for speed.
 
-On large images with known mussels (YOLO label files), the same weights, the same tile size,
-overlap and model input size:
+On large images with known mussels (YOLO label files), the same weights, tile size, overlap, model
+input size and NMS IoU (by default those of the weights' card, ``data/models/mussel-demo.yaml``):
 
-- **whole**: the image squeezed into one model input (no tiling), musseltools' ``Predictor``;
-- **musseltools**: ``TiledPredictor`` (tiles batched through the model, seams merged), once per
-  merge method (``edge``, the default; ``ios``; ``nmm``, which also merges within a tile as SAHI
-  does), detections kept down to the 0.01 floor and counted at ``--threshold``;
+**Counts** (each method on images decoded once, one torch thread each, best of ``--repeat`` passes):
+
+- **whole**: the image squeezed into one model input (no tiling);
+- **musseltools, merge=M**: ``TiledPredictor`` (tiles batched, seams merged) once per merge method
+  (``edge``, ``ios``, ``nmm``; see ``musseltools.models.tiling``), detections kept down to the 0.01
+  floor and counted at the thresholds (per class: the card's);
 - **sahi**: SAHI's ``get_sliced_prediction`` (one forward pass per tile, its default ``batch_size=1``;
-  greedy NMM with intersection over the smaller box 0.5, no extra full-image pass), at confidence
-  ``--threshold`` as a SAHI user would run it.
+  greedy NMM, intersection over the smaller box 0.5, no full-image pass) at the lowest of the
+  thresholds, then each class at its own; this is also the model-only ceiling's peer.
 
-Images are decoded once before timing; every method is warmed up once; a method's time is the best
-of ``--repeat`` passes over all images (passes alternate between methods), and all methods run on
-the same number of torch threads (``--threads``, 1 by default: on a shared 2-core machine two
-threads per process oversubscribe the cores and the timings measure the contention).
-Recall is the share of labelled mussels matched one-to-one (greedy by confidence) by a detection of
-the same class with IoU >= 0.5; count error is predicted minus true count per image and class.
-Prints a table and a last line ``ratio_vs_sahi=X.XX`` (musseltools' default merge images/s over
-SAHI's images/s).
+Recall: labelled mussels matched one to one (greedy by confidence) by a detection of their class with
+IoU >= 0.5; count error: predicted minus labelled, per image and class, summed (and its absolute value).
 
-    python benchmarks/tiling.py                                # demo quadrats (> 2000 px) and demo model
+**Speed, end to end** (from the call to the last result, loading the model and starting workers
+included; each contender with its own default torch threads):
+
+- SAHI: ``AutoDetectionModel.from_pretrained`` and ``get_sliced_prediction`` for each image file;
+- musseltools with 1 worker (``workers=1``: this process);
+- musseltools with the default workers (what ``musseltools run`` chooses);
+- musseltools on a Dask ``LocalCluster`` (one worker process per core, one thread each);
+- the model-only ceiling: the tiled predictor on decoded images in this process (no store).
+
+The last line is ``ratio_vs_sahi=X.XX``: musseltools' default end to end over SAHI end to end.
+
+    python benchmarks/tiling.py                        # the 3 demo quadrats (> 2000 px) and the demo model
+    python benchmarks/tiling.py --synth 8              # 8 generated 4000x3000 quadrats (seed 77)
     python benchmarks/tiling.py --images DIR --model W.pt --tile 320 --overlap 0.2 --threshold 0.5
 """
 
@@ -109,9 +117,11 @@ class Score:
     count_error: float = 0.0
     n_pred: int = 0
 
-    def add(self, det: Detections, image: Image, threshold: float) -> None:
-        d = det.above(threshold)
+    def add(self, det: Detections, image: Image, threshold: float | dict[int, float]) -> None:
+        """Score one image's detections at a threshold (one, or one per class id)."""
+        per_class = threshold if isinstance(threshold, dict) else {c: threshold for c in CLASSES}
         for c in CLASSES:
+            d = det.above(per_class[c])
             t = image.boxes[image.classes == c]
             sel = d.class_id == c
             self.found += matched(d.xyxy[sel], d.confidence[sel], t)
@@ -187,6 +197,56 @@ def sahi_fn(weights: str, imgsz: int, tile: int, overlap: float, threshold: floa
     return fn
 
 
+# ---------------------------------------------------------------------------------------------- end to end
+def e2e_sahi(paths: list[Path], weights: str, imgsz: int, tile: int, overlap: float, threshold: float, iou: float,
+             device: str) -> float:
+    """Images/s of SAHI from its model load to the last image's prediction, images read from disk."""
+    import cv2
+
+    t0 = time.perf_counter()
+    fn = sahi_fn(weights, imgsz, tile, overlap, threshold, device, iou)
+    for path in paths:
+        fn(Image(path.name, cv2.imread(str(path)), np.zeros((0, 4)), np.zeros(0, int)))
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def e2e_musseltools(folder: Path, weights: str, settings: dict, **how) -> tuple[float, str]:
+    """Images/s of ``mt.run`` into a fresh store (every image inferred), and the executor it used."""
+    import tempfile
+
+    import musseltools as mt
+
+    with tempfile.TemporaryDirectory() as store:
+        t0 = time.perf_counter()
+        run = mt.run(folder, model=weights, store=store, quiet=True, **settings, **how)
+        dt = time.perf_counter() - t0
+        meta = run.meta
+    assert meta["inferred_this_call"] == meta["total_images"], meta
+    return meta["total_images"] / dt, str(meta.get("executor"))
+
+
+def _cluster():
+    import distributed
+    from distributed import Client, LocalCluster
+
+    from musseltools.executors import cpu_cores
+
+    cluster = LocalCluster(n_workers=cpu_cores(), threads_per_worker=1, processes=True, dashboard_address=None,
+                           worker_class=distributed.Worker)
+    return cluster, Client(cluster)
+
+
+def synth_quadrats(n: int, seed: int) -> Path:
+    """``n`` generated 4000x3000 quadrat photographs with YOLO labels, in a temporary folder."""
+    import tempfile
+
+    from musseltools import synth
+
+    out = Path(tempfile.mkdtemp(prefix="mt-tiling-")) / "quadrats"
+    synth.generate(out, n=n, seed=seed, large=n)
+    return out / "images"
+
+
 # ---------------------------------------------------------------------------------------------- main
 def model_imgsz(weights: str) -> int:
     import torch
@@ -195,86 +255,131 @@ def model_imgsz(weights: str) -> int:
     return int((ckpt.get("train_args") or {}).get("imgsz", 640))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=Path, default=ROOT / "data/demo/images")
-    ap.add_argument("--labels", type=Path, help="YOLO label folder (default: IMAGES/../labels)")
-    ap.add_argument("--model", default=str(ROOT / "data/models/mussel-demo.pt"))
-    ap.add_argument("--imgsz", type=int, help="model input size (default: the size the model was trained at)")
-    ap.add_argument("--tile", type=int, help="tile size in pixels (default: the model input size)")
-    ap.add_argument("--overlap", type=float, default=0.2)
-    ap.add_argument("--threshold", type=float, default=0.5, help="confidence at which mussels are counted")
-    ap.add_argument("--iou", type=float, default=0.7, help="NMS IoU within a tile (whole image), for every method")
-    ap.add_argument("--min-side", type=int, default=2000, help="use images whose longest side exceeds this")
-    ap.add_argument("--limit", type=int, help="at most this many images")
-    ap.add_argument("--batch-size", type=int, help="tiles per forward pass for musseltools (default: measured)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for every method (1: on a busy machine more threads time the contention)")
-    ap.add_argument("--sahi-batch", type=int, help="also time SAHI with this batch_size (its default is 1)")
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--device", default=None, help="cpu, cuda:0 (default: the fastest available)")
-    ap.add_argument("--no-sahi", action="store_true", help="skip SAHI (when it is not installed)")
-    args = ap.parse_args(argv)
+def card_settings(weights: str) -> dict:
+    """The weights' card's recommendations (musseltools.models.card), or {}."""
+    from musseltools.models import read_card
 
-    from musseltools.models import default_device
+    card = read_card(weights)
+    return dict(card.recommended) if card is not None else {}
 
-    device = args.device or default_device()
-    labels = args.labels or args.images.parent / "labels"
-    imgsz = args.imgsz or model_imgsz(args.model)
-    tile = args.tile or imgsz
-    images = load_images(args.images, labels, args.min_side, args.limit)
-    if not images:
-        sys.exit(f"no image larger than {args.min_side} px in {args.images} — pass --images or --min-side")
-    n_truth = sum(len(im.boxes) for im in images)
-    sizes = sorted({f"{im.bgr.shape[1]}x{im.bgr.shape[0]}" for im in images})
-    print(f"{len(images)} images ({', '.join(sizes)}), {n_truth} labelled mussels; model {Path(args.model).name} "
-          f"at imgsz {imgsz}, NMS IoU {args.iou}; tiles {tile} px, overlap {args.overlap}; counted at conf >= "
-          f"{args.threshold}; "
-          f"{args.threads} torch threads on {device}")
 
+def counts_table(args: argparse.Namespace, images: list[Image], imgsz: int, tile: int,
+                 thresholds: dict[int, float], device: str) -> list[tuple[str, float, Score, dict]]:
+    """Count error and per-process speed of each merge method, whole images and SAHI (one table)."""
     methods: list[tuple[str, Callable[[], tuple[Callable, dict]]]] = [
         ("whole image (no tiles)", lambda: musseltools_fn(args.model, imgsz, None, args.overlap, "edge", None,
                                                           args.threads, args.iou)),
-        ("musseltools tiled, merge=edge", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "edge",
-                                                                 args.batch_size, args.threads, args.iou)),
-        ("musseltools tiled, merge=ios", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "ios",
-                                                                args.batch_size, args.threads, args.iou)),
-        ("musseltools tiled, merge=nmm", lambda: musseltools_fn(args.model, imgsz, tile, args.overlap, "nmm",
-                                                                args.batch_size, args.threads, args.iou)),
     ]
+    for merge in ("edge", "ios", "nmm"):
+        methods.append((f"musseltools, merge={merge}", lambda m=merge: musseltools_fn(
+            args.model, imgsz, tile, args.overlap, m, args.batch_size, args.threads, args.iou)))
     if not args.no_sahi:
-        if args.sahi_batch:
-            methods.append((f"sahi, batch_size={args.sahi_batch}", lambda: (
-                sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device, args.iou,
-                        args.sahi_batch), {})))
         methods.append(("sahi get_sliced_prediction", lambda: (
-            sahi_fn(args.model, imgsz, tile, args.overlap, args.threshold, device, args.iou), {})))
+            sahi_fn(args.model, imgsz, tile, args.overlap, min(thresholds.values()), device, args.iou), {})))
     made = [make() for _, make in methods]
     results = timed([fn for fn, _ in made], images, args.repeat, args.threads)
     rows = []
     for (name, _), (_, info), (rate, dets) in zip(methods, made, results):
         score = Score()
         for det, im in zip(dets, images):
-            score.add(det, im, args.threshold)
+            score.add(det, im, thresholds)
         rows.append((name, rate, score, info))
+    return rows
 
-    print()
+
+def main(argv: list[str] | None = None) -> int:
+    """Length: argument parsing, two tables and their explanation, in the order they print."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, default=ROOT / "data/demo/images")
+    ap.add_argument("--synth", type=int, metavar="N", help="use N generated 4000x3000 quadrats instead of --images")
+    ap.add_argument("--labels", type=Path, help="YOLO label folder (default: IMAGES/../labels)")
+    ap.add_argument("--model", default=str(ROOT / "data/models/mussel-demo.pt"))
+    ap.add_argument("--imgsz", type=int, help="model input size (default: the size the model was trained at)")
+    ap.add_argument("--tile", type=int, help="tile size in pixels (default: the model input size)")
+    ap.add_argument("--overlap", type=float, help="tile overlap (default: the card's, else 0.2)")
+    ap.add_argument("--threshold", type=float, help="count at this confidence (default: the card's per class)")
+    ap.add_argument("--iou", type=float, help="NMS IoU within a tile, for every method (default: the card's)")
+    ap.add_argument("--min-side", type=int, default=2000, help="use images whose longest side exceeds this")
+    ap.add_argument("--limit", type=int, help="at most this many images")
+    ap.add_argument("--batch-size", type=int, help="tiles per forward pass for musseltools (default: measured)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each method in the counts table")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--device", default=None, help="cpu, cuda:0 (default: the fastest available)")
+    ap.add_argument("--no-sahi", action="store_true", help="skip SAHI (when it is not installed)")
+    ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
+    args = ap.parse_args(argv)
+
+    from musseltools.models import default_device
+
+    card = card_settings(args.model)
+    args.iou = args.iou or card.get("iou", 0.7)
+    args.overlap = args.overlap if args.overlap is not None else card.get("tile_overlap", 0.2)
+    rec = card.get("threshold", 0.5)
+    by_name = rec if isinstance(rec, dict) else {c: rec for c in CLASSES.values()}
+    if args.threshold is not None:
+        by_name = {c: args.threshold for c in CLASSES.values()}
+    thresholds = {k: float(by_name[name]) for k, name in CLASSES.items()}
+    merge = card.get("tile_merge", "edge")
+    device = args.device or default_device()
+    folder = synth_quadrats(args.synth, 77) if args.synth else args.images
+    labels = args.labels or folder.parent / "labels"
+    imgsz = args.imgsz or model_imgsz(args.model)
+    tile = args.tile or imgsz
+    images = load_images(folder, labels, args.min_side, args.limit)
+    if not images:
+        sys.exit(f"no image larger than {args.min_side} px in {folder} — pass --images or --min-side")
+    n_truth = sum(len(im.boxes) for im in images)
+    sizes = sorted({f"{im.bgr.shape[1]}x{im.bgr.shape[0]}" for im in images})
+    print(f"{len(images)} images ({', '.join(sizes)}), {n_truth} labelled mussels; model {Path(args.model).name} "
+          f"at imgsz {imgsz}, NMS IoU {args.iou}; tiles {tile} px, overlap {args.overlap}; counted at "
+          f"{', '.join(f'{CLASSES[k]} {t}' for k, t in thresholds.items())}; {device}")
+
+    rows = counts_table(args, images, imgsz, tile, thresholds, device)
+    print(f"\ncounts ({args.threads} torch thread per method, images decoded once)")
     print(f"{'method':32s} {'images/s':>9s} {'recall':>7s} {'precision':>9s} {'count err':>10s} "
-          f"{'|err|/img':>10s} {'batch':>6s}")
-    for name, rate, s, info in rows:
-        precision = s.found / s.n_pred if s.n_pred else 0.0
-        print(f"{name:32s} {rate:9.3f} {s.found / max(s.truth, 1):7.3f} {precision:9.3f} {s.count_error:+10.0f} "
-              f"{s.abs_count_error / len(images):10.1f} {info.get('batch', ''):>6}")
-    print("count err: predicted minus labelled mussels over all images and classes; |err|/img: mean absolute "
-          "error per image, summed over classes")
-    ours = rows[1]
+          f"{'|err|':>7s} {'batch':>6s}")
+    for name, rate, sc, info in rows:
+        precision = sc.found / sc.n_pred if sc.n_pred else 0.0
+        print(f"{name:32s} {rate:9.3f} {sc.found / max(sc.truth, 1):7.3f} {precision:9.3f} {sc.count_error:+10.0f} "
+              f"{sc.abs_count_error:7.0f} {info.get('batch', ''):>6}")
+    print("count err: predicted minus labelled mussels over all images and classes; |err|: the sum of absolute "
+          "errors per image and class")
+
+    print(f"\nend to end (call to last result; merge={merge}, each contender's default torch threads)")
+    paths = [folder / im.name for im in images]
+    run_folder = folder
+    if len(paths) != len(list(p for p in folder.iterdir() if p.is_file())):  # only the large images
+        import tempfile
+
+        run_folder = Path(tempfile.mkdtemp(prefix="mt-tiling-large-"))
+        for p in paths:
+            (run_folder / p.name).symlink_to(p.resolve())
+    settings = {"imgsz": imgsz, "tile": tile, "tile_overlap": args.overlap, "iou": args.iou, "tile_merge": merge}
+    e2e_musseltools(run_folder, args.model, settings, workers=1)  # warm-up: page cache, batch size measured
+    speeds: list[tuple[str, float]] = []
     if not args.no_sahi:
-        sahi = rows[-1]
-        ratio = ours[1] / sahi[1]
-        print(f"musseltools (merge=edge) vs SAHI: {ratio:.2f}x the images/s, recall {ours[2].found / n_truth:.3f} vs "
-              f"{sahi[2].found / n_truth:.3f}")
-        print(f"ratio_vs_sahi={ratio:.2f}")
+        speeds.append(("sahi", e2e_sahi(paths, args.model, imgsz, tile, args.overlap, min(thresholds.values()),
+                                        args.iou, device)))
+    speeds.append(("musseltools, 1 worker", e2e_musseltools(run_folder, args.model, settings, workers=1)[0]))
+    default, executor = e2e_musseltools(run_folder, args.model, settings)
+    speeds.append((f"musseltools, default: {executor}", default))
+    if not args.no_dask:
+        cluster, client = _cluster()
+        try:
+            speeds.append(("musseltools, Dask LocalCluster", e2e_musseltools(run_folder, args.model, settings,
+                                                                            client=client)[0]))
+        finally:
+            client.close()
+            cluster.close()
+    ceiling = next(rate for name, rate, _, _ in rows if name == f"musseltools, merge={merge}")
+    speeds.append((f"model only, tiles batched ({args.threads} thread)", ceiling))
+    base = speeds[0][1] if not args.no_sahi else None
+    for name, rate in speeds:
+        ratio = f"x{rate / base:.2f}" if base else ""
+        print(f"{name:56s} {rate:8.3f} images/s {ratio}")
+    if base:
+        print(f"ratio_vs_sahi={default / base:.2f}")
     return 0
 
 
