@@ -89,12 +89,19 @@ def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
     return task(unit, on_image=_tell_images, stop=_stop.is_set)
 
 
+#: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
+#: Ultralytics imports when a predictor warms up (for its NMS) and which imports ``torch._dynamo``: about
+#: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped).
+FORKSERVER_PRELOAD = ["musseltools.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
+
+
 def _context() -> Any:
-    """``forkserver`` where there is one (workers fork from a clean server that imported musseltools once),
-    else ``spawn``; never plain ``fork`` from a process that may already run torch threads."""
+    """``forkserver`` where there is one (workers fork from a clean server that imported musseltools once,
+    and serves every later run of this process), else ``spawn``; never plain ``fork`` from a process that
+    may already run torch threads."""
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["musseltools.task", "torch", "ultralytics"])
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         return ctx
     return mp.get_context("spawn")
 
