@@ -311,6 +311,32 @@ def test_tile_detections_are_mapped_back_to_the_image(model_factory, task):
     assert (centre > 128).any() and (centre < 128).any()  # both tiles contributed
 
 
+def test_tiles_run_on_several_model_copies_at_once_with_the_results_of_one(model_factory):
+    """Streams (one model copy each) run tile batches at once; detections are added in tile order, so the
+    merged result is exactly that of one stream."""
+    from musseltools.models import tile_streams
+
+    rng = np.random.default_rng(3)
+    img = (rng.random((300, 420, 3)) * 60 + 100).astype(np.uint8)
+    for _ in range(30):
+        c = (int(rng.integers(0, 420)), int(rng.integers(0, 300)))
+        cv2.ellipse(img, c, (int(rng.integers(6, 20)), int(rng.integers(3, 8))), float(rng.uniform(0, 180)), 0, 360,
+                    (25, 25, 25), -1)
+    path = model_factory("detect")
+    settings = InferenceSettings(imgsz=IMGSZ, tile=128, tile_overlap=0.2, conf_floor=0.001)
+    one = make_predictor(load_model(path), dataclasses.replace(settings, tile=None), threads=1)
+    extra = [make_predictor(load_model(path), dataclasses.replace(settings, tile=None), threads=1) for _ in range(2)]
+    single, streams = TiledPredictor(one, settings), TiledPredictor(one, settings, replicas=extra)
+    single.batch_size = streams.batch_size = 2
+    [a] = single.predict([single.prepare(img)])
+    [b] = streams.predict([streams.prepare(img)])
+    assert len(a) == len(b) > 0 and len(streams.streams) == 3
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    # in this process on a CPU, one torch thread leaves cores idle: a stream per core this process may use
+    assert tile_streams("cpu", 2) == 2 and tile_streams("cpu", 1) == 1 and tile_streams("cuda:0", None) == 1
+
+
 KW = {"imgsz": IMGSZ, "quiet": True}
 
 

@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import RunCancelled
+from ..machine import cpu_cores
 from ..planning import Unit, UnitSummary
 from .base import UnitTask
 
@@ -44,14 +45,6 @@ CANCEL_GRACE_S = 60.0
 # the worker process's side: set by the pool's initializer
 _progress: Any = None
 _stop: Any = None
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (its CPU affinity where the platform tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 #: Environment variables a worker takes from the parent when it starts: musseltools' and Ultralytics'

@@ -14,8 +14,11 @@ call :func:`register_family` at its end; import it here.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
+from ..machine import cpu_cores
 from .base import (
     RESULTS_FORMAT,
     SUPPORTED_TASKS,
@@ -73,6 +76,7 @@ __all__ = [
     "get_family",
     "load_model",
     "make_predictor",
+    "tile_streams",
     "model_fingerprint",
     "register_family",
 ]
@@ -89,7 +93,29 @@ def make_predictor(
     >>> type(p).__name__                                                                             # doctest: +SKIP
     'TiledPredictor'
     """
-    inner = get_family(model.info.family).predictor(model, settings, device=device, threads=threads)
+    family = get_family(model.info.family)
     if settings.tile is None:
-        return inner
-    return TiledPredictor(inner, settings)
+        return family.predictor(model, settings, device=device, threads=threads)
+    spare = copy.deepcopy(model.model)  # before the predictor is built onto it: a model to copy for streams
+    inner = family.predictor(model, settings, device=device, threads=threads)
+    replicas = []
+    for _ in range(tile_streams(inner.device, threads) - 1):
+        replica = dataclasses.replace(model, model=spare if not replicas else copy.deepcopy(spare))
+        replicas.append(family.predictor(replica, settings, device=device, threads=1))
+    return TiledPredictor(inner, settings, replicas=replicas)
+
+
+def tile_streams(device: str, threads: int | None) -> int:
+    """How many tile batches run at once, each on its own copy of the model: on a CPU where the model runs
+    on one torch thread (two cores in this process: one left to decoding), one per core this process may
+    use (``threads``, its share, when a worker process was given one); else 1. A tiled image is decoded
+    once for hundreds of tiles, so the core left to decoding would idle.
+
+    >>> tile_streams("cuda:0", None)
+    1
+    """
+    import torch
+
+    if not device.startswith("cpu") or torch.get_num_threads() != 1:
+        return 1
+    return max(1, threads if threads is not None else cpu_cores())

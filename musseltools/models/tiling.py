@@ -54,6 +54,14 @@ Exact threshold views
     detections at or above ``T`` would keep (counts are exact at every threshold). Merging is done
     once, at the floor, and never depends on the threshold.
 
+Streams
+    On a CPU where the model runs on one torch thread (a 2-core machine in one process: one core is left
+    to decoding, which a tiled image hardly needs), tile batches run on several copies of the model at
+    once, one per core (:func:`~musseltools.models.tile_streams`; torch releases the GIL). Their
+    detections are added in tile order, so the result is exactly that of one copy. One 4000x3000
+    quadrat, 192 tiles of 320 px, demo model, 2 cores: 2.6 s with two streams, 5.2 s with one, 2.8 s
+    with one stream on two torch threads (SAHI with its default two threads: 3.9 s).
+
 ``tile="auto"``
     Images whose longest side exceeds :data:`AUTO_TILE_FACTOR` times the model input size are cut
     into tiles of the model input size (native resolution, no rescaling); others run whole.
@@ -63,7 +71,9 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -404,12 +414,13 @@ class TiledPredictor:
     >>> [dets] = p.predict([p.prepare(cv2.imread("quadrat.jpg"))])                        # doctest: +SKIP
     """
 
-    def __init__(self, inner: Predictor, settings: InferenceSettings) -> None:
+    def __init__(self, inner: Predictor, settings: InferenceSettings, *, replicas: Sequence[Predictor] = ()) -> None:
         if settings.tile is None:
             raise ValueError("TiledPredictor needs settings.tile (a size in pixels or 'auto'); got None")
         self.settings = settings
         self.merge = settings.tile_merge
         self.inner = inner
+        self.streams = [inner, *replicas]
         self.device = inner.device
         self.names = inner.names
         self.task = inner.task
@@ -463,28 +474,49 @@ class TiledPredictor:
         for image in images:
             h, w = image.shape[:2]
             gathered.append(_TileDetections(w, h, self.tiles_for(w, h), margin))
-        chunk: list[tuple[int, int]] = []
-        n_tiles = 0
-        for job in self._jobs(gathered):
-            chunk.append(job)
-            if len(chunk) >= batch_size:
-                self._run_chunk(images, gathered, chunk)
-                n_tiles += len(chunk)
-                chunk = []
-        if chunk:
-            self._run_chunk(images, gathered, chunk)
-            n_tiles += len(chunk)
-        log.debug("%d tiles of %d images in batches of %d", n_tiles, len(images), batch_size)
+        jobs = list(self._jobs(gathered))
+        chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+        if len(self.streams) == 1:
+            for chunk in chunks:
+                self._add(gathered, chunk, self._run_chunk(self.inner, images, gathered, chunk))
+        else:
+            self._run_streams(images, gathered, chunks)
+        log.debug("%d tiles of %d images in batches of %d, %d at once", len(jobs), len(images), batch_size,
+                  len(self.streams))
         return [self._merge(g) for g in gathered]
 
-    def _run_chunk(self, images: Sequence[np.ndarray], gathered: list[_TileDetections],
-                   chunk: list[tuple[int, int]]) -> None:
+    def _run_streams(self, images: Sequence[np.ndarray], gathered: list[_TileDetections],
+                     chunks: list[list[tuple[int, int]]]) -> None:
+        """Run the chunks on every stream at once (each its own model copy; torch releases the GIL), and add
+        their detections in chunk order, so that merging sees exactly what one stream would give."""
+        free: queue.SimpleQueue[Predictor] = queue.SimpleQueue()
+        for p in self.streams:
+            free.put(p)
+
+        def run(chunk: list[tuple[int, int]]) -> list[Detections]:
+            p = free.get()
+            try:
+                return self._run_chunk(p, images, gathered, chunk)
+            finally:
+                free.put(p)
+
+        with ThreadPoolExecutor(len(self.streams), thread_name_prefix="musseltools-tiles") as pool:
+            for chunk, dets in zip(chunks, pool.map(run, chunks)):
+                self._add(gathered, chunk, dets)
+
+    @staticmethod
+    def _run_chunk(predictor: Predictor, images: Sequence[np.ndarray], gathered: list[_TileDetections],
+                   chunk: list[tuple[int, int]]) -> list[Detections]:
         prepared = []
         for k, t in chunk:
             tile = gathered[k].tiles[t]
             crop = np.ascontiguousarray(images[k][tile.y0 : tile.y1, tile.x0 : tile.x1])
-            prepared.append(self.inner.prepare(crop))
-        for (k, t), det in zip(chunk, self.inner.predict(prepared)):
+            prepared.append(predictor.prepare(crop))
+        return predictor.predict(prepared)
+
+    @staticmethod
+    def _add(gathered: list[_TileDetections], chunk: list[tuple[int, int]], dets: list[Detections]) -> None:
+        for (k, t), det in zip(chunk, dets):
             gathered[k].add(t, det)
 
     def _merge(self, g: _TileDetections) -> Detections:
