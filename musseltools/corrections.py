@@ -57,6 +57,7 @@ from .store import Store, atomic_write_bytes, remove_dead_temporaries, utcnow
 from .thresholds import ClassMap
 
 __all__ = [
+    "NO_CORRECTIONS",
     "KINDS", "CORRECTIONS_SCHEMA", "Applied", "corrections_dir", "read_corrections", "write_corrections",
     "corrections_signature", "correction_row", "resolve_class", "next_category_class", "active_corrections",
     "apply_corrections", "check_corrections", "compact_corrections", "default_author", "RunContext", "member",
@@ -181,8 +182,13 @@ def _files(store: Store) -> list[Path]:
 
 
 def corrections_signature(store: Store) -> str:
-    """Changes whenever corrections are saved (files are never rewritten, only added or merged)."""
+    """Changes whenever corrections are saved (files are never rewritten, only added or merged);
+    :data:`NO_CORRECTIONS` for a store without any."""
     return hashlib.sha256("|".join(p.name for p in _files(store)).encode()).hexdigest()[:16]
+
+
+#: The corrections signature of a store without corrections.
+NO_CORRECTIONS = hashlib.sha256(b"").hexdigest()[:16]
 
 
 def _read_file(store: Store, path: Path) -> pd.DataFrame | None:

@@ -44,6 +44,7 @@ from .progress import InferredCounter, cap_hit_message, phase_before_inference, 
 from .results import results_signature
 from .runs import Run
 from .store import Store, update_run_meta, utcnow
+from .tally import Tally
 from .task import RunTask
 from .thresholds import Thresholds
 
@@ -293,6 +294,7 @@ class _Job:
     inferred: int = 0
     collection_record: dict[str, Any] = field(default_factory=dict)
     settings_from: dict[str, Any] = field(default_factory=dict)
+    tally: Tally | None = None
 
     @classmethod
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
@@ -469,9 +471,11 @@ class _Job:
         """Mark the run running with what was done before this call; returns that state."""
         total = len(self.collection)
         if fresh:  # nothing done yet: no need to count
-            done_before = {"processed": 0, "failed": 0, "counts": {c: 0 for c in run.categories}}
+            done_before = {"processed": 0, "failed": 0, "counts": {c: 0 for c in run.categories}, "cap_hit": []}
         else:
             done_before = self._state(run)
+        # what this call commits is added to it, image by image, unless something makes that inexact
+        self.tally = Tally.start(done_before, self.store)
         update_run_meta(
             self.store, self.run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
             finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
@@ -514,6 +518,7 @@ class _Job:
             if (now, default) != (task.thresholds, task.threshold):  # saved by another process meanwhile
                 task.thresholds, task.threshold = now, default
                 counts = run.counts(now)
+                self.tally = None
             return {"counts": counts}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
@@ -527,6 +532,8 @@ class _Job:
                 self.inferred += summary.n_inferred
                 for c, k in summary.counts.items():
                     counts[c] = counts.get(c, 0) + k
+                if self.tally is not None:
+                    self.tally.add(summary)
                 update_run_meta(self.store, self.run_id, recount_if_thresholds_changed,
                                 processed_count=min(processed, total),
                                 failed_count=done_before["failed"] + failed_new,
@@ -555,7 +562,9 @@ class _Job:
 
     def _finish(self, run: Run, status: str, task: RunTask, error: str | None = None) -> dict[str, Any]:
         def final_state(meta: dict[str, Any]) -> dict[str, Any]:  # at the thresholds saved right now
-            state = self._state(run, {**meta, "status": status})
+            meta = {**meta, "status": status}
+            exact = self.tally is not None and status == "completed" and self.tally.still_exact(meta, task)
+            state = self.tally.state(self._state_signature(meta)) if exact else self._state(run, meta)
             return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
                     "state_signature": state["signature"], "cap_hit_images": state["cap_hit"]}
 

@@ -52,6 +52,8 @@ class UnitSummary:
     counts: dict[str, int] = field(default_factory=dict)
     #: False for the smaller part committed when a unit was cancelled part-way (see :func:`sub_unit`).
     complete: bool = True
+    #: Paths of the unit's images whose detections reached the cap (``max_det``).
+    cap_hit: tuple[str, ...] = ()
 
 
 def unit_key(inference_key: str, image_ids: Sequence[str]) -> str:

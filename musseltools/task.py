@@ -272,7 +272,8 @@ class RunTask:
         dets = pa.concat_tables(det_tables) if det_tables else DETECTIONS_SCHEMA.empty_table()
         self.store.commit_part(self.inference_key, unit.key, images, dets)
         n_inferred = len(unit.images) - n_failed
-        return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts)
+        capped = tuple(str(path) for path, hit in zip(rows["path"], rows["cap_hit"]) if hit)
+        return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts, cap_hit=capped)
 
     def __call__(self, unit: Unit, *, on_image: Callable[[int], None] | None = None,
                  stop: Callable[[], bool] | None = None) -> UnitSummary:

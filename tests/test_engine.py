@@ -172,6 +172,34 @@ def test_cap_hit_is_recorded(images, tiny_model):
     assert (table["n_detections"] == 3).all()
 
 
+def test_a_completed_run_is_counted_from_its_units_without_reading_the_results_back(tmp_path, tiny_model,
+                                                                                     monkeypatch):
+    """The final state of a run comes from its units' summaries (memory flat in the collection's size) and
+    equals a count from the store; with a failed image retried, it is counted from the store."""
+    from musseltools.runs import Run
+
+    folder = tmp_path / "survey"
+    write_images(folder, 20)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    reads = []
+    orig = Run.per_image
+    monkeypatch.setattr(Run, "per_image", lambda self, *a, **k: reads.append(1) or orig(self, *a, **k))
+    r = mt.run(folder, model=tiny_model, commit_every=4, max_det=5, **KW)
+    assert reads == []  # nothing read back
+    monkeypatch.setattr(Run, "per_image", orig)
+    table = r.per_image()
+    m = r.meta
+    assert (m["processed_count"], m["failed_count"]) == (21, 1)
+    assert m["counts"] == {c: int(table[c].sum()) for c in ("live", "dead")}
+    assert m["cap_hit_images"] == sorted(table.loc[table["cap_hit"].fillna(False).astype(bool), "path"])
+    assert m["cap_hit_images"]  # max_det 5: some images reach it
+    # the broken image is tried again next time: then the store is counted (it would count twice)
+    monkeypatch.setattr(Run, "per_image", lambda self, *a, **k: reads.append(1) or orig(self, *a, **k))
+    again = mt.run(folder, model=tiny_model, commit_every=4, max_det=5, **KW)
+    assert reads and (again.meta["processed_count"], again.meta["failed_count"]) == (21, 1)
+    assert again.meta["counts"] == m["counts"]
+
+
 def test_batch_size_is_measured_and_remembered(images, tiny_model, monkeypatch):
     monkeypatch.delenv("MUSSELTOOLS_BATCH_SIZE")
     calls = []

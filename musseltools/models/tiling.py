@@ -36,16 +36,14 @@ Merging across seams (default ``"edge"``, see :data:`MERGE_METHODS`)
     only, so they are merged while the mussel is at most about three times as long as the overlap
     (IoS = 2 x overlap / (length + overlap) >= 0.5): 192 px for 320-px tiles overlapping by 0.2.
 
-    ``"edge"`` is the default, chosen on the three demo quadrats (4000x3000, 1785 labelled mussels,
-    demo model, 320-px tiles, overlap 0.2, NMS IoU 0.7; ``benchmarks/tiling.py`` and the same tile
-    detections merged each way). ``edge`` and ``ios`` count alike (recall 0.922; count error +402
-    and +401 at confidence 0.5). Matching by IoU alone counts seam halves twice (+562 at 0.5,
-    precision 0.700 against 0.752). ``nmm`` comes closer at 0.5 (+265) only because it also
-    removes the model's partial boxes inside a tile, an overcount that whole-image inference
-    shares; at the threshold where each counts best (0.6), ``edge`` is better (summed absolute
-    error per image and class 122 against 135; with NMS IoU 0.5: 130 against 135) and its recall
-    was never lower. So: ``edge`` at the seams, and calibrate the threshold or lower ``iou`` for
-    the model's own duplicates.
+    ``"edge"`` is the default, chosen by count error (``benchmarks/tile_merge.py``: 12 generated
+    4000x3000 quadrats, 44,732 mussels from sparse scatter to dense beds of overlapping shells, the demo
+    detector at its card's thresholds, 320-px tiles, merges and NMS IoUs applied to the same tile
+    detections). Summed absolute count error per image and class at NMS IoU 0.4: ``edge`` 1060,
+    ``ios`` 1098, ``nmm`` and SAHI 1904 (the same rule: the same counts); on the dense beds 734, 772
+    and 1559, where ``nmm`` fuses touching shells (750 mussels lost against 256). At NMS IoU 0.7 the
+    model's own partial boxes dominate (``edge`` 6085, ``nmm`` 1755): the IoU belongs to the model
+    and its card (the demo detector's says 0.4), the merge to the seams.
 
 Exact threshold views
     Matching uses the original boxes and visits detections by confidence, so whether a detection
