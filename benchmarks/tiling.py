@@ -52,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 from musseltools.detections import Detections  # noqa: E402
 
 CLASSES = {0: "live", 1: "dead"}
+#: torch's default number of threads in this process (set in main, before any method pins it).
+DEFAULT_THREADS = 1
 
 
 # ---------------------------------------------------------------------------------------------- truth
@@ -199,12 +201,22 @@ def sahi_fn(weights: str, imgsz: int, tile: int, overlap: float, threshold: floa
 
 # ---------------------------------------------------------------------------------------------- end to end
 def e2e_sahi(paths: list[Path], weights: str, imgsz: int, tile: int, overlap: float, threshold: float, iou: float,
-             device: str) -> float:
-    """Images/s of SAHI from its model load to the last image's prediction, images read from disk."""
-    import cv2
+             device: str, threads: int | None = None) -> float:
+    """Images/s of SAHI from its model load to the last image's prediction, images read from disk.
 
+    As a user runs it, SAHI's Ultralytics model sets torch's threads when it loads (Ultralytics'
+    ``NUM_THREADS``: cores - 1, at most 8, also when its predictor is set up); ``threads`` sets them after
+    a first prediction on a blank tile instead.
+    """
+    import cv2
+    import torch
+
+    torch.set_num_threads(DEFAULT_THREADS)  # torch's own default (the counts table pinned 1)
     t0 = time.perf_counter()
     fn = sahi_fn(weights, imgsz, tile, overlap, threshold, device, iou)
+    if threads:  # Ultralytics sets them again when its predictor is set up, on the first prediction
+        fn(Image("warm-up", np.zeros((tile, tile, 3), np.uint8), np.zeros((0, 4)), np.zeros(0, int)))
+        torch.set_num_threads(threads)
     for path in paths:
         fn(Image(path.name, cv2.imread(str(path)), np.zeros((0, 4)), np.zeros(0, int)))
     return len(paths) / (time.perf_counter() - t0)
@@ -310,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
     args = ap.parse_args(argv)
 
+    global DEFAULT_THREADS
+    import torch
+
     from musseltools.models import default_device
 
+    DEFAULT_THREADS = torch.get_num_threads()  # before any method pins it
     card = card_settings(args.model)
     args.iou = args.iou or card.get("iou", 0.7)
     args.overlap = args.overlap if args.overlap is not None else card.get("tile_overlap", 0.2)
@@ -346,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print("count err: predicted minus labelled mussels over all images and classes; |err|: the sum of absolute "
           "errors per image and class")
 
-    print(f"\nend to end (call to last result; merge={merge}, each contender's default torch threads)")
+    print(f"\nend to end (call to last result; merge={merge}; each contender's own torch threads: SAHI's "
+          f"Ultralytics model sets cores - 1, torch's default here is {DEFAULT_THREADS})")
     paths = [folder / im.name for im in images]
     run_folder = folder
     if len(paths) != len(list(p for p in folder.iterdir() if p.is_file())):  # only the large images
@@ -359,8 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     e2e_musseltools(run_folder, args.model, settings, workers=1)  # warm-up: page cache, batch size measured
     speeds: list[tuple[str, float]] = []
     if not args.no_sahi:
-        speeds.append(("sahi", e2e_sahi(paths, args.model, imgsz, tile, args.overlap, min(thresholds.values()),
-                                        args.iou, device)))
+        import torch
+
+        torch.set_num_threads(DEFAULT_THREADS)
+        speeds.append(("sahi (its default torch threads)", e2e_sahi(
+            paths, args.model, imgsz, tile, args.overlap, min(thresholds.values()), args.iou, device)))
+        speeds.append((f"sahi, torch threads set to {DEFAULT_THREADS} after its set-up", e2e_sahi(
+            paths, args.model, imgsz, tile, args.overlap, min(thresholds.values()), args.iou, device, DEFAULT_THREADS)))
+
     speeds.append(("musseltools, 1 worker", e2e_musseltools(run_folder, args.model, settings, workers=1)[0]))
     default, executor = e2e_musseltools(run_folder, args.model, settings)
     speeds.append((f"musseltools, default: {executor}", default))
@@ -379,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"x{rate / base:.2f}" if base else ""
         print(f"{name:56s} {rate:8.3f} images/s {ratio}")
     if base:
+        forced = speeds[1][1]
+        print(f"musseltools default vs SAHI with {DEFAULT_THREADS} torch threads: x{default / forced:.2f}")
         print(f"ratio_vs_sahi={default / base:.2f}")
     return 0
 
