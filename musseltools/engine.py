@@ -42,8 +42,9 @@ from .options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from .planning import ImageRef, Unit, make_run_id, make_units
 from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
 from .results import results_signature
+from .runmeta import update_run_meta
 from .runs import Run
-from .store import Store, update_run_meta, utcnow
+from .store import Store, utcnow
 from .tally import Tally
 from .task import RunTask
 from .thresholds import Thresholds

@@ -26,12 +26,12 @@ from typing import Any
 
 import pandas as pd
 
-from .corrections import apply_corrections, corrections_signature, member, read_corrections
+from .corrections import NO_CORRECTIONS, apply_corrections, corrections_signature, member, read_corrections
 from .detections import detection_ids
 from .store import Store
 from .thresholds import ClassMap, Thresholds
 
-__all__ = ["RunResults", "load_results", "results_signature", "class_map_of", "thresholds_of"]
+__all__ = ["RunResults", "load_results", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,33 @@ _COUNT_INDEX: dict[int, tuple[RunResults, dict[str, Any]]] = {}
 _RESULTS_CACHE: dict[tuple, tuple[str, RunResults]] = {}
 
 
+def counting_tables(store: Store, run_id: str, meta: Mapping[str, Any] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The run's per-image table and, of its detections, only ``image_id, class_name, confidence``: what
+    counts and the count cube need, read in a fraction of the memory of :func:`load_results` (no
+    outlines, no detection ids) and never cached. None when the store holds hand corrections (they
+    need the whole results: use :func:`load_results`)."""
+    if corrections_signature(store) != NO_CORRECTIONS:
+        return None
+    meta = store.read_run(run_id) if meta is None else meta
+    coll = store.read_collection(run_id).drop_duplicates("image_id", keep="first")
+    images, dets = store.read_results(meta["inference_key"], detection_columns=("image_id", "class_name", "confidence"))
+    table = _image_table(store, run_id, meta, coll, images).assign(verified=False)
+    return table, dets[member(dets["image_id"], coll["image_id"])].reset_index(drop=True)
+
+
+def _image_table(store: Store, run_id: str, meta: Mapping[str, Any], coll: pd.DataFrame,
+                 images: pd.DataFrame) -> pd.DataFrame:
+    """One row per image of the collection with its stored result (or why it has none)."""
+    table = coll[["image_id", "path"]].merge(images.drop(columns=["path"]), on="image_id", how="left")
+    _explain_missing(store, run_id, meta, coll, table)
+    for col in ("width", "height"):
+        if col in coll:
+            scanned = table["image_id"].map(coll.set_index("image_id")[col]).astype("Int64")
+            table[col] = table[col].astype("Int64").fillna(scanned)
+    return table
+
+
 def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool, image_ids: Any) -> RunResults:
     coll = store.read_collection(run_id)
     key = meta["inference_key"]
@@ -157,12 +184,7 @@ def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool
     coll = coll.drop_duplicates("image_id", keep="first")
     if image_ids is not None:
         coll = coll[member(coll["image_id"], set(image_ids))]
-    table = coll[["image_id", "path"]].merge(images.drop(columns=["path"]), on="image_id", how="left")
-    _explain_missing(store, run_id, meta, coll, table)
-    for col in ("width", "height"):
-        if col in coll:
-            scanned = table["image_id"].map(coll.set_index("image_id")[col]).astype("Int64")
-            table[col] = table[col].astype("Int64").fillna(scanned)
+    table = _image_table(store, run_id, meta, coll, images)
     dets = dets[member(dets["image_id"], coll["image_id"])].drop(columns=["path"])
     dets = dets.merge(coll[["image_id", "path"]], on="image_id", how="left")
     dets = dets[["image_id", "path"] + [c for c in dets.columns if c not in ("image_id", "path")]]

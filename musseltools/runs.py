@@ -20,7 +20,15 @@ import pandas as pd
 from . import views
 from .correcting import CorrectionsMixin
 from .errors import CorruptStoreError, MusselToolsError
-from .results import RunResults, class_map_of, count_index, load_results, results_signature, thresholds_of
+from .results import (
+    RunResults,
+    class_map_of,
+    count_index,
+    counting_tables,
+    load_results,
+    results_signature,
+    thresholds_of,
+)
 from .store import Store, atomic_write_bytes, temp_path, utcnow
 from .thresholds import ClassMap, Thresholds
 
@@ -155,7 +163,7 @@ class Run(CorrectionsMixin):
 
         A class that a mapping leaves out keeps the run's threshold; the saved thresholds name every class.
         """
-        from .store import update_run_meta
+        from .runmeta import update_run_meta
 
         t = self.rule(thresholds)
         plain = t.to_json(self.class_names)
@@ -252,14 +260,20 @@ class Run(CorrectionsMixin):
         from ._failpoints import failpoint
 
         m = self.meta
-        res = load_results(self.store, self.run_id, m)
-        extra = sorted(set(self.rule().by_class(res.classes).values()) | {float(m["threshold"])})
+        lean = counting_tables(self.store, self.run_id, m)  # without corrections: three columns of detections
+        if lean is not None:
+            images, detections, applied = *lean, 0
+        else:
+            res = load_results(self.store, self.run_id, m)
+            images, detections, applied = res.images, res.detections, len(res.applied)
+        classes = self.classes
+        extra = sorted(set(self.rule().by_class(classes).values()) | {float(m["threshold"])})
         ds = views.build_cube(
-            res.images, res.detections, res.classes, res.conf_floor, extra_thresholds=extra,
+            images, detections, classes, self.conf_floor, extra_thresholds=extra,
             attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
                    "signature": results_signature(self.store, self.run_id, m),
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
-                   "corrected": 1, "corrections_applied": len(res.applied), "created_at": utcnow().isoformat()},
+                   "corrected": 1, "corrections_applied": applied, "created_at": utcnow().isoformat()},
         )
         if self.store.remote:  # no rename in an object store: written in place, its signature tells if it is current
             final = f"{self.store.run_dir(self.run_id)}/cube.zarr"

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from .storage import atomic_write_bytes, atomic_write_table, remove_dead_tempora
 
 __all__ = [
     "Store", "IMAGES_SCHEMA", "DETECTIONS_SCHEMA", "default_store_path", "atomic_write_bytes", "temp_path",
-    "remove_dead_temporaries", "update_run_meta",
+    "remove_dead_temporaries",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,11 @@ class Store:
     def _part(self, key: str, sub: str, name: str) -> Any:
         return f"{self.results_dir(key)}/{sub}/{name}" if self.objects else self.results_dir(key) / sub / name
 
-    def _read_table(self, path: Any) -> pa.Table:
-        return storage.read_parquet_bytes(self.objects.read(self._name(path))) if self.objects else pq.read_table(path)
+    def _read_table(self, path: Any, columns: list[str] | None = None) -> pa.Table:
+        if self.objects:
+            table = storage.read_parquet_bytes(self.objects.read(self._name(path)))
+            return table if columns is None else table.select(columns)
+        return pq.read_table(path, columns=columns)
 
     def succeeded_images(self, key: str) -> set[str]:
         """Ids of the images with a successful committed result: the images parts alone are read (what
@@ -278,22 +281,26 @@ class Store:
             ok.update(i for i, e in zip(ids, err) if e is None)
         return ok
 
-    def read_results(self, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def read_results(self, key: str, *, detection_columns: Sequence[str] | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Committed results for an inference key: (per-image table, detections table).
 
         Each image appears once: its latest successful result, else its latest error. Damaged parts
         are moved to quarantine (their images count as not processed) and reported in the log. A part
         that vanishes while it is read (compaction replaced it by a merged part written before it was
         removed) makes the read start again, so no image is ever missing or doubled.
+        ``detection_columns``: only these columns of the detections (``image_id`` among them), read
+        from the parts as such and never cached (what counting needs, in a fraction of the memory).
         """
         for _ in range(10):
             try:
-                return self._read_results_once(key)
+                return self._read_results_once(key, detection_columns)
             except _PartVanished:
                 continue
-        return self._read_results_once(key)
+        return self._read_results_once(key, detection_columns)
 
-    def _read_results_once(self, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def _read_results_once(self, key: str, columns: Sequence[str] | None = None
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
         parts = self.part_files(key)
         stamp = []
         for p in parts:
@@ -306,7 +313,8 @@ class Store:
         cache_key = (key, tuple(stamp))
         hit = self._cache.get(key)
         if hit is not None and hit[0] == cache_key:
-            return hit[1]
+            return hit[1] if columns is None else (hit[1][0], hit[1][1][list(columns)])
+        schema = DETECTIONS_SCHEMA if columns is None else pa.schema([DETECTIONS_SCHEMA.field(c) for c in columns])
         img_tables, det_tables = [], []
         for i, p in enumerate(parts):
             name = str(p).rsplit("/", 1)[-1]
@@ -317,13 +325,11 @@ class Store:
                     if not self.exists(p):
                         raise _PartVanished(name)
                     raise CorruptStoreError(f"detections part {name} is missing")
-                dt = self._read_table(dp)
-                if not set(IMAGES_SCHEMA.names) <= set(it.column_names) or not set(DETECTIONS_SCHEMA.names) <= set(
-                    dt.column_names
-                ):
+                dt = self._read_table(dp, None if columns is None else list(columns))
+                if not set(IMAGES_SCHEMA.names) <= set(it.column_names) or not set(schema.names) <= set(dt.column_names):
                     raise CorruptStoreError("columns do not match the musseltools schema")
                 it = it.select(IMAGES_SCHEMA.names).cast(IMAGES_SCHEMA)
-                dt = dt.select(DETECTIONS_SCHEMA.names).cast(DETECTIONS_SCHEMA)
+                dt = dt.select(schema.names).cast(schema)
                 if len(dt) != int(pa.compute.sum(it["n_detections"]).as_py() or 0):
                     raise CorruptStoreError("detections do not add up to the images' n_detections")
             except _PartVanished:
@@ -345,7 +351,7 @@ class Store:
         else:
             images = IMAGES_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas(
                 types_mapper=_NULLABLE_INTS.get)
-            dets = DETECTIONS_SCHEMA.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
+            dets = schema.append(pa.field("_part", pa.int32())).empty_table().to_pandas()
         if len(images):
             images["_ok"] = images["error"].isna()
             images = images.sort_values(["image_id", "_ok", "processed_at", "_part"], ascending=[True, False, False, False])
@@ -357,7 +363,8 @@ class Store:
         images = images.drop(columns="_part").reset_index(drop=True)
         dets = dets.drop(columns="_part").reset_index(drop=True)
         result = (images, dets)
-        self._cache[key] = (cache_key, result)
+        if columns is None:
+            self._cache[key] = (cache_key, result)
         return result
 
     # ------------------------------------------------------------------ runs
@@ -540,56 +547,6 @@ class Store:
             self.objects.remove(f"runs/{run_id}/{name}", recursive=True)
             return
         shutil.rmtree(self.run_dir(run_id) / name, ignore_errors=True)
-
-
-def update_run_meta(
-    store: Store, run_id: str, compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None, /,
-    **changes: Any,
-) -> dict[str, Any]:
-    """Read-modify-write run metadata under the run's metadata lock (no lost updates); returns it.
-
-    ``compute(meta)``, when given, returns more changes computed from the metadata as it is under the
-    lock (e.g. counts at the thresholds in effect, which another process may just have changed).
-    """
-    from filelock import FileLock
-
-    if store.objects:
-        return _update_remote_meta(store, run_id, compute, changes)
-    d = store.run_dir(run_id)
-    d.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(d / ".meta.lock")):
-        try:
-            meta = store.read_run(run_id)
-        except RunNotFoundError:
-            meta = {}
-        meta["run_id"] = run_id
-        meta.update(changes)
-        if compute is not None:
-            meta.update(compute(meta))
-        meta["updated_at"] = utcnow().isoformat()
-        store.write_run(meta)
-    return meta
-
-
-def _update_remote_meta(store: Store, run_id: str, compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
-                        changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Read-modify-write of ``run.json`` in an object store by a conditional PUT, retried on a conflict."""
-    name = f"runs/{run_id}/run.json"
-    out: dict[str, Any] = {}
-
-    def modify(raw: bytes | None) -> bytes:
-        meta = store.parse_run(run_id, raw, store.objects.full(name)) if raw is not None else {}
-        meta.update(run_id=run_id, **changes)
-        if compute is not None:
-            meta.update(compute(meta))
-        meta["updated_at"] = utcnow().isoformat()
-        out.clear()
-        out.update(meta)
-        failpoint("meta-written")
-        return json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
-
-    store.objects.update(name, modify)
-    return out
 
 
 def _locked_error(key: str, holder: Mapping[str, Any]) -> RunLockedError:

@@ -22,7 +22,8 @@ from musseltools.errors import CollectionError, InferenceError, MusselToolsError
 from musseltools.executors import LocalExecutor
 from musseltools.monitor import RunMonitor
 from musseltools.paths import project_root
-from musseltools.store import Store, default_store_path, update_run_meta
+from musseltools.runmeta import update_run_meta
+from musseltools.store import Store, default_store_path
 from musseltools.widgets import ThresholdTuner
 
 ROOT = Path(__file__).resolve().parents[1]
