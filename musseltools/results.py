@@ -31,7 +31,7 @@ from .detections import detection_ids
 from .store import Store
 from .thresholds import ClassMap, Thresholds
 
-__all__ = ["RunResults", "load_results", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
+__all__ = ["RunResults", "load_results", "load_counting", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,41 @@ def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = Non
     """
     meta = store.read_run(run_id) if meta is None else meta
     if image_ids is None:  # the whole run: served from this process's cache while nothing changed
-        cache_key = (str(store.root), run_id, corrected, json.dumps(
-            [meta["inference_key"], meta["model"], meta["settings"], meta.get("status")], sort_keys=True, default=str))
-        signature = results_signature(store, run_id, meta)
-        hit = _RESULTS_CACHE.get(cache_key)
-        if hit is not None and hit[0] == signature:
-            return hit[1]
-        res = _load(store, run_id, meta, corrected=corrected, image_ids=None)
-        _RESULTS_CACHE[cache_key] = (signature, res)
-        while len(_RESULTS_CACHE) > 4:  # a few runs at once (e.g. two compared); the oldest goes
-            _RESULTS_CACHE.pop(next(iter(_RESULTS_CACHE)))
-        return res
+        return _cached(store, run_id, meta, corrected, lambda: _load(store, run_id, meta, corrected=corrected,
+                                                                     image_ids=None))
     return _load(store, run_id, meta, corrected=corrected, image_ids=image_ids)
+
+
+def load_counting(store: Store, run_id: str, meta: Mapping[str, Any] | None = None) -> RunResults:
+    """What counting views need (counts, per-image counts, the cube), with corrections: when the store holds
+    none, a :class:`RunResults` whose detections have only ``image_id, class_name, confidence``
+    (:func:`counting_tables`: a fraction of the memory), else :func:`load_results`. Cached alike."""
+    meta = store.read_run(run_id) if meta is None else meta
+    if corrections_signature(store) != NO_CORRECTIONS:
+        return load_results(store, run_id, meta)
+
+    def lean() -> RunResults:
+        tables = counting_tables(store, run_id, meta)
+        if tables is None:  # corrections saved meanwhile
+            return _load(store, run_id, meta, corrected=True, image_ids=None)
+        return RunResults(*tables, class_map_of(meta), float(meta["settings"]["conf_floor"]), True)
+
+    return _cached(store, run_id, meta, "counting", lean)
+
+
+def _cached(store: Store, run_id: str, meta: Mapping[str, Any], kind: Any, build: Any) -> RunResults:
+    """A run's results from this process's cache while its results signature is unchanged, else built."""
+    cache_key = (str(store.root), run_id, kind, json.dumps(
+        [meta["inference_key"], meta["model"], meta["settings"], meta.get("status")], sort_keys=True, default=str))
+    signature = results_signature(store, run_id, meta)
+    hit = _RESULTS_CACHE.get(cache_key)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    res = build()
+    _RESULTS_CACHE[cache_key] = (signature, res)
+    while len(_RESULTS_CACHE) > 4:  # a few runs at once (e.g. two compared); the oldest goes
+        _RESULTS_CACHE.pop(next(iter(_RESULTS_CACHE)))
+    return res
 
 
 def count_index(res: RunResults) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .results import (
     RunResults,
     class_map_of,
     count_index,
-    counting_tables,
+    load_counting,
     load_results,
     results_signature,
     thresholds_of,
@@ -190,7 +190,7 @@ class Run(CorrectionsMixin):
         processed_at, verified`` and one count column per category at the threshold.
 
         ``corrected=False`` counts the model's detections alone (no hand corrections)."""
-        res = self.results(corrected=corrected)
+        res = self._counting(corrected)
         return views.per_image_counts(res.images, res.detections, self.rule(threshold), res.classes)
 
     def detections(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
@@ -206,8 +206,12 @@ class Run(CorrectionsMixin):
     def counts(self, threshold: Any | None = None, *, corrected: bool = True) -> dict[str, int]:
         """Totals per category at the threshold (the run's thresholds by default); ``corrected=False``:
         the model alone."""
-        res = self.results(corrected=corrected)
+        res = self._counting(corrected)
         return views.totals_at(count_index(res), self.rule(threshold), res.classes)
+
+    def _counting(self, corrected: bool) -> RunResults:
+        """The results counting needs: without corrections in the store, three columns of the detections."""
+        return load_counting(self.store, self.run_id, self.meta) if corrected else self.results(corrected=False)
 
     def cube(self, *, rebuild: bool = False, corrected: bool = True):
         """The count-versus-threshold cube (``xarray.Dataset``), from ``cube.zarr`` when it is current.
@@ -260,12 +264,8 @@ class Run(CorrectionsMixin):
         from ._failpoints import failpoint
 
         m = self.meta
-        lean = counting_tables(self.store, self.run_id, m)  # without corrections: three columns of detections
-        if lean is not None:
-            images, detections, applied = *lean, 0
-        else:
-            res = load_results(self.store, self.run_id, m)
-            images, detections, applied = res.images, res.detections, len(res.applied)
+        res = load_counting(self.store, self.run_id, m)  # without corrections: three columns of detections
+        images, detections, applied = res.images, res.detections, len(res.applied)
         classes = self.classes
         extra = sorted(set(self.rule().by_class(classes).values()) | {float(m["threshold"])})
         ds = views.build_cube(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,11 +177,15 @@ def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
     folder = root / "images"
     write_images(folder, 5, seed=17)
     store = root / "data" / "store"
-    demo = dict(model=tiny_model, imgsz=IMGSZ, tile="auto", iou=0.5)  # the notebook's defaults: the demo's
-    run = mt.run(folder, store=store, quiet=True, batch_size=1, **demo)  # made "from the project root"
+    # weights with a card, as the demo's: the notebook leaves every setting to it, as `make demo` does
+    weights = root / "models" / "tiny.pt"
+    weights.parent.mkdir()
+    shutil.copy(tiny_model, weights)
+    weights.with_suffix(".yaml").write_text("recommended: {tile: auto, iou: 0.5, threshold: 0.5}\n")
+    run = mt.run(folder, model=weights, imgsz=IMGSZ, store=store, quiet=True, batch_size=1)  # from the root
     write_images(folder, 4, seed=18, start=5)  # the notebook resumes the same run with 4 more images
-    _parameterised_copy(root / "notebooks", setup=SLOW, images="../images", model=str(tiny_model), imgsz=IMGSZ,
-                        threshold=0.5, background=True)  # store left at its default
+    _parameterised_copy(root / "notebooks", setup=SLOW, images="../images", model=str(weights), imgsz=IMGSZ,
+                        background=True)  # store and settings left at their defaults
 
     ARTIFACT.with_name("threshold_tuner-failure.png").unlink(missing_ok=True)
     port, token = _free_port(), secrets.token_hex(16)
