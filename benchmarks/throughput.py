@@ -13,7 +13,10 @@ worker start included:
 musseltools runs end to end into a fresh store (scan + SHA-256, decode, inference down to the 0.01
 floor, Parquet commits, run metadata, Zarr cube). Each contender is warmed up once (files in the page
 cache, the batch size measured once per machine); timings are the best of ``--repeat`` interleaved
-passes. The last line is ``ratio_vs_ultralytics=X.XX`` for (d), the default.
+passes. The last line is ``ratio_vs_ultralytics=X.XX`` for (d), the default. As every import is warm in
+this process after the first pass (torch for Ultralytics), so is the server that worker processes fork
+from (started once per process, it serves every later run, as it does in a notebook): each pass still
+starts its workers and loads the model in each.
 
     python benchmarks/throughput.py --synth 300          # 300 generated survey frames (seed 7)
     python benchmarks/throughput.py                      # the 40 demo images (start-up costs dominate)
