@@ -117,7 +117,7 @@ def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = Non
     meta = store.read_run(run_id) if meta is None else meta
     if image_ids is None:  # the whole run: served from this process's cache while nothing changed
         return _cached(store, run_id, meta, corrected, lambda: _load(store, run_id, meta, corrected=corrected,
-                                                                     image_ids=None))
+                                                                     image_ids=None))  # type: ignore[return-value]
     return _load(store, run_id, meta, corrected=corrected, image_ids=image_ids)
 
 
@@ -128,6 +128,9 @@ def load_counting(store: Store, run_id: str, meta: Mapping[str, Any] | None = No
     meta = store.read_run(run_id) if meta is None else meta
     if corrections_signature(store) != NO_CORRECTIONS:
         return load_results(store, run_id, meta)
+    whole = _cached(store, run_id, meta, True, None)  # the whole results, when this process holds them already
+    if whole is not None:
+        return whole
 
     def lean() -> RunResults:
         tables = counting_tables(store, run_id, meta)
@@ -135,17 +138,20 @@ def load_counting(store: Store, run_id: str, meta: Mapping[str, Any] | None = No
             return _load(store, run_id, meta, corrected=True, image_ids=None)
         return RunResults(*tables, class_map_of(meta), float(meta["settings"]["conf_floor"]), True)
 
-    return _cached(store, run_id, meta, "counting", lean)
+    return _cached(store, run_id, meta, "counting", lean)  # type: ignore[return-value]
 
 
-def _cached(store: Store, run_id: str, meta: Mapping[str, Any], kind: Any, build: Any) -> RunResults:
-    """A run's results from this process's cache while its results signature is unchanged, else built."""
+def _cached(store: Store, run_id: str, meta: Mapping[str, Any], kind: Any, build: Any) -> RunResults | None:
+    """A run's results from this process's cache while its results signature is unchanged, else built
+    (``build=None``: None when not cached)."""
     cache_key = (str(store.root), run_id, kind, json.dumps(
         [meta["inference_key"], meta["model"], meta["settings"], meta.get("status")], sort_keys=True, default=str))
     signature = results_signature(store, run_id, meta)
     hit = _RESULTS_CACHE.get(cache_key)
     if hit is not None and hit[0] == signature:
         return hit[1]
+    if build is None:
+        return None
     res = build()
     _RESULTS_CACHE[cache_key] = (signature, res)
     while len(_RESULTS_CACHE) > 4:  # a few runs at once (e.g. two compared); the oldest goes
