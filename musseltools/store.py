@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,16 @@ class Store:
         ``detection_columns``: only these columns of the detections (``image_id`` among them), read
         from the parts as such and never cached (what counting needs, in a fraction of the memory).
         """
-        for _ in range(10):
+        for attempt in range(40):  # a compaction removes its old parts one by one: wait a little, read again
             try:
                 return self._read_results_once(key, detection_columns)
             except _PartVanished:
-                continue
-        return self._read_results_once(key, detection_columns)
+                time.sleep(min(0.2, 0.005 * (attempt + 1)))
+        try:
+            return self._read_results_once(key, detection_columns)
+        except _PartVanished as exc:
+            raise StoreError(f"results parts of {key} kept vanishing while they were read ({exc}; a compaction or "
+                             "another process rewriting them for seconds) — read again") from None
 
     def _read_results_once(self, key: str, columns: Sequence[str] | None = None
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:

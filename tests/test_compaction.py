@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import IMGSZ, write_images
@@ -63,7 +64,11 @@ def test_readers_never_see_an_image_missing_or_doubled_during_compaction(run):
             mt.open_run(run.run_id, store=run.store.root)
             from musseltools.compaction import compact
 
+            before = len(seen)
             compact(run.store, run.run_id)
+            deadline = time.monotonic() + 60  # the reader reads on (a fast compaction may leave it no turn)
+            while len(seen) < before + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
     finally:
         stop.set()
         t.join()
