@@ -11,6 +11,8 @@ from .survey import (
     DEAD_COLOUR,
     LIVE_COLOUR,
     OKABE_ITO,
+    REPORT_WIDTH,
+    alt_text,
     class_colours,
     colour_of,
     confidence_histograms,
@@ -21,13 +23,19 @@ from .survey import (
     plot_count_error,
     plot_pr,
     plot_pred_vs_true,
+    png_with_alt,
     read_image_rgb,
     sample_grid,
+    show_alt_text,
     threshold_curves,
     threshold_label,
 )
 
 __all__ = [
+    "REPORT_WIDTH",
+    "alt_text",
+    "png_with_alt",
+    "show_alt_text",
     "OKABE_ITO",
     "LIVE_COLOUR",
     "DEAD_COLOUR",
