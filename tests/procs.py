@@ -150,3 +150,33 @@ def assert_same_results(got: Any, expected: Any) -> None:
     assert got.meta["counts"] == expected.meta["counts"]
     assert (got.meta["processed_count"], got.meta["failed_count"]) == (
         expected.meta["processed_count"], expected.meta["failed_count"])
+
+
+def descendants(pid: int) -> list[Any]:
+    """The processes started by ``pid`` and by its children, recursively (``psutil.Process`` objects)."""
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def still_alive(procs: list[Any]) -> list[Any]:
+    """Those of ``procs`` still running (a zombie has exited; a pid reused by a new process is not ours)."""
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_gone(procs: list[Any], timeout: float) -> tuple[float, list[Any]]:
+    """Poll until every process of ``procs`` has exited or ``timeout`` seconds passed; returns the
+    ``time.time()`` at which they were all seen gone, and those still running at the end."""
+    deadline = time.monotonic() + timeout
+    while (alive := still_alive(procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.time(), alive
