@@ -521,7 +521,9 @@ class _Job:
                 task.thresholds, task.threshold = now, default
                 counts = run.counts(now)
                 self.tally = None
-            return {"counts": counts}
+            threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
+                       getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
+            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
             on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
-from procs import Zygote, assert_same_results
+from contract import assert_same_results
+from procs import Zygote
 
 import musseltools as mt
 from musseltools.store import IMAGES_SCHEMA, Store

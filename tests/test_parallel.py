@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results
+from contract import assert_same_results
 
 import musseltools as mt
 from musseltools.executors import MAX_ATTEMPTS, LocalExecutor, ProcessExecutor, choose_executor
