@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 _ZYGOTE = r"""
 import json, os, sys
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -124,32 +122,6 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def comparable(run: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A run's per-image table and detections table at the floor, sorted, without ``processed_at``.
-
-    Polygons become tuples of rounded points so that frames compare with ``assert_frame_equal``.
-    """
-    floor = run.conf_floor
-    table = run.per_image(threshold=floor).drop(columns=["processed_at"])
-    table = table.sort_values(["image_id", "path"]).reset_index(drop=True)
-    dets = run.detections(threshold=floor).copy()
-    dets["polygon"] = dets["polygon"].map(lambda p: tuple(tuple(round(float(v), 3) for v in pt) for pt in p))
-    cols = ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
-    dets = dets.sort_values(cols).reset_index(drop=True)
-    return table, dets
-
-
-def assert_same_results(got: Any, expected: Any) -> None:
-    """The two runs have identical per-image and detections tables (nothing lost, nothing duplicated)."""
-    gt, gd = comparable(got)
-    et, ed = comparable(expected)
-    pd.testing.assert_frame_equal(gt, et)
-    pd.testing.assert_frame_equal(gd, ed)
-    assert got.meta["counts"] == expected.meta["counts"]
-    assert (got.meta["processed_count"], got.meta["failed_count"]) == (
-        expected.meta["processed_count"], expected.meta["failed_count"])
 
 
 def descendants(pid: int) -> list[Any]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results, comparable
+from contract import assert_same_results, comparable
 
 import musseltools as mt
 from musseltools import cli

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
-from procs import Zygote, assert_same_results, descendants, still_alive, wait_gone
+from contract import assert_same_results
+from procs import Zygote, descendants, still_alive, wait_gone
 
 import musseltools as mt
 from musseltools.store.store import IMAGES_SCHEMA, Store

@@ -14,10 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
-from procs import comparable
+from contract import assert_same_results
 
 import musseltools as mt
 from musseltools.store.runmeta import update_run_meta
@@ -86,14 +85,6 @@ def s3_images(s3, folder) -> str:
     return f"s3://{BUCKET}/images/"
 
 
-def _by_name(run) -> tuple[pd.DataFrame, pd.DataFrame]:
-    table, dets = comparable(run)
-    for t in (table, dets):
-        if "path" in t:
-            t["path"] = t["path"].map(lambda p: p.rsplit("/", 1)[-1])
-    return table.sort_values(["image_id", "path"]).reset_index(drop=True), dets
-
-
 def test_a_run_to_s3_with_s3_images_equals_a_local_run_and_resumes(s3, s3_images, folder, tiny_model, tmp_path):
     local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
     url = f"s3://{BUCKET}/stores/a"
@@ -104,11 +95,7 @@ def test_a_run_to_s3_with_s3_images_equals_a_local_run_and_resumes(s3, s3_images
     images_parts = s3.glob(f"{BUCKET}/stores/a/results/*/images/part-*.parquet")
     dets_parts = s3.glob(f"{BUCKET}/stores/a/results/*/detections/part-*.parquet")
     assert len(images_parts) == len(dets_parts) == 3
-    lt, ld = _by_name(local)
-    rt, rd = _by_name(remote)
-    pd.testing.assert_frame_equal(rt, lt)
-    pd.testing.assert_frame_equal(rd, ld)
-    assert remote.meta["counts"] == local.meta["counts"]
+    assert_same_results(remote, local, by_name=True)
     # a resume infers nothing
     again = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=1, quiet=True, commit_every=3)
     assert again.run_id == remote.run_id and again.meta["inferred_this_call"] == 0
@@ -132,10 +119,7 @@ def test_worker_processes_against_s3(s3, s3_images, folder, tiny_model, tmp_path
     url = f"s3://{BUCKET}/stores/workers"
     remote = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=2, quiet=True, commit_every=2)
     assert remote.status == "completed" and remote.meta["inferred_this_call"] == N
-    lt, ld = _by_name(local)
-    rt, rd = _by_name(remote)
-    pd.testing.assert_frame_equal(rt, lt)
-    pd.testing.assert_frame_equal(rd, ld)
+    assert_same_results(remote, local, by_name=True)
 
 
 def test_the_command_line_runs_and_counts_on_s3(s3, s3_images, folder, tiny_model, tmp_path, capsys):
@@ -165,10 +149,7 @@ def test_a_worker_killed_mid_run_on_s3_costs_nothing(s3, s3_images, folder, tiny
     monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")  # workers started after that are left alone
     remote = handle.wait(timeout=240)
     assert remote.status == "completed" and remote.meta["failed_count"] == 0
-    lt, ld = _by_name(local)
-    rt, rd = _by_name(remote)
-    pd.testing.assert_frame_equal(rt, lt)  # nothing lost, no image twice
-    pd.testing.assert_frame_equal(rd, ld)
+    assert_same_results(remote, local, by_name=True)  # nothing lost, no image twice
 
 
 def test_concurrent_run_metadata_updates_lose_nothing(s3):

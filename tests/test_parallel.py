@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results, still_alive
+from contract import assert_same_results
+from procs import still_alive
 
 import musseltools as mt
 from musseltools.executors import MAX_ATTEMPTS, LocalExecutor, ProcessExecutor, choose_executor

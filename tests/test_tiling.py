@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
+from contract import assert_same_detections as assert_same_by_contract
 
 import musseltools as mt
 from musseltools.core.detections import Detections
@@ -300,12 +301,9 @@ def test_tile_detections_are_mapped_back_to_the_image(model_factory, task):
         [whole.predict([whole.prepare(np.ascontiguousarray(img[:, x : x + 128]))])[0].shifted(x, 0)
          for x in (0, 128)], image_size=(256, 128))
     assert len(det) == len(expected) > 0
-    a = np.argsort(-det.confidence, kind="stable")
-    b = np.argsort(-expected.confidence, kind="stable")
-    np.testing.assert_allclose(det.confidence[a], expected.confidence[b], atol=1e-4)
-    np.testing.assert_allclose(det.xyxy, expected.xyxy[b], atol=0.05)
-    for pa_, pb_, box in zip(det.polygons, [expected.polygons[i] for i in b], det.xyxy):
-        np.testing.assert_allclose(pa_, pb_, atol=0.05)
+    # tiles ran two to a batch, the expected ones alone: within the contract's tolerance, not bit-identical
+    assert_same_by_contract(det, expected, exact=False)
+    for pa_, box in zip(det.polygons, det.xyxy):
         assert (pa_[:, 0] >= box[0] - 2).all() and (pa_[:, 0] <= box[2] + 2).all()  # outline moved with its box
     centre = (det.xyxy[:, 0] + det.xyxy[:, 2]) / 2
     assert (centre > 128).any() and (centre < 128).any()  # both tiles contributed

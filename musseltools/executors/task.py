@@ -32,6 +32,7 @@ from ..models import (
     ModelInfo,
     Predictor,
     Prepared,
+    default_device,
     load_model,
     make_predictor,
 )
@@ -244,6 +245,17 @@ class RunTask:
                 with contextlib.suppress(OSError):
                     write(table)
         return self.batch_size
+
+    def inferred_with(self, threads: int | None) -> str:
+        """What this task's results depend on beyond the weights and settings, as recorded on the run
+        (``run.meta["inferred_with"]``): the device, the torch threads per forward pass on CPU (``threads``;
+        None when this process cannot know them, as for Dask workers) and the model batch size (None when
+        each worker measures its own). Results are bit-identical only between runs inferred with one such
+        value, on CPU, at batch 1 (docs/what-survives-what.md, "Determinism")."""
+        device = self.device or default_device()
+        if not device.startswith("cpu"):
+            return f"{device}, batch {self.batch_size or 'unknown'}"
+        return f"{device}, {threads or 'unknown'} torch threads, batch {self.batch_size or 'unknown'}"
 
     def commit(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:
         """Write one unit's results as one committed part; its counts are at :attr:`rule`."""

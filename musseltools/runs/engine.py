@@ -27,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..images.collection import Collection, ImagesLike, scan
+from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
+from ..core.thresholds import Thresholds
 from ..errors import (
     CorruptStoreError,
     ModelChangedError,
@@ -37,17 +38,16 @@ from ..errors import (
     RunNotFoundError,
 )
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
-from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
-from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
-from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
+from ..executors.task import RunTask
+from ..images.collection import Collection, ImagesLike, scan
+from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..results.view import results_signature
 from ..store.runmeta import update_run_meta
-from .run import Run
 from ..store.store import Store, utcnow
+from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
+from .run import Run
 from .tally import Tally
-from ..executors.task import RunTask
-from ..core.thresholds import Thresholds
 
 __all__ = ["run", "RunHandle", "DEFAULT_COMMIT_EVERY"]
 
@@ -521,7 +521,9 @@ class _Job:
                 task.thresholds, task.threshold = now, default
                 counts = run.counts(now)
                 self.tally = None
-            return {"counts": counts}
+            threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
+                       getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
+            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
 
         with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
             on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import MusselToolsError
 from ..executors import Executor, LocalExecutor, ProcessExecutor
-from ..store.store import Store, utcnow
 from ..executors.task import RunTask
+from ..store.store import Store, utcnow
 
 __all__ = ["InferredCounter", "cap_hit_message", "phase_before_inference", "write_progress"]
 
