@@ -213,3 +213,73 @@ def test_a_local_store_is_still_the_default(tmp_path):
     s = Store(tmp_path / "store")
     assert not s.remote and s.location == str((tmp_path / "store").resolve())
     assert os.fspath(s.root) == str(tmp_path / "store")
+
+
+# ------------------------------------------------------------------------------------------------ compaction
+def _s3_run(s3_images, tiny_model, url, commit_every):
+    return mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=1, quiet=True,
+                  commit_every=commit_every)
+
+
+def _objects(s3, url: str, sub: str) -> list[str]:
+    s3.invalidate_cache()
+    return s3.glob(f"{url.split('://', 1)[1]}/results/*/{sub}/part-*.parquet")
+
+
+def test_compact_on_s3_from_the_command_line_changes_no_result(s3, s3_images, tiny_model, capsys):
+    from musseltools import cli
+
+    url = f"s3://{BUCKET}/stores/compact-cli"
+    run = _s3_run(s3_images, tiny_model, url, commit_every=2)
+    key = run.meta["inference_key"]
+    before = _by_name(run)
+    assert len(_objects(s3, url, "images")) == len(_objects(s3, url, "detections")) == N // 2
+    assert cli.main(["compact", run.run_id, "--store", url, "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done == [{"inference_key": key, "parts_before": N // 2, "parts_after": 1, "images": N}]
+    assert len(_objects(s3, url, "images")) == len(_objects(s3, url, "detections")) == 1  # old objects deleted
+    fresh = mt.open_run(run.run_id, store=url)
+    after = _by_name(fresh)
+    pd.testing.assert_frame_equal(after[0], before[0])
+    pd.testing.assert_frame_equal(after[1], before[1])
+    assert fresh.counts() == run.counts() and fresh.counts(0.6) == run.counts(0.6)
+
+
+def test_a_compaction_on_s3_killed_while_deleting_and_a_reader_overlapping_it(s3, s3_images, tiny_model, monkeypatch):
+    """Killed after removing old parts one by one (each moment frozen by a failpoint), then a reader whose
+    listing is taken before a compaction deletes every part it listed: every image exactly once."""
+    from musseltools.compaction import compact
+
+    monkeypatch.setenv("MUSSELTOOLS_LEASE_SECONDS", "2")  # the killed compaction's lease frees in 2 s
+    url = f"s3://{BUCKET}/stores/compact-killed"
+    run = _s3_run(s3_images, tiny_model, url, commit_every=1)
+    key = run.meta["inference_key"]
+    before = _by_name(run)
+    for k in (1, 4):  # the k-th old part's images object removed, its detections object not yet
+        env = {**os.environ, "MUSSELTOOLS_FAILPOINTS": f"compaction-removed@{k}"}
+        proc = subprocess.run([sys.executable, "-m", "musseltools", "compact", run.run_id, "--store", url,
+                               "--wait"], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr
+        assert len(_objects(s3, url, "images")) < len(_objects(s3, url, "detections"))  # frozen mid-deletion
+        middle = _by_name(mt.open_run(run.run_id, store=url))
+        pd.testing.assert_frame_equal(middle[0], before[0])
+        pd.testing.assert_frame_equal(middle[1], before[1])
+    listed: list[list[str]] = []
+
+    class ListsBeforeACompaction(Store):
+        def part_files(self, key):
+            parts = super().part_files(key)
+            if not listed:  # the first listing only: a compaction deletes these parts before they are read
+                listed.append([str(p) for p in parts])
+                compact(Store(url), run.run_id, wait=30)
+            return parts
+
+    images, dets = ListsBeforeACompaction(url).read_results(key)
+    assert len(listed[0]) > 1 and not set(listed[0]) & {str(p) for p in Store(url).part_files(key)}
+    assert images["image_id"].is_unique and len(images) == N
+    assert sorted(images["image_id"]) == sorted(before[0]["image_id"]) and len(dets) == len(before[1])
+    # nothing left behind: one images object, one detections object (the orphan of the kill removed)
+    assert len(_objects(s3, url, "images")) == len(_objects(s3, url, "detections")) == 1
+    after = _by_name(mt.open_run(run.run_id, store=url))
+    pd.testing.assert_frame_equal(after[0], before[0])
+    pd.testing.assert_frame_equal(after[1], before[1])
