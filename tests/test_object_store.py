@@ -209,6 +209,70 @@ def test_the_key_lock_is_a_lease_object(s3):
     assert b.lock_holder("k") is None
 
 
+_HOLDER = """
+import sys, time
+from musseltools.store import Store
+with Store(sys.argv[1]).lock("k", run_id=sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+print("released", flush=True)
+"""
+
+
+def _holder(url: str, run_id: str, seconds: float) -> subprocess.Popen:
+    """Another process that holds the key lock ``k`` for ``seconds`` (as a run or a compaction does)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, url, run_id, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_dead_holders_lease_is_free_once_it_expires_and_not_before(s3, monkeypatch):
+    ttl = 6.0
+    monkeypatch.setenv("MUSSELTOOLS_LEASE_SECONDS", str(ttl))  # the holder process inherits it
+    url = f"s3://{BUCKET}/stores/lease-dead"
+    other = Store(url)
+    holder = _holder(url, "r-dead", 600)
+    holder.kill()  # SIGKILL: no release, no more renewals
+    holder.wait()
+    holder.stdout.close()
+    expires = other.lock_holder("k")["expires"]  # as the dead holder last renewed it
+    with pytest.raises(mt.RunLockedError, match="r-dead"), other.lock("k", run_id="r-b"):
+        pass  # not before it expires
+    with other.lock("k", run_id="r-b", wait=4 * ttl):
+        taken = time.time()
+        assert other.lock_holder("k")["run_id"] == "r-b"
+    assert taken >= expires
+    assert other.lock_holder("k") is None
+
+
+def test_a_holder_longer_than_the_lease_lifetime_keeps_it_renewed(s3, monkeypatch):
+    ttl = 2.0
+    monkeypatch.setenv("MUSSELTOOLS_LEASE_SECONDS", str(ttl))
+    url = f"s3://{BUCKET}/stores/lease-long"
+    other = Store(url)
+    holder = _holder(url, "r-long", 4 * ttl)  # holds for four lifetimes
+    held_at, first = time.time(), other.lock_holder("k")["expires"]
+    tries = 0
+    while time.time() < held_at + 3 * ttl:  # tries on, well past the first expiry, while the holder works
+        with pytest.raises(mt.RunLockedError, match="r-long"), other.lock("k", run_id="r-b"):
+            pass
+        tries += 1
+        time.sleep(0.1)
+    assert tries > 3 and other.lock_holder("k")["expires"] > first + ttl  # renewed meanwhile
+    assert holder.wait(timeout=60) == 0 and holder.stdout.read().strip() == "released"
+    holder.stdout.close()
+    with other.lock("k", run_id="r-b"):  # released at its end: free at once
+        pass
+
+
+def test_a_lease_lifetime_that_is_no_number_of_seconds_says_so(s3, monkeypatch):
+    monkeypatch.setenv("MUSSELTOOLS_LEASE_SECONDS", "soon")
+    with pytest.raises(mt.MusselToolsError, match="MUSSELTOOLS_LEASE_SECONDS='soon'"), \
+            Store(f"s3://{BUCKET}/stores/lease-bad").lock("k", run_id="r"):
+        pass
+
+
 def test_a_local_store_is_still_the_default(tmp_path):
     s = Store(tmp_path / "store")
     assert not s.remote and s.location == str((tmp_path / "store").resolve())
