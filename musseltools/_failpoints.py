@@ -10,7 +10,9 @@ Named points: ``part-written`` (a part's temporary file is written but not renam
 metadata's temporary file is written but not renamed), ``cube-writing`` (in the middle of a Zarr
 cube update), ``detections-committed`` (detections part renamed, images part not yet written),
 ``correction-written`` (a corrections file's temporary is written but not renamed), ``image-read`` (a
-worker process has read an image of its unit; counted per process).
+worker process has read an image of its unit; counted per process), ``compaction-merged`` (a
+compaction's merged parts are committed, no old part removed yet), ``compaction-removed`` (a
+compaction removed an old part's images part, not yet its detections part; counted per old part).
 
 ``MUSSELTOOLS_FAILPOINTS_LOG``, a file path: before a failpoint kills its process, it appends one line,
 ``name pid detail`` (the detail: the image path for ``image-read``), so a test can count the kills and

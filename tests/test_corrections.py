@@ -13,8 +13,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
 
@@ -193,19 +191,19 @@ def test_corrections_survive_resume_new_thresholds_added_images_and_compaction(s
     assert grown.run_id == run.run_id and grown.meta["inferred_this_call"] == 2
     new_model = grown.counts(corrected=False)
     assert grown.counts() == {c: corrected[c] + new_model[c] - model[c] for c in corrected}
-    # the results parts compacted into one (as a compaction merges parts): ids and corrections unchanged
+    # the results parts compacted into one by `musseltools compact`: ids and corrections unchanged
+    from musseltools import cli
+
     key = run.meta["inference_key"]
-    ids_before = sorted(grown.detections()["detection_id"])
-    base = run.store.results_dir(key)
-    for sub in ("detections", "images"):
-        parts = sorted((base / sub).glob("part-*.parquet"))
-        assert len(parts) > 1
-        pq.write_table(pa.concat_tables([pq.read_table(p) for p in parts]), base / sub / "part-compacted.parquet")
-        for p in parts:
-            p.unlink()
+    shown = grown.detections().sort_values("detection_id").reset_index(drop=True)
+    assert set(shown["source"]) == {"model", "reclassified", "added"}  # each kind of correction applies
+    assert dead.detection_id not in set(shown["detection_id"])  # the deleted one
+    assert len(run.store.part_files(key)) > 1
+    assert cli.main(["compact", run.run_id, "--store", str(run.store.root)]) == 0
+    assert len(run.store.part_files(key)) == 1
     fresh = mt.open_run(run.run_id, store=run.store.root)
-    assert sorted(fresh.detections()["detection_id"]) == ids_before
-    assert fresh.counts() == grown.counts()
+    pd.testing.assert_frame_equal(fresh.detections().sort_values("detection_id").reset_index(drop=True), shown)
+    assert fresh.counts() == grown.counts() and fresh.counts(corrected=False) == grown.counts(corrected=False)
     # the corrections files compacted too: nothing lost, nothing doubled
     from musseltools.store.corrections_log import compact_corrections
 
