@@ -103,6 +103,45 @@ def test_each_kind_changes_every_view_and_the_model_alone_stays(survey, tmp_path
     assert run.results(corrected=False).detections.shape[0] == run.detections(0.01, corrected=False).shape[0]
 
 
+def test_polygon_export_shows_each_correction_in_its_own_image(survey, tmp_path):
+    """A reclassify, a delete and an add, each in another image: each image's JSON changes by its own
+    correction only (in one image they could cancel out in the counts)."""
+    _folder, run = survey
+    d = run.detections()
+    paths = sorted(d["path"].unique())
+    assert len(paths) >= 3
+    live = d[(d["path"] == paths[0]) & (d["class_name"] == "live")].iloc[0]
+    dead = d[(d["path"] == paths[1]) & (d["class_name"] == "dead")].iloc[0]
+    run.reclassify(live.detection_id, "dead")
+    run.delete_detection(dead.detection_id)
+    run.add_detection(paths[2], (2, 3, 40, 30), "live")
+
+    def export(name, **kw):
+        return {json.loads(f.read_text())["image"]: json.loads(f.read_text())
+                for f in run.export_polygons(tmp_path / name, **kw)}
+
+    model, corrected = export("model", corrected=False), export("corrected")
+    assert model.keys() == corrected.keys() and len(model) == 5
+    change = {paths[0]: (-1, 1), paths[1]: (0, -1), paths[2]: (1, 0)}
+    for path, doc in corrected.items():
+        dl, dd = change.get(path, (0, 0))
+        assert (doc["live_count"], doc["dead_count"]) == (model[path]["live_count"] + dl,
+                                                          model[path]["dead_count"] + dd), path
+        assert len(doc["polygons"]) == len(model[path]["polygons"]) + dl + dd, path
+        if path not in change:
+            assert doc == model[path]
+
+    def classes_at(doc, confidence):
+        return sorted(p["class"] for p in doc["polygons"] if p["confidence"] == round(float(confidence), 5))
+
+    before, after = classes_at(model[paths[0]], live.confidence), classes_at(corrected[paths[0]], live.confidence)
+    assert (after.count("live"), after.count("dead")) == (before.count("live") - 1, before.count("dead") + 1)
+    added = [p for p in corrected[paths[2]]["polygons"] if p not in model[paths[2]]["polygons"]]
+    assert len(added) == 1 and added[0]["class"] == "live" and added[0]["confidence"] == 1.0
+    xs, ys = zip(*added[0]["coords"])
+    assert (min(xs), min(ys), max(xs), max(ys)) == (2, 3, 40, 30)
+
+
 def test_corrections_are_append_only_files_with_author_note_and_utc_time(survey):
     _folder, run = survey
     live, _, _ = _pick(run)
