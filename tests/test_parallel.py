@@ -160,9 +160,7 @@ def test_dask_local_cluster_gives_the_one_process_results(folder, tiny_model, re
             Client(cluster) as client:
         r = _run(folder, tiny_model, tmp_path / "store", client=client)
         assert r.meta["executor"].startswith("DaskExecutor(")
-        assert_same_results(r, reference)
-        keys = [k for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))]
-        assert all(k.startswith("musseltools-unit-") for k in keys if isinstance(k, str) and "musseltools" in k)
+        assert_same_results(r, reference)  # its task keys: tests/test_dask.py
 
 
 def _free_port() -> int:
