@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Ultralytics must never reach for the network (no downloads at set-up or run time).
 export YOLO_OFFLINE := 1
 
-.PHONY: setup dev test test-fast demo lint notebooks clean
+.PHONY: setup dev test test-fast demo lab bench strip-filter lint notebooks clean
 
 ## setup: create .venv and install musseltools with its pinned dependencies (quick when already done)
 setup: $(VENV)/.setup.stamp
@@ -27,6 +27,7 @@ dev: $(VENV)/.dev.stamp
 
 $(VENV)/.dev.stamp: $(VENV)/.setup.stamp
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"
+	@$(MAKE) --no-print-directory strip-filter
 	@command -v chromium >/dev/null || { \
 		echo "installing Debian's chromium for the browser test"; \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
@@ -43,6 +44,32 @@ test: dev
 test-fast: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
 	$(BIN)/pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+## lab: install JupyterLab and open the notebooks in it (saved outputs never show as changes: see strip-filter)
+LAB_ARGS ?=
+lab: $(VENV)/.lab.stamp
+	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
+
+$(VENV)/.lab.stamp: $(VENV)/.setup.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[lab]"
+	@$(MAKE) --no-print-directory strip-filter
+	@touch $@
+
+# strip-filter: in a git checkout, nbstripout as the git filter of .gitattributes (outputs are not committed)
+strip-filter:
+	@if git rev-parse --git-dir >/dev/null 2>&1; then $(BIN)/nbstripout --install || \
+		echo "warning: could not install nbstripout as a git filter; notebook outputs may show as changes"; fi
+
+## bench: install the benchmarks' peers (the bench extra: SAHI) and run the benchmarks the README lists
+# tile_merge takes 25 min on one thread: `make bench BENCHMARKS=tile_merge`.
+BENCHMARKS ?= throughput scale widgets tiling
+BENCH_ARGS_throughput ?= --synth 300
+bench: $(VENV)/.bench.stamp
+	$(foreach b,$(BENCHMARKS),$(PY) benchmarks/$(b).py $(BENCH_ARGS_$(b)) &&) true
+
+$(VENV)/.bench.stamp: $(VENV)/.setup.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[bench]"
+	@touch $@
 
 ## demo: run the demo survey on the bundled collection and detector, then write its report
 # The demo detector over-counts a shell seen as overlapping parts at NMS IoU 0.7 (see its model card),

@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     from musseltools.synth import parse_size
 
     torch.set_num_threads(args.threads)
+    args.no_sahi = args.no_sahi or not tb.sahi_installed()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     seeds = [int(s) for s in args.seeds.split(",")]

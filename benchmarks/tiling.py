@@ -200,6 +200,17 @@ def sahi_fn(weights: str, imgsz: int, tile: int, overlap: float, threshold: floa
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+def sahi_installed() -> bool:
+    """Whether SAHI, the peer of the SAHI rows, can be imported; if not, says how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("sahi") is not None:
+        return True
+    print("SAHI is not installed: its rows are left out — `make bench`, or `pip install -c "
+          "requirements/constraints.txt \".[bench]\"`, installs it", file=sys.stderr)
+    return False
+
+
 def e2e_sahi(paths: list[Path], weights: str, imgsz: int, tile: int, overlap: float, threshold: float, iou: float,
              device: str, threads: int | None = None) -> float:
     """Images/s of SAHI from its model load to the last image's prediction, images read from disk.
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sahi", action="store_true", help="skip SAHI (when it is not installed)")
     ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
     args = ap.parse_args(argv)
+    args.no_sahi = args.no_sahi or not sahi_installed()
 
     global DEFAULT_THREADS
     import torch

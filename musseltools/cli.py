@@ -93,6 +93,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     r = run(args.images, quiet=args.quiet or args.json, **run_kwargs(args))
     m = r.meta
+    if r.store.read_only:  # a read-only store is never inferred into (run.json keeps its last writer's figure)
+        m["inferred_this_call"] = 0
     out = {
         "run_id": r.run_id, "status": m["status"], "total_images": m["total_images"],
         "processed_count": m["processed_count"], "failed_count": m["failed_count"],

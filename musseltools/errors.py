@@ -15,6 +15,7 @@ __all__ = [
     "ModelChangedError",
     "StoreError",
     "CorruptStoreError",
+    "ReadOnlyStoreError",
     "RunNotFoundError",
     "RunLockedError",
     "ThresholdError",
@@ -67,6 +68,12 @@ class StoreError(MusselToolsError):
 
 class CorruptStoreError(StoreError):
     """A file in the store is damaged (truncated or garbage Parquet part, unreadable metadata)."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """Something must be written to a store that cannot be written here (a read-only mount, a shared archive)."""
+
+    user_error = True
 
 
 class RunNotFoundError(StoreError, KeyError):

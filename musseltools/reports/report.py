@@ -16,6 +16,7 @@ from typing import Any
 
 from ..core.options import OPTIONS
 from ..errors import MusselToolsError
+from .templates import prepare_template
 
 __all__ = ["report", "ReportError", "notebook_path", "render_html"]
 
@@ -242,7 +243,12 @@ def report(
     out_nb, out_html = out_dir / "report.ipynb", out_dir / "report.html"
     source = Path(notebook) if notebook is not None else notebook_path(SURVEY_NOTEBOOK)
     parameters = _parameters(values, collection)
-    _execute(source, out_nb, out_html, parameters, kernel_name)
+    executed = prepare_template(source, out_dir, bundled=notebook is None)  # says if it has outputs or edits
+    try:
+        _execute(executed, out_nb, out_html, parameters, kernel_name)
+    finally:
+        if executed != source:
+            executed.unlink(missing_ok=True)
     try:
         render_html(out_nb, out_html, show_code=show_code, title=parameters["title"])
     except Exception as exc:  # noqa: BLE001

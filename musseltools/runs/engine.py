@@ -343,6 +343,7 @@ class _Job:
                 "are kept — restore the original weights, or save the new ones under another name to start a new run"
             )
         if existing is None:
+            st.check_writable(f"create run {run_id} for the {len(self.collection)} images of {self.collection.name}")
             update_run_meta(
                 st, run_id, status="pending", created_at=utcnow().isoformat(),
                 collection={"name": self.collection.name, "source": self.collection.source},
@@ -358,6 +359,8 @@ class _Job:
     # -- execution ------------------------------------------------------------------------------------
     def execute(self) -> Run:
         """Hold the key's lock, plan, process the units, record the outcome; returns the run."""
+        if self.store.read_only:
+            return self._read_only()
         try:
             with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
                 run = self._prepare()
@@ -399,6 +402,17 @@ class _Job:
                     update_run_meta(self.store, self.run_id, status="cancelled", phase=None,
                                     error="cancelled by the user; committed work is kept")
             raise
+
+    def _read_only(self) -> Run:
+        """A store that cannot be written: a completed run is returned as stored (nothing is written); its
+        failed images are not retried. Anything else to infer raises ReadOnlyStoreError."""
+        refs, _ = self._plan()
+        meta = self.store.read_run(self.run_id)
+        if meta.get("status") != "completed" or meta.get("processed_count") != len(self.collection):
+            self.store.check_writable(f"infer the {len(refs)} images of run {self.run_id} without a result")
+        self.log.info("store %s is read-only: the run is complete, nothing is inferred or written%s",
+                      self.store.location, f" ({len(refs)} failed images not retried)" if refs else "")
+        return Run(self.store, self.run_id)
 
     def _prepare(self) -> Run:
         """Record the scan, the collection, the key's settings (and the model card); clean leftovers."""

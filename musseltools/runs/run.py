@@ -183,6 +183,7 @@ class Run:
 
         t = self.rule(thresholds)
         plain = t.to_json(self.class_names)
+        self.store.check_writable(f"save thresholds on run {self.run_id}")
 
         def counts_at_new_thresholds(meta: dict[str, Any]) -> dict[str, Any]:
             # the run's counts always match its thresholds (status shows them), even while it is running
@@ -254,6 +255,9 @@ class Run:
                     return ds
             except Exception as exc:  # noqa: BLE001 - a damaged cube is rebuilt from Parquet
                 log.warning("[run %s] cube at %s unreadable (%s); rebuilding", self.run_id, path, exc)
+        if self.store.read_only:  # reading needs no write: the cube is built in memory, not stored
+            log.info("[run %s] store %s is read-only: cube built in memory", self.run_id, self.store.location)
+            return self._built_cube()
         self.write_cube()
         return xr.open_zarr(path)
 
@@ -273,24 +277,29 @@ class Run:
             return False
         return doc.get("attributes", {}).get("signature") == results_signature(self.store, self.run_id, self.meta)
 
-    def write_cube(self) -> Path:
-        """(Re)build ``cube.zarr`` from the Parquet results, atomically (write aside, then swap)."""
-        import shutil
-
-        from .._failpoints import failpoint
-
+    def _built_cube(self):
+        """The corrected count-versus-threshold cube built from the Parquet results, in memory."""
         m = self.meta
         res = load_counting(self.store, self.run_id, m)  # without corrections: three columns of detections
         images, detections, applied = res.images, res.detections, len(res.applied)
         classes = self.classes
         extra = sorted(set(self.rule().by_class(classes).values()) | {float(m["threshold"])})
-        ds = views.build_cube(
+        return views.build_cube(
             images, detections, classes, self.conf_floor, extra_thresholds=extra,
             attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
                    "signature": results_signature(self.store, self.run_id, m),
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
                    "corrected": 1, "corrections_applied": applied, "created_at": utcnow().isoformat()},
         )
+
+    def write_cube(self) -> Path:
+        """(Re)build ``cube.zarr`` from the Parquet results, atomically (write aside, then swap)."""
+        import shutil
+
+        from .._failpoints import failpoint
+
+        self.store.check_writable(f"write the cube of run {self.run_id}")
+        ds = self._built_cube()
         if self.store.remote:  # no rename in an object store: written in place, its signature tells if it is current
             final = f"{self.store.run_dir(self.run_id)}/cube.zarr"
             with warnings.catch_warnings():

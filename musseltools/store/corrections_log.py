@@ -155,6 +155,7 @@ def write_corrections(store: Store, rows: Sequence[Mapping[str, Any]] | pd.DataF
         from ..errors import StoreError
 
         raise StoreError(f"corrections cannot be saved to an object store yet ({store.root}) — use a local store")
+    store.check_writable(f"save {len(rows)} corrections")
     folder = corrections_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(folder)

@@ -27,6 +27,7 @@ def update_run_meta(
 
     if store.objects:
         return _update_remote_meta(store, run_id, compute, changes)
+    store.check_writable(f"update the metadata of run {run_id}")
     d = store.run_dir(run_id)
     d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d / ".meta.lock")):

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from .._failpoints import failpoint
 from ..core.detections import DETECTIONS_SCHEMA
-from ..errors import CorruptStoreError, RunLockedError, RunNotFoundError, StoreError
+from ..errors import CorruptStoreError, ReadOnlyStoreError, RunLockedError, RunNotFoundError, StoreError
 from ..paths import project_root
 from . import backends as storage
 from .backends import atomic_write_bytes, atomic_write_table, remove_dead_temporaries, temp_path
@@ -125,6 +125,18 @@ class Store:
     def location(self) -> str:
         """Where the store is, as every process can open it: an absolute folder, or the URL."""
         return self.root if self.objects is not None else str(self.root.resolve())
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this local store's folder cannot be written from here (a read-only mount, no permission)."""
+        return self.objects is None and self.root.is_dir() and not os.access(self.root, os.W_OK)
+
+    def check_writable(self, action: str) -> None:
+        """Raise :class:`ReadOnlyStoreError`, one line saying what cannot be done and what to do, if read-only."""
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"store {self.location} is read-only — cannot {action} — copy the store to a writable "
+                "folder, or pass --store (store=) a writable folder")
 
     def _name(self, path: Any) -> str:  # a URL from results_dir / run_dir as a name under the object root
         return self.objects.name_of(str(path))
@@ -489,6 +501,7 @@ class Store:
             except storage.LeaseHeld as exc:
                 raise _locked_error(key, exc.holder) from None
             return
+        self.check_writable(f"take the lock of inference key {key} to write results (run {run_id})")
         d = self.results_dir(key)
         d.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(d / ".lock"))
