@@ -67,6 +67,6 @@ def test_the_canvas_is_an_anywidget_with_its_module_shipped():
 
     import musseltools
 
-    js = Path(musseltools.__file__).with_name("static") / "editor.js"
+    js = Path(musseltools.__file__).parent / "jupyter" / "static" / "editor.js"
     assert js.exists() and "export default { render }" in js.read_text()
     assert issubclass(EditorCanvas, __import__("anywidget").AnyWidget)
