@@ -157,8 +157,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     elif table.empty:
         print("no runs in this store")
     else:
+        from .core.thresholds import Thresholds
+
         cols = ["run_id", "collection", "model", "threshold", "status", "total_images", "failed_count", "counts"]
-        print(table[cols].to_string(index=False))
+        # the thresholds in effect, as `status RUN_ID` and `counts` show them: 0.50, or live 0.35, dead 0.23
+        shown = table.assign(threshold=[Thresholds.parse(t).label(list(t) if isinstance(t, dict) else None)
+                                        for t in table["threshold"]])
+        print(shown[cols].to_string(index=False))
     return EXIT_OK
 
 
