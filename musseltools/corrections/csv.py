@@ -137,8 +137,8 @@ def import_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> dict
     known = set(api.corrections(run)["correction_id"])
     ids = api.correct(run, specs, labels=labels)
     already = sum(1 for s in specs if s.get("correction_id") in known)
-    defaulted = sum(1 for s in specs if str(s["kind"]).lower() in ("verify", "unverify")
-                    and s.get("thresholds") is None and s.get("correction_id") not in known)
+    defaulted = sum(1 for s in specs if str(s["kind"]).lower() == "verify" and s.get("thresholds") is None
+                    and s.get("correction_id") not in known)
     if defaulted:
         why = "the file has no thresholds column" if "thresholds" not in df.columns else "their thresholds cell is empty"
         log.warning("%d verify rows of %s give no thresholds (%s): they record run %s's thresholds in effect, %s — "
