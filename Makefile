@@ -72,8 +72,8 @@ $(VENV)/.bench.stamp: $(VENV)/.setup.stamp
 	@touch $@
 
 ## demo: run the demo survey on the bundled collection and detector, then write its report
-# The demo detector over-counts a shell seen as overlapping parts at NMS IoU 0.7 (see its model card),
-# and the three 4000x3000 quadrats need tiles: hence --iou 0.5 --tile auto.
+# No flags: the demo detector's card (data/models/mussel-demo.yaml) gives its settings: per-class thresholds,
+# NMS IoU 0.4 (at 0.7 it over-counts a shell seen as overlapping parts) and tiles for the 4000x3000 quadrats.
 DEMO_RUN := data/demo/images --model data/models/mussel-demo.pt
 
 demo: setup

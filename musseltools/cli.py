@@ -1,7 +1,7 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
-``corrections export|import``, ``export-dataset``, ``compare``.
+``corrections export|import|report``, ``export-dataset``, ``compare``, ``compact``.
 The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
@@ -159,8 +159,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     elif table.empty:
         print("no runs in this store")
     else:
+        from .core.thresholds import Thresholds
+
         cols = ["run_id", "collection", "model", "threshold", "status", "total_images", "failed_count", "counts"]
-        print(table[cols].to_string(index=False))
+        # the thresholds in effect, as `status RUN_ID` and `counts` show them: 0.50, or live 0.35, dead 0.23
+        shown = table.assign(threshold=[Thresholds.parse(t).label(list(t) if isinstance(t, dict) else None)
+                                        for t in table["threshold"]])
+        print(shown[cols].to_string(index=False))
     return EXIT_OK
 
 
@@ -390,8 +395,9 @@ def _cmd_corrections_export(args: argparse.Namespace) -> int:
     from .corrections.csv import export_corrections_csv
     from .runs.run import Run
 
-    n = export_corrections_csv(Run(args.store, args.run_id), args.file)
-    print(f"wrote {n} corrections of run {args.run_id} to {args.file}")
+    n = export_corrections_csv(Run(args.store, args.run_id), args.file, active=args.active)
+    which = "corrections in effect" if args.active else "corrections"
+    print(f"wrote {n} {which} of run {args.run_id} to {args.file}")
     return EXIT_OK
 
 
@@ -405,7 +411,25 @@ def _cmd_corrections_import(args: argparse.Namespace) -> int:
           f"already saved; counts now {r.counts()}")
     report = r.corrections_report()
     if len(report):
-        print(f"{len(report)} corrections of this run's images do not apply to it (see run.corrections_report())")
+        print(f"{len(report)} corrections of this run's images do not apply to it — list them with "
+              f"musseltools corrections report {r.run_id}")
+    return EXIT_OK
+
+
+def _cmd_corrections_report(args: argparse.Namespace) -> int:
+    from .runs.run import Run
+
+    report = Run(args.store, args.run_id).corrections_report()
+    cols = [c for c in ("correction_id", "kind", "path", "detection_id", "run_id", "created_at", "reason")
+            if c in report.columns]
+    if args.json:
+        _print_json(report[cols].to_dict(orient="records"))
+    elif report.empty:
+        print(f"every correction of run {args.run_id}'s images applies to it")
+    else:
+        print(f"{len(report)} corrections of run {args.run_id}'s images cannot be applied to it (made on other "
+              "results; they still apply to the runs they were made in):")
+        print(report[cols].to_string(index=False))
     return EXIT_OK
 
 
@@ -421,9 +445,12 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
 
 def _register_corrections(sub: argparse._SubParsersAction) -> None:
     """``musseltools corrections export|import RUN_ID FILE.csv`` and ``musseltools export-dataset RUN_ID OUT``."""
-    p = sub.add_parser("corrections", help="export or import hand corrections as CSV",
-                       description="Hand corrections of a run as CSV (columns image, detection_id, action, class, "
-                       "x1, y1, x2, y2, note; see musseltools.corrections.csv). An import saves every row or none.")
+    p = sub.add_parser("corrections", help="export or import hand corrections as CSV, or list those that do not "
+                       "apply to a run", description="Hand corrections of a run as CSV. An export writes 16 columns: "
+                       "image, image_id, detection_id, action, class, x1, y1, x2, y2, note, author, created_at, "
+                       "correction_id, target, polygon, thresholds (those a verify was made at). An import needs "
+                       "action and the columns each action uses (image, detection_id, class, x1..y2, target), and "
+                       "saves every row or none (see musseltools.corrections.csv).")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, func, text in (("export", _cmd_corrections_export, "write the run's corrections to FILE.csv"),
                              ("import", _cmd_corrections_import, "check and save the corrections of FILE.csv")):
@@ -432,6 +459,15 @@ def _register_corrections(sub: argparse._SubParsersAction) -> None:
         v.add_argument("file", metavar="FILE.csv")
         _store_arg(v)
         v.set_defaults(func=func)
+        if verb == "export":
+            v.add_argument("--active", action="store_true", help="only the corrections in effect: leave out "
+                           "undone corrections and the undo rows")
+    text = "list the corrections of the run's images that cannot be applied to it, and why"
+    v = verbs.add_parser("report", help=text, description=text + " (e.g. made on another model's detections).")
+    v.add_argument("run_id", metavar="RUN_ID")
+    _store_arg(v)
+    v.add_argument("--json", action="store_true", help="print one JSON list")
+    v.set_defaults(func=_cmd_corrections_report)
 
     p = sub.add_parser("export-dataset", help="the verified images and their corrected labels as a training dataset",
                        description="Write the images verified by hand, with their corrected labels, as an "

@@ -21,8 +21,8 @@
 # records them on the run, so `musseltools counts RUN_ID`, polygon exports and reports use them.
 #
 # Set the parameters, then *Run All*. With `run_id` set, an existing run is opened instead of run.
-# The defaults are those of `make demo` (tiled, NMS IoU 0.5), and the default store is the project's
-# `data/store` whether this notebook runs from `notebooks/` or from the project root (the nearest
+# The defaults are those of `make demo` (the demo weights' card: per-class thresholds, tiles for
+# large photos, NMS IoU 0.4), and the default store is the project's `data/store` whether this notebook runs from `notebooks/` or from the project root (the nearest
 # folder, upwards, holding `data/store` or `pyproject.toml`), so Run All opens the demo run that
 # `make demo` made and `musseltools counts RUN_ID` from the project root finds it. The tuner's first
 # line names the run, the store and the settings it shows.

@@ -81,6 +81,26 @@ def test_status_lists_runs_and_shows_one(capsys, images, tiny_model):
     assert code == 1 and "no run 'nosuchrun'" in err
 
 
+def test_status_of_every_run_and_list_runs_show_the_thresholds_in_effect(capsys, images, tiny_model):
+    import musseltools as mt
+
+    r = run_json(capsys, images, tiny_model, "--threshold", "0.4")
+    run = mt.open_run(r["run_id"], store="store")
+    run.save_thresholds({"live": 0.3, "dead": 0.2})  # run.json keeps "threshold": 0.4, as asked
+    assert mt.list_runs(store="store")["threshold"].tolist() == [{"live": 0.3, "dead": 0.2}]
+    code, out, _ = cli(capsys, "status", "--store", "store", "--json")
+    listed = json.loads(out)[0]
+    assert listed["threshold"] == {"live": 0.3, "dead": 0.2} and listed["counts"] == run.counts()
+    code, out, _ = cli(capsys, "status", "--store", "store")
+    assert "live 0.30, dead 0.20" in out and "0.4" not in out
+    code, one, _ = cli(capsys, "status", r["run_id"], "--store", "store")
+    assert "counts at live 0.30, dead 0.20" in one
+    run.save_thresholds(0.35)
+    assert mt.list_runs(store="store")["threshold"].tolist() == [0.35]
+    code, out, _ = cli(capsys, "status", "--store", "store")
+    assert " 0.35 " in out
+
+
 def test_export_polygons_in_the_old_format(capsys, tmp_path, images, tiny_model):
     r = run_json(capsys, images, tiny_model)
     out_dir = tmp_path / "polys"

@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools import cli
+from musseltools.corrections.csv import CSV_COLUMNS
+from musseltools.corrections.review import verified_labels
 from musseltools.store.corrections_log import corrections_dir, read_corrections
 
 T = 0.1
@@ -103,6 +109,115 @@ def test_csv_from_another_tool_by_image_name_and_a_bad_row_applies_nothing(surve
     assert cli.main(["corrections", "import", run.run_id, str(good), "--store", store]) == 0
     assert run.counts() == {"live": before["live"] - 1 + 1, "dead": before["dead"] + 1 - 1}
     assert run.corrections_applied == 4
+
+
+def _verify_row(store):
+    table = read_corrections(store)
+    return table[table["kind"] == "verify"].iloc[0]
+
+
+def test_csv_round_trip_across_runs_with_other_thresholds_keeps_what_verified_means(survey, tmp_path, tiny_model,
+                                                                                    caplog, capsys):
+    folder, run = survey
+    strict = 0.3  # the other run's saved thresholds
+    low, high = run.per_image(), run.per_image(strict)
+    differs = (low["live"] + low["dead"]) != (high["live"] + high["dead"])
+    assert differs.any(), "the tiny model gave no image whose count differs between the two thresholds"
+    image = low.loc[differs, "path"].iat[0]
+    truth = int(low.loc[differs, "live"].iat[0] + low.loc[differs, "dead"].iat[0])
+    run.verify(image)
+    csv = tmp_path / "corrections.csv"
+    assert cli.main(["corrections", "export", run.run_id, str(csv), "--store", str(run.store.root)]) == 0
+    exported = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    assert list(exported.columns) == CSV_COLUMNS
+    assert exported.loc[exported["action"] == "verify", "thresholds"].item() == "dead=0.1,live=0.1"
+    # a run of the same images in another store, whose thresholds in effect are others
+    other = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "other", quiet=True, threshold=T)
+    other.save_thresholds(strict)
+    assert cli.main(["corrections", "import", other.run_id, str(csv), "--store", str(other.store.root)]) == 0
+    mark = _verify_row(other.store)
+    assert mark["correction_id"] == _verify_row(run.store)["correction_id"]
+    assert json.loads(mark["thresholds"]) == {"live": T, "dead": T}  # as it was marked, not the run's 0.3
+    images, boxes = verified_labels(other)
+    assert images["path"].tolist() == [image] and len(boxes) == truth
+    # a file written before the thresholds column: its verify records the run's thresholds, said once
+    shutil.rmtree(corrections_dir(other.store))
+    old = tmp_path / "old.csv"
+    exported.drop(columns=["thresholds"]).to_csv(old, index=False)
+    with caplog.at_level(logging.WARNING, logger="musseltools.corrections.csv"):
+        assert cli.main(["corrections", "import", other.run_id, str(old), "--store", str(other.store.root)]) == 0
+    said = [r.getMessage() for r in caplog.records if "give no thresholds" in r.getMessage()]
+    assert len(said) == 1 and "1 verify rows of old.csv" in said[0] and "no thresholds column" in said[0]
+    assert json.loads(_verify_row(other.store)["thresholds"]) == {"live": strict, "dead": strict}
+    # thresholds the run cannot answer are a bad row, named by its line
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image,action,thresholds\n{image},verify,zebra=0.5\n")
+    assert cli.main(["corrections", "import", other.run_id, str(bad), "--store", str(other.store.root)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.csv line 2: thresholds 'zebra=0.5'" in err and "zebra" in err
+
+
+def test_export_active_leaves_out_undone_corrections_and_the_undos(survey, tmp_path):
+    _folder, run = survey
+    live, dead = _dets(run)
+    run.reclassify(live.detection_id, "dead")
+    run.undo(run.delete_detection(dead.detection_id))
+    run.add_detection(live.path, (2, 3, 40, 30), "live")
+    store = str(run.store.root)
+    every, active = tmp_path / "every.csv", tmp_path / "active.csv"
+    assert cli.main(["corrections", "export", run.run_id, str(every), "--store", store]) == 0
+    assert cli.main(["corrections", "export", run.run_id, str(active), "--store", store, "--active"]) == 0
+    assert sorted(pd.read_csv(every)["action"]) == ["add", "delete", "reclassify", "undo"]
+    assert sorted(pd.read_csv(active)["action"]) == ["add", "reclassify"]
+    corrected = run.counts()
+    shutil.rmtree(corrections_dir(run.store))
+    assert cli.main(["corrections", "import", run.run_id, str(active), "--store", store]) == 0
+    assert run.counts() == corrected
+
+
+def test_corrections_help_names_every_column_the_export_writes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["corrections", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"An export writes {len(CSV_COLUMNS)} columns: {', '.join(CSV_COLUMNS)}" in text
+
+
+def _counts_stderr(run) -> str:
+    proc = subprocess.run([sys.executable, "-m", "musseltools", "counts", run.run_id, "--store", str(run.store.root)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_corrections_that_do_not_apply_are_said_once_per_run_and_listed_by_corrections_report(
+        survey, model_factory, caplog, capsys):
+    folder, run = survey
+    live, dead = _dets(run)
+    run.reclassify(live.detection_id, "dead")
+    run.verify(live.path)
+    with caplog.at_level(logging.WARNING, logger="musseltools.results.view"):
+        other = mt.run(folder, model=model_factory("detect", 1), imgsz=IMGSZ, store=run.store.root, quiet=True,
+                       threshold=T, batch_size=1)
+        other.counts()
+    said = [r.getMessage() for r in caplog.records if "cannot be applied" in r.getMessage()]
+    assert len(said) == 1 and f"musseltools corrections report {other.run_id}" in said[0]
+    # the next command on the run (another process) does not say it again ...
+    assert "cannot be applied" not in _counts_stderr(other)
+    # ... until a correction that does not apply is new
+    run.delete_detection(dead.detection_id)
+    err = _counts_stderr(other)
+    assert "3 corrections of its images cannot be applied to this run (1 of them new)" in err
+    assert f"musseltools corrections report {other.run_id}" in err
+    store = str(run.store.root)
+    assert cli.main(["corrections", "report", other.run_id, "--store", store, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(c["kind"] for c in listed) == ["delete", "reclassify", "verify"]
+    assert all("another model" in c["reason"] for c in listed)
+    assert cli.main(["corrections", "report", other.run_id, "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "3 corrections of run" in out and out.count("another model") == 3
+    assert cli.main(["corrections", "report", run.run_id, "--store", store]) == 0
+    assert "applies to it" in capsys.readouterr().out
 
 
 def test_export_dataset_writes_a_yolo_dataset_that_trains(survey, tmp_path, capsys):

@@ -73,8 +73,9 @@ def correct(run: CorrectableRun, corrections: Sequence[Mapping[str, Any]], *, th
     Each correction is a mapping: ``kind`` (``reclassify``, ``delete``, ``add``, ``verify``,
     ``unverify``, ``undo``), ``image`` (a path as in the run, or an image id), ``detection_id``,
     ``class``, ``x1, y1, x2, y2`` (or ``box``), ``polygon``, ``target`` (the correction an undo
-    cancels), ``note``, ``author`` (default: the OS user). ``threshold`` is what a ``verify``
-    records as the thresholds its image was checked at (default: the thresholds in effect).
+    cancels), ``note``, ``author`` (default: the OS user), ``thresholds`` (those a ``verify`` was
+    made at, e.g. from a CSV). ``threshold`` is what a ``verify`` without ``thresholds`` records as
+    the thresholds its image was checked at (default: the thresholds in effect).
     ``image_ids``, when the caller knows which images the corrections concern (an editor), checks
     them against those images only (faster on large runs).
 
@@ -89,6 +90,7 @@ def correct(run: CorrectableRun, corrections: Sequence[Mapping[str, Any]], *, th
         run_id=run.run_id, inference_key=run.meta["inference_key"], classes=res.classes, images=res.images,
         detections=res.detections, removed=res.removed, root=run.meta["collection"]["source"].get("root"),
         thresholds=json.dumps(run.rule(threshold).by_class(res.classes), sort_keys=True), known_ids=known,
+        rule=lambda value: json.dumps(run.rule(value).by_class(res.classes), sort_keys=True),
     )
     rows = check_corrections(list(corrections), ctx, labels=labels)
     new = [r for r in rows if r["correction_id"] not in known]

@@ -8,7 +8,7 @@ of the run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class RunContext:
     thresholds: str
     root: str | None = None
     known_ids: frozenset[str] = frozenset()
+    #: turns the thresholds a correction gives (``live=0.35,dead=0.23``, a number, a mapping) into the
+    #: stored form (``thresholds``); raises ValueError for thresholds the run cannot answer
+    rule: Callable[[Any], str] | None = None
 
 
 def _box(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] | None, str | None]:
@@ -121,7 +124,13 @@ def _check_one(spec: Mapping[str, Any], ctx: RunContext, index: dict[str, str], 
         fields.update(class_name=str(cls), box=box, polygon=None if _blank(poly) or poly is None else poly,
                       inference_key=ctx.inference_key)
     elif kind in ("verify", "unverify"):
-        fields.update(inference_key=ctx.inference_key, thresholds=ctx.thresholds)
+        given, thresholds = spec.get("thresholds"), ctx.thresholds
+        if not _blank(given) and ctx.rule is not None:
+            try:
+                thresholds = ctx.rule(given)
+            except ValueError as exc:
+                return f"thresholds {given!r} do not fit run {ctx.run_id}: {exc}"
+        fields.update(inference_key=ctx.inference_key, thresholds=thresholds)
     else:  # undo
         target = spec.get("target")
         if _blank(target) or str(target) not in known:
@@ -137,7 +146,7 @@ def check_corrections(specs: Sequence[Mapping[str, Any]], ctx: RunContext, *,
     Each spec is a mapping with ``kind`` (or ``action``), ``image`` (a path as in the run, a path
     relative to the collection folder, or an image id), ``detection_id``, ``class`` (or
     ``class_name``), ``x1, y1, x2, y2`` (or ``box``), ``polygon``, ``target`` (undo), ``note``,
-    ``author``, ``created_at`` and ``correction_id``, as each kind needs.
+    ``author``, ``created_at``, ``correction_id`` and ``thresholds`` (verify), as each kind needs.
 
     Raises
     ------

@@ -27,7 +27,12 @@ Columns (a header row; column order is free; empty cells are blank)
     optional outline of ``add``, as JSON ``[[x, y], ...]`` in pixels.
 ``target``
     the ``correction_id`` an ``undo`` cancels.
-``correction_id``, ``created_at``
+``thresholds``
+    the thresholds a ``verify`` was made at (its image's truth is its boxes at them), one per class:
+    ``live=0.35,dead=0.23`` (or one number, or a JSON object); a class left out keeps the run's
+    threshold. Written by ``export``; on import, a ``verify`` without it records the importing run's
+    thresholds in effect (files written before this column existed), and the import says so.
+``correction_id``, ``created_at``, ``image_id``
     written by ``export``; on import, a row whose ``correction_id`` is already saved is skipped, so a
     file can be imported twice without doubling anything.
 
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,18 +65,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CSV_COLUMNS", "export_corrections_csv", "import_corrections_csv"]
 
+log = logging.getLogger(__name__)
+
 #: Columns written by :func:`export_corrections_csv`, in order.
 CSV_COLUMNS = ["image", "image_id", "detection_id", "action", "class", "x1", "y1", "x2", "y2", "note", "author",
-               "created_at", "correction_id", "target", "polygon"]
+               "created_at", "correction_id", "target", "polygon", "thresholds"]
 
 
-def export_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> int:
+def export_corrections_csv(run: CorrectableRun, path: str | os.PathLike, *, active: bool = False) -> int:
     """Write every correction of the run's images (undone ones and undos too) to a CSV; returns how many.
 
-    The file is written atomically. Importing it into a run of the same store changes nothing;
-    importing it into another store recreates the corrections.
+    ``active=True`` writes only the corrections in effect: undone corrections and the undo rows are
+    left out. The file is written atomically. Importing it into a run of the same store changes
+    nothing; importing it into another store recreates the corrections, each ``verify`` with the
+    thresholds it was made at.
     """
-    table = api.corrections(run)
+    table = api.corrections(run, active=active)
     out = pd.DataFrame({
         "image": table["path"], "image_id": table["image_id"], "detection_id": table["detection_id"],
         "action": table["kind"], "class": table["class_name"],
@@ -79,6 +89,7 @@ def export_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> int:
         "correction_id": table["correction_id"], "target": table["target"],
         "polygon": table["polygon"].map(lambda p: json.dumps([[float(x), float(y)] for x, y in p])
                                         if p is not None and len(p) else None),
+        "thresholds": table["thresholds"].map(_thresholds_cell),
     }, columns=CSV_COLUMNS)
     buf = io.StringIO()
     out.to_csv(buf, index=False)
@@ -89,7 +100,9 @@ def export_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> int:
 def import_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> dict[str, int]:
     """Check every row of a corrections CSV against the run and save them together, or none.
 
-    Returns ``{"rows": ..., "saved": ..., "already_saved": ...}``.
+    Returns ``{"rows": ..., "saved": ..., "already_saved": ..., "verified_at_run_thresholds": ...}``:
+    the last counts the new ``verify`` rows that gave no thresholds and so record the run's thresholds
+    in effect (a file written before the ``thresholds`` column; logged once as a warning).
 
     Raises
     ------
@@ -124,7 +137,25 @@ def import_corrections_csv(run: CorrectableRun, path: str | os.PathLike) -> dict
     known = set(api.corrections(run)["correction_id"])
     ids = api.correct(run, specs, labels=labels)
     already = sum(1 for s in specs if s.get("correction_id") in known)
-    return {"rows": len(ids), "saved": len(ids) - already, "already_saved": already}
+    defaulted = sum(1 for s in specs if str(s["kind"]).lower() == "verify" and s.get("thresholds") is None
+                    and s.get("correction_id") not in known)
+    if defaulted:
+        why = "the file has no thresholds column" if "thresholds" not in df.columns else "their thresholds cell is empty"
+        log.warning("%d verify rows of %s give no thresholds (%s): they record run %s's thresholds in effect, %s — "
+                    "a file written by `musseltools corrections export` carries them (its thresholds column)",
+                    defaulted, p.name, why, run.run_id, run.rule().label(run.class_names))
+    return {"rows": len(ids), "saved": len(ids) - already, "already_saved": already,
+            "verified_at_run_thresholds": defaulted}
+
+
+def _thresholds_cell(stored: Any) -> str | None:
+    """A stored ``thresholds`` (JSON by class) as a CSV cell: ``live=0.35,dead=0.23``."""
+    if not isinstance(stored, str) or not stored:
+        return None
+    value = json.loads(stored)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={float(v)!r}" for k, v in value.items())
+    return repr(float(value))
 
 
 def _spec(rec: dict[str, Any]) -> dict[str, Any] | str:
@@ -147,6 +178,12 @@ def _spec(rec: dict[str, Any]) -> dict[str, Any] | str:
         spec["box"] = [cell(c) for c in ("x1", "y1", "x2", "y2")]
         if any(v is None for v in spec["box"]):
             return "add needs x1, y1, x2 and y2 (the box in pixels)"
+    if cell("thresholds"):
+        text = cell("thresholds")
+        try:
+            spec["thresholds"] = json.loads(text) if text.startswith("{") else text
+        except ValueError:
+            return f"thresholds {text[:40]!r} are not thresholds — expected live=0.35,dead=0.23, one number or JSON"
     if cell("polygon"):
         try:
             poly = json.loads(cell("polygon"))

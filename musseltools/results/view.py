@@ -221,7 +221,7 @@ def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool
     classes = class_map_of(meta)
     floor = float(meta["settings"]["conf_floor"])
     applied = apply_corrections(table, dets, read_corrections(store), inference_key=key, classes=classes)
-    _warn_unapplied(run_id, applied.unapplied)
+    _warn_unapplied(store, run_id, applied.unapplied)
     if not corrected:
         table = table.assign(verified=applied.images["verified"].to_numpy())
         return RunResults(table, dets.assign(source="model"), classes, floor, False, verified=applied.verified)
@@ -231,8 +231,8 @@ def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool
 
 #: (store root, inference key) -> (the detections table the ids were computed for, the ids)
 _ID_CACHE: dict[tuple[str, str], tuple[pd.DataFrame, Any]] = {}
-#: corrections already warned about, so that every view does not repeat the warning
-_WARNED: set[tuple[str, str]] = set()
+#: (store root, run id) -> the corrections this process has said cannot be applied to the run
+_WARNED: dict[tuple[str, str], set[str]] = {}
 
 
 def _ids(store: Store, key: str, dets: pd.DataFrame) -> Any:
@@ -246,13 +246,29 @@ def _ids(store: Store, key: str, dets: pd.DataFrame) -> Any:
     return ids
 
 
-def _warn_unapplied(run_id: str, unapplied: pd.DataFrame) -> None:
-    new = [c for c in unapplied.get("correction_id", []) if (run_id, c) not in _WARNED]
-    if new:
-        _WARNED.update((run_id, c) for c in new)
-        first = unapplied[unapplied["correction_id"] == new[0]].iloc[0]
-        log.warning("[run %s] %d corrections cannot be applied to this run, e.g. %s of %s: %s — see "
-                    "run.corrections_report()", run_id, len(new), first["kind"], first["path"], first["reason"])
+def _warn_unapplied(store: Store, run_id: str, unapplied: pd.DataFrame) -> None:
+    """Say once per run that corrections of its images cannot be applied to it: once per process, and
+    recorded in the store's cache, so that the next command on the run (``run``, ``compare``, ``report``)
+    does not say it again; a correction not said before is said (with the others)."""
+    ids = [str(c) for c in unapplied.get("correction_id", [])]
+    said = _WARNED.setdefault((str(store.root), run_id), set())
+    if not ids or said.issuperset(ids):
+        return
+    name = f"unapplied-{run_id}.json"
+    said.update(store.read_json_cache(name).get("said", []))
+    new = [c for c in ids if c not in said]
+    said.update(ids)
+    if not new:
+        return
+    first = unapplied[unapplied["correction_id"] == new[0]].iloc[0]
+    more = f" ({len(new)} of them new)" if len(new) < len(ids) else ""
+    log.warning("[run %s] %d corrections of its images cannot be applied to this run%s, e.g. %s of %s: %s — list "
+                "them with `musseltools corrections report %s` (run.corrections_report()); said once per run",
+                run_id, len(ids), more, first["kind"], first["path"], first["reason"], run_id)
+    try:
+        store.write_json_cache(name, {"said": sorted(said)})
+    except Exception as exc:  # noqa: BLE001 - a store we may not write to: said once per process instead
+        log.debug("[run %s] could not record the warning in the store (%s)", run_id, exc)
 
 
 def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: pd.DataFrame,

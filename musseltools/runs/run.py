@@ -402,14 +402,20 @@ def open_run(run_id: str, *, store: Store | str | os.PathLike | None = None) -> 
 
 
 def list_runs(*, store: Store | str | os.PathLike | None = None) -> pd.DataFrame:
-    """A table of the runs in a store, oldest first."""
+    """A table of the runs in a store, oldest first.
+
+    ``threshold`` is the thresholds in effect, those its ``counts`` are at (as :attr:`Run.thresholds`):
+    the saved ones (:meth:`Run.save_thresholds`, or the model card's per-class thresholds), else the
+    threshold the run was asked with; one number, or one per class.
+    """
     s = store if isinstance(store, Store) else Store(store)
     rows = []
     for m in s.list_runs():
         try:
             rows.append({
                 "run_id": m["run_id"], "collection": m["collection"]["name"], "model": Path(m["model"]["path"]).name,
-                "threshold": m["threshold"], "status": m["status"], "total_images": m.get("total_images"),
+                "threshold": thresholds_of(m).to_json(class_map_of(m).names), "status": m["status"],
+                "total_images": m.get("total_images"),
                 "processed_count": m.get("processed_count"), "failed_count": m.get("failed_count"),
                 "counts": m.get("counts"), "created_at": m.get("created_at"), "updated_at": m.get("updated_at"),
             })
