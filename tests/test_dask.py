@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import IMGSZ, write_images
+from contract import assert_same_results
 from distributed.diagnostics.plugin import SchedulerPlugin
-from procs import assert_same_results
 
 import musseltools as mt
 
