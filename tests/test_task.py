@@ -124,7 +124,8 @@ def test_run_ids_follow_what_the_researcher_asks_and_stay_those_of_existing_runs
     others = [make_run_id("coll2", "m.pt", 0.5, s), make_run_id("coll", "n.pt", 0.5, s),
               make_run_id("coll", "m.pt", 0.51, s), make_run_id("coll", "m.pt", 0.5, InferenceSettings(iou=0.5)),
               make_run_id("coll", "m.pt", 0.5, s, {"live": "m"}), make_run_id("coll", "m.pt", 0.5, s, family="tv"),
-              make_run_id("coll", "m.pt", {"live": 0.5}, s)]
+              make_run_id("coll", "m.pt", {"live": 0.5}, s), make_run_id("coll", "m.pt", 0.5001, s),
+              make_run_id("coll", "m.pt", {"live": 0.5001}, s)]
     assert len({base, *others}) == 1 + len(others)
     per_class = make_run_id("coll", "m.pt", {"live": 0.5, "dead": 0.6}, s, {"live": "m", "dead": "s"}, "torchvision")
     assert per_class == "8dc152fdad46"
