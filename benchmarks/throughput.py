@@ -41,7 +41,7 @@ IOU = 0.7
 
 
 def _images(folder: Path) -> list[Path]:
-    from musseltools.collection import IMAGE_SUFFIXES
+    from musseltools.images.collection import IMAGE_SUFFIXES
 
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 

@@ -90,7 +90,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiling as tb  # noqa: E402  (benchmarks/tiling.py: truth loading, matching, SAHI set-up)
 
-from musseltools.detections import Detections  # noqa: E402
+from musseltools.core.detections import Detections  # noqa: E402
 
 CLASSES = tb.CLASSES  # {0: "live", 1: "dead"}
 MODEL = ROOT / "data" / "models" / "mussel-demo.pt"

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from musseltools.detections import Detections  # noqa: E402
+from musseltools.core.detections import Detections  # noqa: E402
 
 CLASSES = {0: "live", 1: "dead"}
 #: torch's default number of threads in this process (set in main, before any method pins it).
@@ -68,7 +68,7 @@ class Image:
 def load_images(folder: Path, labels: Path, min_side: int, limit: int | None) -> list[Image]:
     import cv2
 
-    from musseltools.collection import IMAGE_SUFFIXES
+    from musseltools.images.collection import IMAGE_SUFFIXES
 
     out = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):

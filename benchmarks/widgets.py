@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import musseltools as mt
-    from musseltools.widgets import ThresholdTuner
+    from musseltools.jupyter.widgets import ThresholdTuner
 
     tmp = Path(tempfile.mkdtemp(prefix="mt-bench-widgets-"))
     store = args.store or tmp / "store"

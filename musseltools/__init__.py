@@ -15,11 +15,8 @@ from importlib import metadata as _metadata
 
 _os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics must never reach for the network
 
-from .collection import Collection, scan  # noqa: E402
-from .compare import Comparison, compare  # noqa: E402
-from .detections import Detections  # noqa: E402
-from .engine import RunHandle, run  # noqa: E402
-from .errors import (  # noqa: E402
+from .core.detections import Detections  # noqa: E402
+from .errors import (
     CollectionError,
     CorrectionError,
     CorruptStoreError,
@@ -34,10 +31,13 @@ from .errors import (  # noqa: E402
     ThresholdError,
 )
 from .evaluation import evaluate  # noqa: E402
+from .evaluation.compare import Comparison, compare  # noqa: E402
+from .images.collection import Collection, scan  # noqa: E402
 from .models import InferenceSettings, load_model  # noqa: E402
-from .reports import report  # noqa: E402 - papermill and nbconvert load only when a report is made
-from .runs import Run, list_runs, open_run  # noqa: E402
-from .store import Store  # noqa: E402
+from .reports.report import report  # noqa: E402 - papermill and nbconvert load only when a report is made
+from .runs.engine import RunHandle, run  # noqa: E402
+from .runs.run import Run, list_runs, open_run  # noqa: E402
+from .store.store import Store  # noqa: E402
 
 try:
     __version__ = _metadata.version("musseltools")

@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
 ``corrections export|import``, ``export-dataset``, ``compare``.
-The flags of ``run`` and ``report`` are generated from :mod:`musseltools.options`. Errors print one
+The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .options import OPTIONS, Option, parse_positive_int, parse_threshold
+from .core.options import OPTIONS, Option, parse_positive_int, parse_threshold
 
 __all__ = ["main", "build_parser", "add_options", "add_run_options", "run_kwargs", "report_kwargs"]
 
@@ -26,7 +26,7 @@ EXIT_BROKEN_PIPE = 141
 
 
 def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type from a parser of :mod:`musseltools.options` (its ValueError becomes the usage error);
+    """An argparse type from a parser of :mod:`musseltools.core.options` (its ValueError becomes the usage error);
     ``float`` and ``int`` are used as they are (argparse's own message)."""
     if parse in (float, int, str):
         return parse
@@ -67,7 +67,7 @@ def _add_option(p: argparse.ArgumentParser, o: Option) -> None:
 
 
 def add_options(p: argparse.ArgumentParser, scope: str) -> None:
-    """The flags of the options of a scope (``run`` or ``report``), generated from :mod:`musseltools.options`."""
+    """The flags of the options of a scope (``run`` or ``report``), generated from :mod:`musseltools.core.options`."""
     for o in OPTIONS.of_scope(scope):
         _add_option(p, o)
 
@@ -83,12 +83,12 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The report's own keyword arguments of ``musseltools.reports.report`` from parsed ``report`` options."""
+    """The report's own keyword arguments of ``musseltools.reports.report.report`` from parsed ``report`` options."""
     return {name: getattr(args, name) for name in OPTIONS.keywords("report")}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .engine import run
+    from .runs.engine import run
 
     t0 = time.perf_counter()
     r = run(args.images, quiet=args.quiet or args.json, **run_kwargs(args))
@@ -121,7 +121,7 @@ def _summary(r: Any, m: dict[str, Any], seconds: float) -> str:
         f"  store   {r.store.root}",
     ]
     if m.get("cap_hit_images"):
-        from .progress import cap_hit_message
+        from .runs.progress import cap_hit_message
 
         lines.append("  " + cap_hit_message(m["cap_hit_images"], m["settings"]["max_det"]))
     return "\n".join(lines)
@@ -129,7 +129,7 @@ def _summary(r: Any, m: dict[str, Any], seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ status
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .runs import Run, list_runs
+    from .runs.run import Run, list_runs
 
     if args.run_id:
         r = Run(args.store, args.run_id)
@@ -164,7 +164,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ counts
 def _cmd_counts(args: argparse.Namespace) -> int:
-    from .runs import Run
+    from .runs.run import Run
 
     r = Run(args.store, args.run_id)
     t = r.rule(args.threshold)
@@ -192,7 +192,7 @@ def _cmd_counts(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ export
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .runs import Run
+    from .runs.run import Run
 
     files = Run(args.store, args.run_id).export_polygons(args.out_dir, threshold=args.threshold)
     print(f"wrote {len(files)} polygon files to {args.out_dir}")
@@ -219,7 +219,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate
     from .evaluation.linking import preview
-    from .runs import Run
+    from .runs.run import Run
 
     run = Run(args.store, args.run_id)
     ev = evaluate(run, args.truth, iou=args.iou, threshold=args.threshold, objective=args.objective)
@@ -275,7 +275,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------------ report
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .reports import report
+    from .reports.report import report
 
     path = report(args.images, **run_kwargs(args), **report_kwargs(args))
     print(f"report written to {path}")
@@ -296,12 +296,12 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .compare import compare
+    from .evaluation.compare import compare
 
     c = compare(args.run_a, args.run_b, store=args.store, threshold_a=args.threshold_a,
                 threshold_b=args.threshold_b, corrected=not args.model_only)
     if args.plot:
-        from .compare_plots import bland_altman
+        from .plots.compare import bland_altman
 
         bland_altman(c).savefig(args.plot, dpi=120)
     if args.json:
@@ -353,8 +353,8 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------------ compact
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from . import compaction
-    from .store import Store
+    from .store import compaction
+    from .store.store import Store
 
     if bool(args.run_id) == bool(args.all):
         from .errors import MusselToolsError
@@ -385,8 +385,8 @@ def _register_compact(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------------ corrections
 def _cmd_corrections_export(args: argparse.Namespace) -> int:
-    from .correction_csv import export_corrections_csv
-    from .runs import Run
+    from .corrections.csv import export_corrections_csv
+    from .runs.run import Run
 
     n = export_corrections_csv(Run(args.store, args.run_id), args.file)
     print(f"wrote {n} corrections of run {args.run_id} to {args.file}")
@@ -394,8 +394,8 @@ def _cmd_corrections_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_corrections_import(args: argparse.Namespace) -> int:
-    from .correction_csv import import_corrections_csv
-    from .runs import Run
+    from .corrections.csv import import_corrections_csv
+    from .runs.run import Run
 
     r = Run(args.store, args.run_id)
     done = import_corrections_csv(r, args.file)
@@ -408,8 +408,8 @@ def _cmd_corrections_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_dataset(args: argparse.Namespace) -> int:
-    from .dataset import export_dataset
-    from .runs import Run
+    from .corrections.dataset import export_dataset
+    from .runs.run import Run
 
     path = export_dataset(Run(args.store, args.run_id), args.out, format=args.format, val_fraction=args.val_fraction,
                           seed=args.seed)
@@ -421,7 +421,7 @@ def _register_corrections(sub: argparse._SubParsersAction) -> None:
     """``musseltools corrections export|import RUN_ID FILE.csv`` and ``musseltools export-dataset RUN_ID OUT``."""
     p = sub.add_parser("corrections", help="export or import hand corrections as CSV",
                        description="Hand corrections of a run as CSV (columns image, detection_id, action, class, "
-                       "x1, y1, x2, y2, note; see musseltools.correction_csv). An import saves every row or none.")
+                       "x1, y1, x2, y2, note; see musseltools.corrections.csv). An import saves every row or none.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, func, text in (("export", _cmd_corrections_export, "write the run's corrections to FILE.csv"),
                              ("import", _cmd_corrections_import, "check and save the corrections of FILE.csv")):

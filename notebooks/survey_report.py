@@ -183,8 +183,8 @@ else:
 if compare_model is None:
     display(Markdown("No second model was given (`compare_model`), so there is no comparison."))
 else:
-    from musseltools import compare_plots
     from musseltools.models import detect_family
+    from musseltools.plots import compare as compare_plots
 
     first_family = meta["model"].get("family", "ultralytics")
     same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == first_family

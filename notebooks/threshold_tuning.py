@@ -46,7 +46,7 @@ background = False  # run in a background thread and show a RunMonitor while it 
 from IPython.display import display
 
 import musseltools as mt
-from musseltools.widgets import RunMonitor, ThresholdTuner
+from musseltools.jupyter import RunMonitor, ThresholdTuner
 
 # %% [markdown]
 # ## The run

@@ -17,7 +17,7 @@ def main() -> int:
     import cv2
 
     import musseltools as mt
-    from musseltools import plots
+    from musseltools.plots import survey as plots
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default="survey_0001.jpg")

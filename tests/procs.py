@@ -25,7 +25,7 @@ import pandas as pd
 _ZYGOTE = r"""
 import json, os, sys
 os.environ.setdefault("YOLO_OFFLINE", "1")
-import musseltools, musseltools.cli, musseltools.engine, musseltools.runs  # noqa: E401
+import musseltools, musseltools.cli, musseltools.runs.engine, musseltools.runs.run  # noqa: E401
 import torch, torchvision, ultralytics, xarray, zarr  # noqa: E401,F401  (pre-import what every run needs)
 import torchvision.ops  # noqa: F401  (Ultralytics imports it on the first prediction: torch._dynamo, seconds)
 print("ready", flush=True)

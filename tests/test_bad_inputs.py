@@ -24,8 +24,8 @@ from conftest import IMGSZ, make_image
 from PIL import Image
 
 import musseltools as mt
-from musseltools.imageio import decode_image
-from musseltools.task import RunTask
+from musseltools.executors.task import RunTask
+from musseltools.images.decode import decode_image
 
 THRESHOLD = 0.3
 KW = {"imgsz": IMGSZ, "quiet": True, "store": "store", "threshold": THRESHOLD}

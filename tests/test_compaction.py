@@ -16,7 +16,7 @@ from procs import assert_same_results, comparable
 
 import musseltools as mt
 from musseltools import cli
-from musseltools.store import Store
+from musseltools.store.store import Store
 
 N = 24
 
@@ -62,7 +62,7 @@ def test_readers_never_see_an_image_missing_or_doubled_during_compaction(run):
             mt.run(run.store.root.parent / "images", model=run.meta["model"]["path"], imgsz=IMGSZ,
                    store=run.store.root, quiet=True, commit_every=1, workers=1)
             mt.open_run(run.run_id, store=run.store.root)
-            from musseltools.compaction import compact
+            from musseltools.store.compaction import compact
 
             before = len(seen)
             compact(run.store, run.run_id)
@@ -86,7 +86,7 @@ def test_a_compaction_killed_in_the_middle_loses_and_doubles_nothing(run, tmp_pa
     assert _parts(run) == N + 1  # both the old parts and the merged one are on disk
     middle = comparable(mt.open_run(run.run_id, store=run.store.root))
     assert before[0].equals(middle[0]) and before[1].equals(middle[1])
-    from musseltools.compaction import compact
+    from musseltools.store.compaction import compact
 
     assert compact(run.store, run.run_id)["parts_after"] == 1
     assert_same_results(mt.open_run(run.run_id, store=run.store.root), run)

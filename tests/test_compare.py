@@ -17,8 +17,8 @@ from tv_models import SMALL, calibrated_net, save_checkpoint, write_sidecar
 
 import musseltools as mt
 from musseltools.cli import main
-from musseltools.compare_plots import bland_altman, count_scatter
-from musseltools.plots import alt_text
+from musseltools.plots.compare import bland_altman, count_scatter
+from musseltools.plots.survey import alt_text
 
 T = 0.3
 

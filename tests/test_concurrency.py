@@ -17,7 +17,7 @@ from conftest import IMGSZ, write_images
 from procs import Zygote, comparable
 
 import musseltools as mt
-from musseltools.store import Store
+from musseltools.store.store import Store
 
 COMMIT_EVERY = 2
 N_IMAGES = 14

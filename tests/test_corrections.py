@@ -19,8 +19,8 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools.corrections import corrections_dir, read_corrections
 from musseltools.errors import CorrectionError
+from musseltools.store.corrections_log import corrections_dir, read_corrections
 
 T = 0.1  # the tiny untrained model gives plenty of detections around it
 
@@ -207,7 +207,7 @@ def test_corrections_survive_resume_new_thresholds_added_images_and_compaction(s
     assert sorted(fresh.detections()["detection_id"]) == ids_before
     assert fresh.counts() == grown.counts()
     # the corrections files compacted too: nothing lost, nothing doubled
-    from musseltools.corrections import compact_corrections
+    from musseltools.store.corrections_log import compact_corrections
 
     compact_corrections(fresh.store)
     assert len(list(corrections_dir(fresh.store).glob("corr-*.parquet"))) == 1
@@ -223,7 +223,7 @@ def test_added_boxes_follow_the_image_and_other_runs_report_what_does_not_apply(
     run.add_detection(live.path, (2, 3, 40, 30), "live")
     run.verify(live.path)
     # the same images with another model, in the same store
-    with caplog.at_level(logging.WARNING, logger="musseltools.results"):
+    with caplog.at_level(logging.WARNING, logger="musseltools.results.view"):
         other = mt.run(folder, model=model_factory("detect", 1), imgsz=IMGSZ, store=run.store.root, quiet=True,
                        threshold=T, batch_size=1)
         assert other.run_id != run.run_id
@@ -310,7 +310,7 @@ def test_verified_images_become_truth_for_evaluate_and_calibration(survey, capsy
     # a later threshold change does not change the truth of an image verified before it
     run.save_thresholds(0.5)
     assert mt.evaluate(run, "verified", threshold=T).metrics.set_index("class").loc["live", "tp"] == m.loc["live", "tp"]
-    from musseltools.widgets import ThresholdTuner
+    from musseltools.jupyter.widgets import ThresholdTuner
 
     tuner = ThresholdTuner(run, truth="verified")  # calibration by eye against the checked images
     assert tuner.metrics["live"]["recall"] == pytest.approx(

@@ -13,7 +13,7 @@ from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools import cli
-from musseltools.corrections import corrections_dir, read_corrections
+from musseltools.store.corrections_log import corrections_dir, read_corrections
 
 T = 0.1
 
@@ -150,7 +150,7 @@ def test_export_dataset_refuses_a_folder_with_other_content(survey, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
-    from musseltools.dataset import export_dataset
+    from musseltools.corrections.dataset import export_dataset
 
     with pytest.raises(mt.MusselToolsError, match="not empty"):
         export_dataset(run, out)

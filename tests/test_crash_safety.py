@@ -28,7 +28,7 @@ from conftest import IMGSZ, write_images
 from procs import Zygote, assert_same_results
 
 import musseltools as mt
-from musseltools.store import IMAGES_SCHEMA, Store
+from musseltools.store.store import IMAGES_SCHEMA, Store
 
 SEED = int(os.environ.get("MUSSELTOOLS_CRASH_SEED", "20261125"))
 MIN_RANDOM_KILLS = 20

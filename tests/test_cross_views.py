@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import musseltools as mt
 from musseltools import cli
-from musseltools.widgets import ThresholdTuner
+from musseltools.jupyter.widgets import ThresholdTuner
 
 RUN_THRESHOLD = 0.4
 CLASS_MAPS = [None, {"live": "mussel", "dead": "mussel"}, {"dead": "shell"}]

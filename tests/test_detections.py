@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musseltools.detections import DETECTIONS_SCHEMA, Detections
+from musseltools.core.detections import DETECTIONS_SCHEMA, Detections
 
 NAMES = {0: "live", 1: "dead"}
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools.corrections import read_corrections
-from musseltools.editor import CorrectionEditor, EditorCanvas
+from musseltools.jupyter.editor import CorrectionEditor, EditorCanvas
+from musseltools.store.corrections_log import read_corrections
 
 T = 0.5
 

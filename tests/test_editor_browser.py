@@ -25,7 +25,7 @@ import pytest
 from test_browser import ARGS, CHROMIUM, _free_port, _wait_for_idle_kernel, _wait_for_server
 
 import musseltools as mt
-from musseltools.corrections import read_corrections
+from musseltools.store.corrections_log import read_corrections
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "test-artifacts" / "correction_editor.png"
@@ -52,7 +52,7 @@ def _notebook(root: Path, run: mt.Run) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "import musseltools as mt\nfrom musseltools.editor import CorrectionEditor\n"
+            "import musseltools as mt\nfrom musseltools.jupyter.editor import CorrectionEditor\n"
             f"editor = CorrectionEditor(mt.open_run({run.run_id!r}, store={str(run.store.root)!r}), order='path')\n"
             "editor"),
         nbformat.v4.new_code_cell("1 + 1"),

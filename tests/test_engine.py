@@ -176,7 +176,7 @@ def test_a_completed_run_is_counted_from_its_units_without_reading_the_results_b
                                                                                      monkeypatch):
     """The final state of a run comes from its units' summaries (memory flat in the collection's size) and
     equals a count from the store; with a failed image retried, it is counted from the store."""
-    from musseltools.runs import Run
+    from musseltools.runs.run import Run
 
     folder = tmp_path / "survey"
     write_images(folder, 20)

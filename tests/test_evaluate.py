@@ -15,9 +15,9 @@ from conftest import IMGSZ
 
 import musseltools as mt
 from musseltools import evaluation as E
-from musseltools import plots
+from musseltools.core.thresholds import Thresholds
 from musseltools.evaluation import Truth, TruthError, evaluate_detections
-from musseltools.thresholds import Thresholds
+from musseltools.plots import survey as plots
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"

@@ -95,7 +95,7 @@ def test_a_resume_with_nothing_to_infer_does_not_load_the_model(images, tiny_mod
     assert built == [] and again.meta["inferred_this_call"] == 0
     assert again.meta["counts"] == first.meta["counts"] and again.status == "completed"
     write_images(images, 1, seed=42, start=50)
-    from musseltools.task import PREDICTORS
+    from musseltools.executors.task import PREDICTORS
 
     PREDICTORS.clear()  # as in a new process: no model kept from the first run
     more = mt.run(images, model=tiny_model, **KW)  # work to do: now the model is built, once

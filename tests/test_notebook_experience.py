@@ -16,15 +16,15 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools import plots
-from musseltools.engine import RunHandle
 from musseltools.errors import CollectionError, InferenceError, MusselToolsError, RunLockedError
 from musseltools.executors import LocalExecutor
-from musseltools.monitor import RunMonitor
+from musseltools.jupyter.monitor import RunMonitor
+from musseltools.jupyter.widgets import ThresholdTuner
 from musseltools.paths import project_root
-from musseltools.runmeta import update_run_meta
-from musseltools.store import Store, default_store_path
-from musseltools.widgets import ThresholdTuner
+from musseltools.plots import survey as plots
+from musseltools.runs.engine import RunHandle
+from musseltools.store.runmeta import update_run_meta
+from musseltools.store.store import Store, default_store_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_progress_by_image_cancel_keeps_inferred_and_a_monitor_follows_the_resum
     assert running[-1]["inferred_count"] >= 3 and running[-1]["processed_count"] == 0  # one unit: none saved yet
     time.sleep(0.2)
     assert any(bar > 0 and "(0 saved)" in text for bar, text in shown + [(monitor.bar.value, monitor.label.value)])
-    with caplog.at_level(logging.WARNING, logger="musseltools.engine"):
+    with caplog.at_level(logging.WARNING, logger="musseltools.runs.engine"):
         handle.cancel()
         run = handle.wait(timeout=60)
     assert run.status == "cancelled"
@@ -225,7 +225,7 @@ def test_quadrat_browser_steps_sorts_zooms_and_labels(survey):
 def test_render_quadrat_draws_a_legend_and_the_visible_boxes():
     import pandas as pd
 
-    from musseltools.quadrats import render_quadrat
+    from musseltools.jupyter.quadrats import render_quadrat
 
     rgb = np.full((300, 400, 3), 128, np.uint8)
     rows = pd.DataFrame({"class_name": ["live", "dead"], "x1": [300.0, 20.0], "y1": [200.0, 200.0],
@@ -248,7 +248,7 @@ def test_one_colour_blind_safe_palette_everywhere(survey):
     assert plots.LIVE_COLOUR == plots.OKABE_ITO["blue"] and plots.DEAD_COLOUR == plots.OKABE_ITO["orange"]
     fig = plots.count_vs_threshold(survey.cube())
     assert {line.get_color() for line in fig.axes[0].lines} >= {"#0072B2", "#E69F00"}
-    from musseltools.editor import CorrectionEditor
+    from musseltools.jupyter.editor import CorrectionEditor
 
     assert CorrectionEditor(survey).canvas.colours == {"live": "#0072B2", "dead": "#E69F00"}
     script = (ROOT / "scripts" / "annotate_demo.py").read_text()

@@ -162,7 +162,7 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path):
     assert any(WIDGET in o.get("data", {}) for o in _outputs_of(nb, "tuner = ThresholdTuner("))
     assert mt.list_runs(store=store).shape[0] == 1  # the notebook reused the report's run
 
-    from musseltools.widgets import ThresholdTuner
+    from musseltools.jupyter.widgets import ThresholdTuner
 
     t0 = time.perf_counter()
     tuner = ThresholdTuner(run, truth=DEMO_LABELS)
@@ -203,7 +203,7 @@ def test_kernel_interrupt_during_a_background_run(tmp_path, tiny_model):
     same way is marked ``cancelled`` and resumes to the same results."""
     from jupyter_client import KernelManager
 
-    from musseltools.store import Store
+    from musseltools.store.store import Store
 
     folder = tmp_path / "images"
     write_images(folder, 40, seed=23)

@@ -20,8 +20,8 @@ from conftest import IMGSZ, write_images
 from procs import comparable
 
 import musseltools as mt
-from musseltools.runmeta import update_run_meta
-from musseltools.store import Store
+from musseltools.store.runmeta import update_run_meta
+from musseltools.store.store import Store
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")

@@ -13,8 +13,8 @@ import pytest
 
 import musseltools as mt
 from musseltools import cli
+from musseltools.core.options import OPTIONS, REQUIRED
 from musseltools.models import InferenceSettings
-from musseltools.options import OPTIONS, REQUIRED
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: Keywords of run() and report() that are not run options (how to execute, not what to ask).
@@ -36,7 +36,7 @@ def test_run_keywords_are_the_declared_run_options_with_their_defaults():
 
 
 def test_report_keywords_are_the_run_and_report_options_with_their_defaults():
-    kw = _keywords(importlib.import_module("musseltools.reports").report)
+    kw = _keywords(importlib.import_module("musseltools.reports.report").report)
     assert set(kw) - REPORT_ONLY == set(OPTIONS.keywords("run")) | set(OPTIONS.keywords("report"))
     for name in set(kw) - REPORT_ONLY:
         assert kw[name] == OPTIONS[name].default, name

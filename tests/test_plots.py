@@ -9,7 +9,7 @@ from conftest import IMGSZ, write_images
 from matplotlib.figure import Figure
 
 import musseltools as mt
-from musseltools import plots
+from musseltools.plots import survey as plots
 
 
 @pytest.fixture(scope="module")

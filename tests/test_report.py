@@ -13,7 +13,7 @@ from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools import cli
-from musseltools.reports import ReportError, notebook_path
+from musseltools.reports.report import ReportError, notebook_path
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +123,11 @@ def test_cli_report_failure_is_one_line_and_non_zero(collection, tmp_path, capsy
 def test_import_is_light_and_mt_report_is_a_plain_function():
     code = ("import sys, types, musseltools as mt; "
             "assert 'papermill' not in sys.modules and 'nbconvert' not in sys.modules; "
-            "import musseltools.reports, musseltools.evaluation; "
+            "import musseltools.reports.report, musseltools.evaluation; "
             "assert isinstance(mt.report, types.FunctionType) and isinstance(mt.evaluate, types.FunctionType); "
             "print(mt.report.__module__, mt.evaluate.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["musseltools.reports", "musseltools.evaluation.api"]
+    assert out.stdout.split() == ["musseltools.reports.report", "musseltools.evaluation.api"]
     assert notebook_path().name == "survey_report.ipynb"
     with pytest.raises(ReportError, match="not found"):
         notebook_path("nope.ipynb")

@@ -132,7 +132,7 @@ def test_exports_stay_in_their_folder_whatever_the_store_says(tmp_path, images, 
 
 
 def test_every_hostile_name_is_written_inside(tmp_path):
-    from musseltools.runs import _safe_relative
+    from musseltools.runs.run import _safe_relative
 
     for name in HOSTILE:
         for root in (None, "/data/survey"):

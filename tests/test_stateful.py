@@ -30,7 +30,7 @@ from procs import Zygote, comparable
 
 import musseltools as mt
 from musseltools.models import YoloPredictor
-from musseltools.store import Store
+from musseltools.store.store import Store
 
 COMMIT_EVERY = 2
 THRESHOLDS = [0.2, 0.35, 0.5, 0.7]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 import musseltools as mt
-from musseltools.store import Store
+from musseltools.store.store import Store
 
 
 def test_layout_is_readable_with_pandas(images, tiny_model):

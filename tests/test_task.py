@@ -11,11 +11,11 @@ import pytest
 from conftest import IMGSZ
 
 import musseltools as mt
-from musseltools.collection import scan
+from musseltools.executors.planning import ImageRef, make_units
+from musseltools.executors.task import RunTask
+from musseltools.images.collection import scan
 from musseltools.models import InferenceSettings, load_model
-from musseltools.planning import ImageRef, make_units
-from musseltools.store import Store
-from musseltools.task import RunTask
+from musseltools.store.store import Store
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_a_task_loads_its_model_lazily_and_only_from_the_recorded_bytes(tmp_path
     run = mt.run(images, model=weights, imgsz=IMGSZ, store=tmp_path / "a", quiet=True)
     task = pickle.loads(pickle.dumps(_task(run, tmp_path / "b", load_model(weights).info)))
     weights.write_bytes(model_factory("detect", 1).read_bytes())  # swapped after the run recorded its SHA-256
-    from musseltools.task import PREDICTORS
+    from musseltools.executors.task import PREDICTORS
 
     PREDICTORS.clear()  # as in a worker process that has not built this model yet
     with pytest.raises(mt.ModelChangedError, match="changed"):

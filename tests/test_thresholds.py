@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import musseltools as mt
-from musseltools.thresholds import TOLERANCE, ClassMap, Thresholds, parse_class_map
+from musseltools.core.thresholds import TOLERANCE, ClassMap, Thresholds, parse_class_map
 
 CLASSES = ClassMap(["live", "dead", "gaping"], {"gaping": "dead"})
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools.detections import Detections
+from musseltools.core.detections import Detections
 from musseltools.models import InferenceSettings, Prepared, YoloPredictor, load_model, make_predictor
 from musseltools.models.tiling import (
     AUTO_TILE_FACTOR,

@@ -18,7 +18,7 @@ from tv_models import SMALL, calibrated_net, save_checkpoint, write_sidecar
 
 import musseltools as mt
 from musseltools.cli import main
-from musseltools.imageio import decode_image
+from musseltools.images.decode import decode_image
 from musseltools.models import (
     InferenceSettings,
     TiledPredictor,
@@ -28,11 +28,7 @@ from musseltools.models import (
     make_predictor,
 )
 from musseltools.models.base import Prepared
-from musseltools.models.torchvision import (
-    parse_sidecar,
-    recognise_architecture,
-    transform_sizes,
-)
+from musseltools.models.torchvision import parse_sidecar, recognise_architecture, transform_sizes
 
 FLOOR = 0.05
 THRESHOLDS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
@@ -336,7 +332,7 @@ def test_yolo_and_faster_rcnn_results_sit_side_by_side_in_one_store(checkpoints,
 def test_corrections_and_datasets_number_faster_rcnn_classes_as_yolo(checkpoints, survey, tmp_path):
     import yaml
 
-    from musseltools.dataset import export_dataset
+    from musseltools.corrections.dataset import export_dataset
 
     run = mt.run(survey, model=checkpoints["bare"], store="store", quiet=True, threshold=0.5)
     live = run.detections().query("class_name == 'live'").iloc[0]

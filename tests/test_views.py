@@ -7,8 +7,8 @@ import pandas as pd
 import xarray as xr
 
 import musseltools as mt
-from musseltools import views
-from musseltools.thresholds import ClassMap, Thresholds
+from musseltools.core.thresholds import ClassMap, Thresholds
+from musseltools.results import views
 
 
 def test_cube_equals_counts_at_every_threshold(images, tiny_model):

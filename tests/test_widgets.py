@@ -13,7 +13,7 @@ from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools import cli
-from musseltools.widgets import RunMonitor, ThresholdTuner
+from musseltools.jupyter.widgets import RunMonitor, ThresholdTuner
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"

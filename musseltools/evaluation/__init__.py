@@ -13,7 +13,7 @@ and which confidence threshold makes the totals right. :func:`evaluate` links a 
 Every metric is a step function of the threshold that changes only at detection confidences. The
 detections of each class are sorted by confidence once and every metric is accumulated along that
 order, so the value at any threshold (and the exact optimum over all thresholds) is a binary search,
-never a re-filtering of the detections. Thresholds follow the one rule of :mod:`musseltools.thresholds`.
+never a re-filtering of the detections. Thresholds follow the one rule of :mod:`musseltools.core.thresholds`.
 
 Modules, one concern each:
 
@@ -27,7 +27,7 @@ Modules, one concern each:
 - :mod:`~musseltools.evaluation.api`: :func:`evaluate` and :func:`evaluate_detections`;
 - :mod:`~musseltools.evaluation.verified`: the images verified by hand as truth (``truth="verified"``).
 
-Its figures are in :mod:`musseltools.plots` (``plot_pr``, ``plot_count_error``, ``plot_pred_vs_true``)
+Its figures are in :mod:`musseltools.plots.survey` (``plot_pr``, ``plot_count_error``, ``plot_pred_vs_true``)
 and its command is ``musseltools evaluate``.
 
 Examples

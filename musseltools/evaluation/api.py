@@ -1,7 +1,7 @@
 """Evaluate a run (or detections given as tables) against ground truth: :func:`evaluate`.
 
 :func:`evaluate` reads a run's stored results through the public methods of
-:class:`~musseltools.runs.Run` and hands them to :func:`evaluate_detections`, which links the truth
+:class:`~musseltools.runs.run.Run` and hands them to :func:`evaluate_detections`, which links the truth
 to the images, maps classes to the run's categories and builds an
 :class:`~musseltools.evaluation.metrics.Evaluation`.
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..thresholds import ClassMap, ThresholdLike, Thresholds
+from ..core.thresholds import ClassMap, ThresholdLike, Thresholds
 from .calibration import Objective, check_objective
 from .curves import build_curves
 from .linking import link_truth, preview, true_count_table, truth_boxes
@@ -26,7 +26,7 @@ from .truth import Truth, TruthError, load_truth
 from .verified import VERIFIED, verified_truth
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..runs import Run
+    from ..runs.run import Run
 
 __all__ = ["evaluate", "evaluate_detections"]
 
@@ -117,7 +117,7 @@ def evaluate(
 
 def _as_run(run: Any, store: Any) -> Run:
     """A Run from a Run, a RunHandle or a run id (opened in ``store``)."""
-    from ..runs import Run
+    from ..runs.run import Run
 
     if isinstance(run, str):
         return Run(store, run)
@@ -161,7 +161,7 @@ def evaluate_detections(
         Model class name -> category; metrics are per category.
     threshold : float, str, mapping or Thresholds
         A mapping without a default (a plain dict) must give every class a threshold; a
-        :class:`~musseltools.thresholds.Thresholds` carries the default of the classes it leaves out.
+        :class:`~musseltools.core.thresholds.Thresholds` carries the default of the classes it leaves out.
     root : str, optional
         Folder the image paths are relative to, for linking truth by relative path.
     task : str, optional

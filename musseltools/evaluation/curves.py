@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..thresholds import TOLERANCE
+from ..core.thresholds import TOLERANCE
 from .geometry import polygon_iou
 from .matching import IOU_THRESHOLDS, average_precision, match_detections
 

@@ -3,7 +3,7 @@
 Built by :func:`musseltools.evaluation.evaluate`. Per class it gives detection metrics (TP/FP/FN,
 precision, recall, F1, AP50, AP50-95; boxes only), count metrics (per-image MAE, RMSE and bias, the
 relative error of the total), calibrated thresholds and survey totals. Thresholds follow the one rule
-of :mod:`musseltools.thresholds`.
+of :mod:`musseltools.core.thresholds`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..thresholds import TOLERANCE, ClassMap, ThresholdLike, Thresholds
+from ..core.thresholds import TOLERANCE, ClassMap, ThresholdLike, Thresholds
 from .calibration import Objective, calibrate, survey_totals
 from .curves import ClassCurve
 from .truth import Truth
@@ -119,7 +119,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------ thresholds
     def thresholds_of(self, threshold: ThresholdLike | None = None) -> Thresholds:
-        """Validated :class:`~musseltools.thresholds.Thresholds` from any accepted form (the evaluation's own
+        """Validated :class:`~musseltools.core.thresholds.Thresholds` from any accepted form (the evaluation's own
         when None); a class that a mapping leaves out keeps the evaluation's default threshold.
 
         Raises
@@ -204,7 +204,7 @@ class Evaluation:
 
     def thresholds_grid(self) -> np.ndarray:
         """Thresholds of :attr:`curves`: the floor, every 0.01 up to 0.99, and the evaluated ones."""
-        from ..views import threshold_grid
+        from ..results.views import threshold_grid
 
         extra = list(self.class_thresholds().values())
         return threshold_grid(self.conf_floor, extra)

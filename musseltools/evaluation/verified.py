@@ -2,7 +2,7 @@
 
 An image marked verified (:meth:`musseltools.Run.verify`, the editor's "verified" mark, or a
 ``verify`` row of ``musseltools corrections import``) has a truth: its corrected detections at the
-thresholds in use when it was marked (:func:`musseltools.review.verified_labels`).
+thresholds in use when it was marked (:func:`musseltools.corrections.review.verified_labels`).
 ``mt.evaluate(run, "verified")`` scores the model alone against it, so calibrated thresholds improve
 as a researcher corrects.
 
@@ -23,7 +23,7 @@ import pandas as pd
 from .truth import Truth, TruthError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..runs import Run
+    from ..runs.run import Run
 
 __all__ = ["VERIFIED", "verified_truth"]
 
@@ -41,13 +41,13 @@ def verified_truth(run: Run) -> Truth:
     TruthError
         No image of the run is marked verified.
     """
-    from ..review import verified_labels
+    from ..corrections.review import verified_labels
 
     images, boxes = verified_labels(run)
     if images.empty:
         raise TruthError(
             f"no image of run {run.run_id} is marked verified — expected images checked by hand — verify some in "
-            "the editor (musseltools.editor.CorrectionEditor), with run.verify(image), or by importing 'verify' "
+            "the editor (musseltools.jupyter.editor.CorrectionEditor), with run.verify(image), or by importing 'verify' "
             "rows (musseltools corrections import)"
         )
     root = (run.meta.get("collection", {}).get("source") or {}).get("root")

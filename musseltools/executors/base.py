@@ -13,13 +13,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from ..planning import ImageRef, Unit, UnitSummary
+from .planning import ImageRef, Unit, UnitSummary
 
 __all__ = ["Executor", "UnitTask"]
 
 
 class UnitTask(Protocol):
-    """What an executor may ask of a run's task (implemented by :class:`musseltools.task.RunTask`).
+    """What an executor may ask of a run's task (implemented by :class:`musseltools.executors.task.RunTask`).
 
     Attributes
     ----------

@@ -1,7 +1,7 @@
 """Clusters through Dask: each commit unit is one Dask task with a deterministic key.
 
 ``mt.run(..., client=distributed.Client(...))``, or ``musseltools run ... --scheduler tcp://HOST:PORT``
-/ ``--scheduler-file F``. A task is the picklable :class:`~musseltools.task.RunTask` applied to one
+/ ``--scheduler-file F``. A task is the picklable :class:`~musseltools.executors.task.RunTask` applied to one
 unit: the worker loads the model once (cached in the worker process by the weights' SHA-256), decodes,
 infers and commits the unit's part to the store every worker can reach. The coordinator (the process
 that called ``run``) follows ``as_completed`` for progress and alone writes the run's metadata.
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import MusselToolsError, RunCancelled
-from ..planning import Unit, UnitSummary
 from .base import UnitTask
+from .planning import Unit, UnitSummary
 
 __all__ = ["DaskExecutor", "connect"]
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import RunCancelled
-from ..planning import Unit, UnitSummary
 from .base import UnitTask
+from .planning import Unit, UnitSummary
 
 __all__ = ["LocalExecutor", "default_decode_workers"]
 

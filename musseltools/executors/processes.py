@@ -30,8 +30,8 @@ from typing import Any
 
 from ..errors import RunCancelled
 from ..machine import cpu_cores
-from ..planning import Unit, UnitSummary
 from .base import UnitTask
+from .planning import Unit, UnitSummary
 
 __all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores"]
 
@@ -85,7 +85,7 @@ def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
 #: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
 #: Ultralytics imports when a predictor warms up (for its NMS) and which imports ``torch._dynamo``: about
 #: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped).
-FORKSERVER_PRELOAD = ["musseltools.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
+FORKSERVER_PRELOAD = ["musseltools.executors.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
 
 
 def _context() -> Any:

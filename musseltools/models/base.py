@@ -2,7 +2,7 @@
 
 A *model family* (Ultralytics YOLO today) knows how to build a model from the bytes of a weights file
 and how to make a :class:`Predictor` for it. A :class:`Predictor` turns decoded images into
-:class:`~musseltools.detections.Detections` in two halves, so that the engine can overlap them:
+:class:`~musseltools.core.detections.Detections` in two halves, so that the engine can overlap them:
 :meth:`Predictor.prepare` (per image, in the decode thread) and :meth:`Predictor.predict` (a batch, in
 the model thread). Nothing outside a family's module touches the framework behind it.
 
@@ -51,10 +51,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..detections import Detections
+from ..core.detections import Detections
+from ..core.options import OPTIONS
+from ..core.thresholds import ClassMap
 from ..errors import ModelChangedError, ModelLoadError
-from ..options import OPTIONS
-from ..thresholds import ClassMap
 
 __all__ = [
     "DEFAULT_FAMILY",
@@ -160,7 +160,7 @@ class _SettingsBehaviour:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# The fields and defaults come from the one declaration of run options (musseltools.options): every
+# The fields and defaults come from the one declaration of run options (musseltools.core.options): every
 # option marked ``inference=True`` is a field, with its default (or fallback, for imgsz: 640).
 InferenceSettings = dataclasses.make_dataclass(
     "InferenceSettings",
@@ -171,7 +171,7 @@ InferenceSettings = dataclasses.make_dataclass(
 InferenceSettings.__module__ = __name__
 InferenceSettings.__doc__ = (
     "Everything that changes what the model outputs. Hashed with the model into ``inference_key``.\n\n"
-    "Fields (declared in :mod:`musseltools.options`)\n"
+    "Fields (declared in :mod:`musseltools.core.options`)\n"
     "-----------------------------------------------\n"
     + "".join(f"{o.name} : default {o.settings_default!r}\n    {o.help_text}\n" for o in OPTIONS.inference_settings())
     + "\nExamples\n--------\n>>> InferenceSettings(imgsz=320).iou\n0.7\n"

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.options import NO_TILES, OPTIONS
+from ..core.thresholds import Thresholds
 from ..errors import ModelLoadError, ThresholdError
-from ..options import NO_TILES, OPTIONS
-from ..thresholds import Thresholds
 
 __all__ = ["CARD_SETTINGS", "WeightsCard", "Resolved", "card_names", "parse_card", "read_card", "resolve_settings"]
 

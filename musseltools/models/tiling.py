@@ -4,7 +4,7 @@ A 4000x3000 quadrat photograph shrunk to a 640-pixel model input turns a 30-pixe
 pixels, and the model misses it. :class:`TiledPredictor` cuts the image into overlapping tiles at
 native resolution, runs them through the model in batches (tiles of one image share one shape, so
 they batch), maps each tile's detections back into the image with
-:meth:`~musseltools.detections.Detections.shifted`, and merges the duplicates that tile overlaps
+:meth:`~musseltools.core.detections.Detections.shifted`, and merges the duplicates that tile overlaps
 create.
 
 Tile geometry
@@ -77,8 +77,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..detections import Detections
-from ..options import OPTIONS, TILE_MERGE_METHODS
+from ..core.detections import Detections
+from ..core.options import OPTIONS, TILE_MERGE_METHODS
 from .base import InferenceSettings, Predictor, Prepared
 
 __all__ = [

@@ -90,7 +90,7 @@ from typing import Any
 
 import numpy as np
 
-from ..detections import Detections
+from ..core.detections import Detections
 from ..errors import ModelLoadError
 from .base import LoadedModel, ModelCard, Prepared, default_device, fastest_batch_size, register_family
 

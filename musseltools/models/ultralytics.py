@@ -5,7 +5,7 @@ predictor's pre- and post-processing). Ultralytics itself is imported lazily, wh
 
 Images are batched only with images of the same size, which makes every result independent of the
 model batch size (Ultralytics pads mixed-size batches differently). Detections are converted with
-:meth:`~musseltools.detections.Detections.from_ultralytics`, which stays in ``detections.py``: it
+:meth:`~musseltools.core.detections.Detections.from_ultralytics`, which stays in ``detections.py``: it
 only reads the public attributes of Ultralytics' ``Results``, as supervision's adapters do.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..detections import Detections
+from ..core.detections import Detections
+from ..core.options import OPTIONS
 from ..errors import ModelLoadError
-from ..options import OPTIONS
 from .base import LoadedModel, ModelCard, Prepared, default_device, fastest_batch_size, register_family
 
 __all__ = ["UltralyticsFamily", "YoloPredictor"]

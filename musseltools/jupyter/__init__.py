@@ -1,0 +1,13 @@
+"""JupyterLab front ends: the threshold tuner and run monitor, the correction editor, the quadrat viewer.
+
+>>> from musseltools.jupyter import RunMonitor, ThresholdTuner                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .editor import CorrectionEditor
+from .monitor import RunMonitor
+from .quadrats import QuadratNavigator
+from .widgets import ThresholdTuner
+
+__all__ = ["ThresholdTuner", "RunMonitor", "CorrectionEditor", "QuadratNavigator"]

@@ -1,0 +1,140 @@
+"""Follow a run from a notebook: :class:`RunMonitor` polls the run's ``run.json``.
+
+It works across processes (a run started with ``musseltools run`` in a terminal) and, given a
+:class:`~musseltools.runs.engine.RunHandle`, follows that handle until its thread ends, so a monitor made
+straight after resuming a cancelled or failed run never stops on the old status.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import MusselToolsError
+from ..runs.run import TERMINAL, Run
+from ..store.store import Store
+
+__all__ = ["RunMonitor", "progress_text"]
+
+_STYLES = {"completed": "success", "failed": "danger", "cancelled": "warning"}
+
+
+def progress_text(run_id: str, p: dict[str, Any]) -> tuple[int, int, str]:
+    """Images done (inferred, committed or not), total, and the status line of a run's ``run.json``."""
+    total = int(p.get("total_images") or 0)
+    committed = int(p.get("processed_count") or 0)
+    status = p.get("status") or "unknown"
+    inferred = int(p.get("inferred_count") or 0) if status == "running" else 0
+    done = min(max(committed, inferred), total) if total else max(committed, inferred)
+    text = f"run <code>{html.escape(run_id)}</code>: <b>{html.escape(status)}</b> — {done}/{total} images"
+    if done > committed:
+        text += f" ({committed} saved)"
+    failed = int(p.get("failed_count") or 0)
+    if failed:
+        text += f", {failed} failed"
+    if status == "running" and p.get("phase"):
+        text += f" — <i>{html.escape(str(p['phase']))}</i>"
+    if p.get("error"):
+        text += f" — {html.escape(str(p['error']))}"
+    return done, total, text
+
+
+class RunMonitor(widgets.VBox):
+    """Status and progress of a run, polled from its ``run.json`` (works across processes).
+
+    The bar counts images as they are inferred (``inferred_count``, written at most twice a second),
+    not only when a commit unit is saved; the label says what the run is doing meanwhile (``phase``:
+    "loading model", "measuring batch size", "starting 2 worker processes", "inferring").
+
+    Polling runs in a daemon thread every ``interval`` seconds. Given a
+    :class:`~musseltools.runs.engine.RunHandle`, it follows that handle until the handle's thread ends
+    (whatever status ``run.json`` still holds from an earlier call); given a run or a run id, until
+    the run ends (completed, failed or cancelled). :meth:`stop` stops it, :meth:`refresh` updates once.
+
+    Parameters
+    ----------
+    run_or_id : Run, RunHandle or str
+        The run, a background handle, or a run id (with ``store``).
+    store : path or Store, optional
+        The store of a run given by id.
+    interval : float
+        Seconds between polls.
+    start : bool
+        Start polling now.
+
+    Examples
+    --------
+    >>> handle = mt.run("data/demo/images", model="data/models/mussel-demo.pt", background=True)  # doctest: +SKIP
+    >>> RunMonitor(handle)                                              # doctest: +SKIP
+    """
+
+    def __init__(self, run_or_id: Any, store: str | os.PathLike | Store | None = None, interval: float = 1.0,
+                 *, start: bool = True) -> None:
+        self.handle: Any = None
+        if isinstance(run_or_id, Run):
+            self.run = run_or_id
+        elif isinstance(run_or_id, str):
+            self.run = Run(store, run_or_id)
+        elif hasattr(run_or_id, "run") and hasattr(run_or_id, "done"):  # a RunHandle
+            self.handle = run_or_id
+            self.run = run_or_id.run
+        else:
+            raise TypeError(f"RunMonitor takes a Run, a RunHandle or a run id, not {type(run_or_id).__name__}")
+        self.interval = float(interval)
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="images", bar_style="info")
+        self.label = widgets.HTML()
+        self.label.add_class("mt-run-status")
+        super().__init__([self.label, self.bar])
+        self.add_class("mt-run-monitor")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: dict[str, Any] = {}
+        self.refresh()
+        if start and not self._ended():
+            self._thread = threading.Thread(target=self._poll, name=f"musseltools-monitor-{self.run.run_id}",
+                                            daemon=True)
+            self._thread.start()
+
+    @property
+    def polling(self) -> bool:
+        """Whether the polling thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _ended(self) -> bool:
+        """A handle's run has ended when its thread has; another run when ``run.json`` says so."""
+        if self.handle is not None:
+            return bool(self.handle.done())
+        return self.last.get("status") in TERMINAL
+
+    def refresh(self) -> dict[str, Any]:
+        """Read the run's progress once and update the widget; returns ``run.progress``."""
+        p = self.run.progress
+        status = p.get("status") or "unknown"
+        done, total, text = progress_text(self.run.run_id, p)
+        self.bar.max = max(total, 1)
+        self.bar.value = min(done, self.bar.max)
+        self.bar.bar_style = _STYLES.get(status, "info")
+        self.label.value = text
+        self.last = p
+        return p
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            ended = self._ended()  # read before the refresh: the last refresh then sees the final state
+            try:
+                self.refresh()
+            except MusselToolsError as exc:  # e.g. run.json briefly unreadable: say so, keep polling
+                self.label.value = f"cannot read run {html.escape(self.run.run_id)}: {html.escape(str(exc))}"
+            if ended or self._ended() and self.handle is None:
+                return
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop polling (the widget keeps its last state)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(2.0, 2 * self.interval))

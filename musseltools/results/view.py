@@ -1,0 +1,304 @@
+"""The one results view: what a run's images have as results, read from the store.
+
+Every view of a run (counts, the per-image table, detections, the cube, exports, widgets, evaluation,
+reports) starts from :func:`load_results`. It joins the run's collection (paths as last scanned) with
+the results cached under the run's inference key, and says on each image why it has no result. Every
+detection gets its stable ``detection_id`` here (:func:`musseltools.core.detections.detection_ids`), and
+hand corrections (:mod:`musseltools.store.corrections_log`) are applied here (:mod:`~musseltools.results.corrected`) and nowhere else, so every view
+shows the same thing; ``corrected=False`` gives the model alone.
+
+Examples
+--------
+>>> res = load_results(store, "e16894b5c394")                      # doctest: +SKIP
+>>> res.images.columns.tolist()[:3], len(res.detections)            # doctest: +SKIP
+(['image_id', 'path', 'width'], 1234)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ..core.detections import detection_ids
+from ..core.thresholds import ClassMap, Thresholds
+from ..store.corrections_log import NO_CORRECTIONS, corrections_signature, member, read_corrections
+from ..store.store import Store
+from .corrected import apply_corrections
+
+__all__ = ["RunResults", "load_results", "load_counting", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A run's results as tables.
+
+    Attributes
+    ----------
+    images : pandas.DataFrame
+        One row per image of the run: ``image_id, path, width, height, n_detections, cap_hit, error,
+        processed_at`` (``processed_at`` is missing for images without a result).
+        With corrections, ``n_detections`` counts the corrected detections; ``verified`` says whether
+        the image was marked checked by hand.
+    detections : pandas.DataFrame
+        Every stored detection of those images, down to the confidence floor: ``image_id, path,
+        class_id, class_name, confidence, x1, y1, x2, y2, polygon, detection_id, source``. ``source``
+        is ``model``, ``reclassified`` or ``added`` (added detections have confidence 1.0, so they count
+        at every threshold); deleted detections are left out.
+    classes : ClassMap
+        The model's classes and the run's class map.
+    conf_floor : float
+        The confidence floor the detections were stored with.
+    corrected : bool
+        Whether hand corrections were applied.
+    removed : pandas.DataFrame
+        Detections that corrections deleted (empty with ``corrected=False``).
+    applied : pandas.DataFrame
+        The corrections in effect on the run (rows of :data:`musseltools.store.corrections_log.CORRECTIONS_SCHEMA`).
+    unapplied : pandas.DataFrame
+        Corrections of the run's images that could not be applied, with a ``reason``.
+    verified : pandas.DataFrame
+        ``image_id, thresholds, author, created_at`` of the images marked verified.
+    """
+
+    images: pd.DataFrame
+    detections: pd.DataFrame
+    classes: ClassMap
+    conf_floor: float
+    corrected: bool = False
+    removed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    applied: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unapplied: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verified: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["image_id", "thresholds", "author", "created_at"]))
+
+
+def class_map_of(meta: Mapping[str, Any]) -> ClassMap:
+    """The :class:`ClassMap` of a run from its metadata."""
+    names = meta["model"]["names"]
+    return ClassMap([names[k] for k in sorted(names, key=int)], meta["model"].get("class_map"))
+
+
+def thresholds_of(meta: Mapping[str, Any], value: Any = None) -> Thresholds:
+    """Thresholds for a run: ``value`` validated against the run, else the thresholds in effect.
+
+    A class that ``value`` (a mapping) leaves out keeps the run's threshold. The thresholds in effect
+    are those saved with ``Run.save_thresholds``, else the threshold the run was asked with.
+    """
+    default = float(meta["threshold"])
+    if value is None:
+        value = meta.get("saved_thresholds") or default
+    return Thresholds.parse(value, default=default, floor=float(meta["settings"]["conf_floor"]),
+                            classes=class_map_of(meta))
+
+
+def load_results(store: Store, run_id: str, meta: Mapping[str, Any] | None = None, *, corrected: bool = True,
+                 image_ids: Any = None) -> RunResults:
+    """The results of a run's images (see :class:`RunResults`), with hand corrections applied.
+
+    Parameters
+    ----------
+    store : Store
+    run_id : str
+    meta : mapping, optional
+        The run's metadata (read from the store when not given).
+    corrected : bool
+        Apply the saved corrections (default); False gives the model alone.
+    image_ids : collection of str, optional
+        Only these images of the run (e.g. the image an editor shows).
+    """
+    meta = store.read_run(run_id) if meta is None else meta
+    if image_ids is None:  # the whole run: served from this process's cache while nothing changed
+        return _cached(store, run_id, meta, corrected, lambda: _load(store, run_id, meta, corrected=corrected,
+                                                                     image_ids=None))  # type: ignore[return-value]
+    return _load(store, run_id, meta, corrected=corrected, image_ids=image_ids)
+
+
+def load_counting(store: Store, run_id: str, meta: Mapping[str, Any] | None = None) -> RunResults:
+    """What counting views need (counts, per-image counts, the cube), with corrections: when the store holds
+    none, a :class:`RunResults` whose detections have only ``image_id, class_name, confidence``
+    (:func:`counting_tables`: a fraction of the memory), else :func:`load_results`. Cached alike."""
+    meta = store.read_run(run_id) if meta is None else meta
+    if corrections_signature(store) != NO_CORRECTIONS:
+        return load_results(store, run_id, meta)
+    whole = _cached(store, run_id, meta, True, None)  # the whole results, when this process holds them already
+    if whole is not None:
+        return whole
+
+    def lean() -> RunResults:
+        tables = counting_tables(store, run_id, meta)
+        if tables is None:  # corrections saved meanwhile
+            return _load(store, run_id, meta, corrected=True, image_ids=None)
+        return RunResults(*tables, class_map_of(meta), float(meta["settings"]["conf_floor"]), True)
+
+    return _cached(store, run_id, meta, "counting", lean)  # type: ignore[return-value]
+
+
+def _cached(store: Store, run_id: str, meta: Mapping[str, Any], kind: Any, build: Any) -> RunResults | None:
+    """A run's results from this process's cache while its results signature is unchanged, else built
+    (``build=None``: None when not cached)."""
+    cache_key = (str(store.root), run_id, kind, json.dumps(
+        [meta["inference_key"], meta["model"], meta["settings"], meta.get("status")], sort_keys=True, default=str))
+    signature = results_signature(store, run_id, meta)
+    hit = _RESULTS_CACHE.get(cache_key)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    if build is None:
+        return None
+    res = build()
+    _RESULTS_CACHE[cache_key] = (signature, res)
+    while len(_RESULTS_CACHE) > 4:  # a few runs at once (e.g. two compared); the oldest goes
+        _RESULTS_CACHE.pop(next(iter(_RESULTS_CACHE)))
+    return res
+
+
+def count_index(res: RunResults) -> dict[str, Any]:
+    """Sorted confidences per class of these results (computed once per results object), from which
+    :func:`musseltools.results.views.totals_at` counts at any thresholds by binary search."""
+    hit = _COUNT_INDEX.get(id(res))
+    if hit is None or hit[0] is not res:
+        from .views import class_confidences
+
+        hit = (res, class_confidences(res.detections))
+        _COUNT_INDEX.clear()  # one survey's index at a time is what a slider or a loop over thresholds needs
+        _COUNT_INDEX[id(res)] = hit
+    return hit[1]
+
+
+_COUNT_INDEX: dict[int, tuple[RunResults, dict[str, Any]]] = {}
+
+#: (store, run, corrected, what the run's results depend on) -> (results signature, RunResults)
+_RESULTS_CACHE: dict[tuple, tuple[str, RunResults]] = {}
+
+
+def counting_tables(store: Store, run_id: str, meta: Mapping[str, Any] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The run's per-image table and, of its detections, only ``image_id, class_name, confidence``: what
+    counts and the count cube need, read in a fraction of the memory of :func:`load_results` (no
+    outlines, no detection ids) and never cached. None when the store holds hand corrections (they
+    need the whole results: use :func:`load_results`)."""
+    if corrections_signature(store) != NO_CORRECTIONS:
+        return None
+    meta = store.read_run(run_id) if meta is None else meta
+    coll = store.read_collection(run_id).drop_duplicates("image_id", keep="first")
+    images, dets = store.read_results(meta["inference_key"], detection_columns=("image_id", "class_name", "confidence"))
+    table = _image_table(store, run_id, meta, coll, images).assign(verified=False)
+    return table, dets[member(dets["image_id"], coll["image_id"])].reset_index(drop=True)
+
+
+def _image_table(store: Store, run_id: str, meta: Mapping[str, Any], coll: pd.DataFrame,
+                 images: pd.DataFrame) -> pd.DataFrame:
+    """One row per image of the collection with its stored result (or why it has none)."""
+    table = coll[["image_id", "path"]].merge(images.drop(columns=["path"]), on="image_id", how="left")
+    _explain_missing(store, run_id, meta, coll, table)
+    for col in ("width", "height"):
+        if col in coll:
+            scanned = table["image_id"].map(coll.set_index("image_id")[col]).astype("Int64")
+            table[col] = table[col].astype("Int64").fillna(scanned)
+    return table
+
+
+def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool, image_ids: Any) -> RunResults:
+    coll = store.read_collection(run_id)
+    key = meta["inference_key"]
+    images, dets = store.read_results(key)
+    dets = dets.assign(detection_id=_ids(store, key, dets))
+    coll = coll.drop_duplicates("image_id", keep="first")
+    if image_ids is not None:
+        coll = coll[member(coll["image_id"], set(image_ids))]
+    table = _image_table(store, run_id, meta, coll, images)
+    dets = dets[member(dets["image_id"], coll["image_id"])].drop(columns=["path"])
+    dets = dets.merge(coll[["image_id", "path"]], on="image_id", how="left")
+    dets = dets[["image_id", "path"] + [c for c in dets.columns if c not in ("image_id", "path")]]
+    classes = class_map_of(meta)
+    floor = float(meta["settings"]["conf_floor"])
+    applied = apply_corrections(table, dets, read_corrections(store), inference_key=key, classes=classes)
+    _warn_unapplied(run_id, applied.unapplied)
+    if not corrected:
+        table = table.assign(verified=applied.images["verified"].to_numpy())
+        return RunResults(table, dets.assign(source="model"), classes, floor, False, verified=applied.verified)
+    return RunResults(applied.images, applied.detections, classes, floor, True, applied.removed, applied.applied,
+                      applied.unapplied, applied.verified)
+
+
+#: (store root, inference key) -> (the detections table the ids were computed for, the ids)
+_ID_CACHE: dict[tuple[str, str], tuple[pd.DataFrame, Any]] = {}
+#: corrections already warned about, so that every view does not repeat the warning
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _ids(store: Store, key: str, dets: pd.DataFrame) -> Any:
+    """Detection ids of a stored detections table (computed once per committed state of the results)."""
+    hit = _ID_CACHE.get((str(store.root), key))
+    if hit is not None and hit[0] is dets:
+        return hit[1]
+    ids = detection_ids(dets["image_id"], key, dets["class_name"], dets[["x1", "y1", "x2", "y2"]].to_numpy(),
+                        dets["confidence"])
+    _ID_CACHE[(str(store.root), key)] = (dets, ids)
+    return ids
+
+
+def _warn_unapplied(run_id: str, unapplied: pd.DataFrame) -> None:
+    new = [c for c in unapplied.get("correction_id", []) if (run_id, c) not in _WARNED]
+    if new:
+        _WARNED.update((run_id, c) for c in new)
+        first = unapplied[unapplied["correction_id"] == new[0]].iloc[0]
+        log.warning("[run %s] %d corrections cannot be applied to this run, e.g. %s of %s: %s — see "
+                    "run.corrections_report()", run_id, len(new), first["kind"], first["path"], first["reason"])
+
+
+def _explain_missing(store: Store, run_id: str, meta: Mapping[str, Any], coll: pd.DataFrame,
+                     table: pd.DataFrame) -> None:
+    """Put the reason on images without a result (in place): a quarantined part, or a scan error."""
+    # a completed run had a result for every image: one missing now was in a damaged part that was
+    # quarantined. Say so on the image rather than count it as 0 without a word.
+    qdir = f"{store.results_dir(meta['inference_key'])}/quarantine"
+    if meta.get("status") == "completed" and not store.quarantine_is_empty(meta["inference_key"]):
+        lost = table["processed_at"].isna() & table["error"].isna()
+        if lost.any():
+            table.loc[lost, "error"] = (
+                f"no stored result: it was in a damaged results part, moved to {str(qdir)!r} — run the "
+                "same run again to process this image again"
+            )
+            log.warning("[run %s] %d images lost their results to damaged parts (quarantined in %s); run "
+                        "again to process them", run_id, int(lost.sum()), qdir)
+    # files that could not be read at scan time carry their reason in the collection table
+    if "error" in coll:
+        scan_err = coll.set_index("image_id")["error"]
+        missing = table["processed_at"].isna() & table["image_id"].map(scan_err).notna()
+        table.loc[missing, "error"] = table.loc[missing, "image_id"].map(scan_err)
+
+
+def results_signature(store: Store, run_id: str, meta: Mapping[str, Any]) -> str:
+    """Changes whenever a run's results change (a part committed, the collection re-scanned, a correction saved).
+
+    On a local store: the names of the parts and the modification times of their folders (a part added,
+    replaced or removed renames an entry, which changes its folder's time), without a stat per part.
+    """
+    key = meta["inference_key"]
+    items: list[str] = []
+    images_dir = store.results_dir(key) / "images" if not store.remote else None
+    if images_dir is not None:
+        try:
+            with os.scandir(images_dir) as it:
+                items.extend(sorted(e.name for e in it if e.name.startswith("part-")))
+            for sub in ("images", "detections"):
+                items.append(str(os.stat(store.results_dir(key) / sub).st_mtime_ns))
+        except FileNotFoundError:
+            items.append("no results")
+    else:
+        parts = store.part_files(key)
+        items.extend(stamp for stamp in (store.stamp(p) for p in parts) if stamp is not None)
+    stamp = store.stamp(f"{store.run_dir(run_id)}/collection.parquet")
+    if stamp is not None:
+        items.append(stamp)
+    items.append(corrections_signature(store))
+    return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]

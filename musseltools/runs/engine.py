@@ -1,0 +1,579 @@
+"""The engine: plan what has no result, process it in commit units, keep run status.
+
+``run()`` is the researcher's entry point: it scans the collection, finds the images without a
+cached result for this model and inference settings, and processes only those, committing each unit
+atomically. Asking the same question again re-uses everything already done; when nothing is left to
+infer, the model is not even loaded (its class names come from a card cached with its SHA-256).
+
+Concerns live beside it: decoding in :mod:`~musseltools.images.decode`, units and run ids in
+:mod:`~musseltools.executors.planning`, the unit task in :mod:`~musseltools.executors.task`, executors in
+:mod:`~musseltools.executors`, run metadata updates in :mod:`~musseltools.store.store`, the options and
+their defaults in :mod:`~musseltools.core.options`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..images.collection import Collection, ImagesLike, scan
+from ..errors import (
+    CorruptStoreError,
+    ModelChangedError,
+    MusselToolsError,
+    RunCancelled,
+    RunLockedError,
+    RunNotFoundError,
+)
+from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
+from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
+from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
+from ..executors.planning import ImageRef, Unit, make_run_id, make_units
+from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
+from ..results.view import results_signature
+from ..store.runmeta import update_run_meta
+from .run import Run
+from ..store.store import Store, utcnow
+from .tally import Tally
+from ..executors.task import RunTask
+from ..core.thresholds import Thresholds
+
+__all__ = ["run", "RunHandle", "DEFAULT_COMMIT_EVERY"]
+
+log = logging.getLogger(__name__)
+
+#: Store cache of model cards (class names, task, training size) by the weights' SHA-256.
+MODEL_CARDS = "models.json"
+
+
+class _RunLog(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[str, Any]:
+        return f"[run {self.extra['run_id']}] {msg}", kwargs
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("musseltools", "ultralytics", "torch", "torchvision"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- handle
+class RunHandle:
+    """A run executing in a background thread (``mt.run(..., background=True)``).
+
+    The notebook stays responsive; ``handle.cancel()`` stops it after the current batch (committed
+    work is kept), ``handle.wait()`` blocks until it ends and returns the :class:`Run`.
+    """
+
+    def __init__(self, store: Store, run_id: str, cancel: threading.Event) -> None:
+        self.store, self.run_id, self._cancel = store, run_id, cancel
+        self._thread: threading.Thread | None = None
+        # set when the run's thread ends: an interrupted Thread.join() (Ctrl-C in handle.wait()) can leave
+        # is_alive() False and later joins returning at once while the thread still runs
+        self._ended = threading.Event()
+        self.exception: BaseException | None = None
+        self.started: float | None = None  # time.time() when start() was called
+
+    @property
+    def run(self) -> Run:
+        return Run(self.store, self.run_id)
+
+    @property
+    def status(self) -> str:
+        return self.run.status
+
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def cancel(self) -> None:
+        """Ask the run to stop after the current batch."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Wait for the run to end; re-raises its error (not a cancellation)."""
+        if self._thread is not None:
+            self._ended.wait(timeout)
+        if self.exception is not None and not isinstance(self.exception, RunCancelled):
+            raise self.exception
+        return self.run
+
+    def start(self, job: _Job) -> None:
+        """Execute ``job`` in a daemon thread; its exception is kept for :meth:`wait`."""
+
+        import time
+
+        def target() -> None:
+            try:
+                job.execute()
+            except BaseException as exc:  # noqa: BLE001 - kept on the handle, re-raised by wait()
+                self.exception = exc
+            finally:
+                with _RUNNING_LOCK:
+                    if _RUNNING.get(slot) is self:
+                        del _RUNNING[slot]
+                self._ended.set()
+
+        slot = _running_slot(job)
+        self.started = time.time()
+        with _RUNNING_LOCK:
+            _RUNNING[slot] = self
+        self._thread = threading.Thread(target=target, name=f"musseltools-run-{self.run_id}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} {'done' if self.done() else 'running'}: {self.run!r}>"
+
+
+#: Background runs executing in this process, by (store folder, inference key): a second ``run()`` of
+#: one of them gets its handle (or a plain error) instead of the lock's "held by pid …" of its own kernel.
+_RUNNING: dict[tuple[str, str], RunHandle] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def _running_slot(job: _Job) -> tuple[str, str]:
+    return job.store.location, job.key
+
+
+def _already_running(job: _Job, background: bool) -> RunHandle | None:
+    """The handle of this run when it already runs in this process (``background``); else a plain error."""
+    import time
+
+    with _RUNNING_LOCK:
+        handle = _RUNNING.get(_running_slot(job))
+    if handle is None or handle.done():
+        return None
+    if background and handle.run_id == job.run_id:
+        log.info("[run %s] already running in this process; returning its handle", job.run_id)
+        return handle
+    when = time.strftime("%H:%M", time.localtime(handle.started or time.time()))
+    same = "run " + job.run_id if handle.run_id == job.run_id else f"run {handle.run_id} (same model and settings)"
+    raise RunLockedError(
+        f"{same} is already running in this notebook (started {when}) — use the handle it returned: "
+        "handle.wait() for the run, handle.cancel() to stop it; or run again once it has ended"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if not v:
+        return None
+    try:
+        return parse_positive_int(v)
+    except ValueError as exc:
+        raise MusselToolsError(f"environment variable {name}={v!r}: {exc}") from None
+
+
+def run(
+    images: ImagesLike,
+    *,
+    model: str | os.PathLike,
+    model_family: str | None = OPTIONS.model_family.default,
+    trust_pickle: bool = OPTIONS.trust_pickle.default,
+    threshold: float | Mapping[str, float] | None = OPTIONS.threshold.default,
+    store: str | os.PathLike | Store | None = OPTIONS.store.default,
+    batch_size: int | None = OPTIONS.batch_size.default,
+    commit_every: int | None = OPTIONS.commit_every.default,
+    conf_floor: float = OPTIONS.conf_floor.default,
+    imgsz: int | None = OPTIONS.imgsz.default,
+    iou: float | None = OPTIONS.iou.default,
+    max_det: int = OPTIONS.max_det.default,
+    tile: int | str | None = OPTIONS.tile.default,
+    tile_overlap: float | None = OPTIONS.tile_overlap.default,
+    tile_merge: str | None = OPTIONS.tile_merge.default,
+    class_map: Mapping[str, str] | None = OPTIONS.class_map.default,
+    name: str | None = OPTIONS.name.default,
+    device: str | None = OPTIONS.device.default,
+    wait: bool | float = OPTIONS.wait.default,
+    workers: int | None = OPTIONS.workers.default,
+    scheduler: str | None = OPTIONS.scheduler.default,
+    scheduler_file: str | None = OPTIONS.scheduler_file.default,
+    client: Any = None,
+    quiet: bool = False,
+    background: bool = False,
+    executor: Executor | None = None,
+) -> Run | RunHandle:
+    """Create or resume a survey run and infer only the images that have no result yet.
+
+    Parameters mirror ``musseltools run`` flags (both come from :mod:`musseltools.core.options`). ``imgsz``
+    defaults to the size the model was trained at (as Ultralytics' own ``predict`` does), else 640; for
+    a torchvision Faster R-CNN it is the transform's shorter side (the architecture's ``min_size`` by
+    default; see :mod:`musseltools.models.torchvision`). ``iou`` defaults to the family's own NMS IoU
+    (0.7 for YOLO, 0.5 for Faster R-CNN). ``model_family`` names the weights' family (detected from the
+    file by default); ``trust_pickle`` allows a fully pickled torchvision model (a pickle can run code).
+    ``batch_size`` (images per model call) is measured per device when not given (env
+    ``MUSSELTOOLS_BATCH_SIZE``); ``commit_every`` (images per committed part, env
+    ``MUSSELTOOLS_COMMIT_EVERY``, else :data:`~musseltools.core.options.DEFAULT_COMMIT_EVERY`) is independent
+    of it. ``quiet`` hides the progress bar, ``background`` returns at once with a :class:`RunHandle`.
+
+    Where the work runs: ``workers=N`` worker processes (1: this process); by default one per core when
+    there are enough images to pay back starting them, and this process on a GPU. ``client`` (a
+    ``distributed.Client``), ``scheduler`` (``tcp://HOST:PORT``) or ``scheduler_file``: tasks on a Dask
+    cluster whose workers reach the images and the store by the same paths. ``executor``: any
+    :class:`~musseltools.executors.Executor` (chosen by :func:`~musseltools.executors.choose_executor`
+    when None).
+
+    Returns
+    -------
+    Run, or RunHandle when ``background=True``.
+
+    Raises
+    ------
+    ModelLoadError, CollectionError, ThresholdError, RunLockedError, ModelChangedError, InferenceError
+
+    Examples
+    --------
+    >>> import musseltools as mt                                                     # doctest: +SKIP
+    >>> r = mt.run("data/demo/images", model="data/models/mussel-demo.pt", threshold=0.5)  # doctest: +SKIP
+    >>> r.totals                                                                      # doctest: +SKIP
+    {'live': 1234, 'dead': 210}
+    """
+    options = {k: v for k, v in locals().items() if k in OPTIONS}
+    job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
+    running = _already_running(job, background)
+    if running is not None:
+        return running
+    if not background:
+        return job.execute()
+    handle = RunHandle(job.store, job.run_id, job.cancel)
+    handle.start(job)
+    return handle
+
+
+def _run_threshold(threshold: Any, conf_floor: float, model: LoadedModel) -> float | dict[str, float]:
+    """The run's threshold: one number, or one per class (a mapping by class or category, given or from the
+    weights' card, checked against the model; classes it leaves out take 0.5)."""
+    t = Thresholds.parse(threshold, default=OPTIONS.threshold.fallback, floor=conf_floor, classes=model.info.classes)
+    return t.to_json(model.info.classes)
+
+
+def _describe(st: Store, options: Mapping[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
+    """The model, built only when the store has no card of it; and the cards to save when it had none."""
+    cards = st.read_json_cache(MODEL_CARDS)
+    loaded = describe_model(options["model"], class_map=options["class_map"], family=options["model_family"],
+                            cards=cards, trust_pickle=options["trust_pickle"])
+    return loaded, (cards if loaded.model is not None else None)
+
+
+@dataclass
+class _Job:
+    """One call of :func:`run`: opened (model described, collection scanned, run created), then executed."""
+
+    store: Store
+    run_id: str
+    collection: Collection
+    model: LoadedModel
+    settings: InferenceSettings
+    key: str
+    batch_size: int | None
+    commit_every: int
+    device: str | None
+    wait: bool | float
+    quiet: bool
+    executor: Executor | None
+    cancel: threading.Event
+    log: Any
+    new_cards: dict[str, Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    client: Any = None
+    commit_every_given: bool = False
+    inferred: int = 0
+    collection_record: dict[str, Any] = field(default_factory=dict)
+    settings_from: dict[str, Any] = field(default_factory=dict)
+    tally: Tally | None = None
+
+    @classmethod
+    def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
+             client: Any = None) -> _Job:
+        """Check the options, describe the model, scan the collection, create or check the run."""
+        store = options["store"]
+        st = store if isinstance(store, Store) else Store(store)
+        loaded, new_cards = _describe(st, options)
+        resolved = resolve_settings(options, read_card(options["model"]), default_iou=loaded.default_iou,
+                                    train_imgsz=loaded.train_imgsz)
+        settings = InferenceSettings(**{o.name: resolved.values[o.name] for o in OPTIONS.inference_settings()})
+        threshold = _run_threshold(resolved.values["threshold"], settings.conf_floor, loaded)
+        resolved.origins["threshold"]["value"] = threshold
+        batch_size = options["batch_size"] or _env_int("MUSSELTOOLS_BATCH_SIZE")
+        commit_every = options["commit_every"] or _env_int("MUSSELTOOLS_COMMIT_EVERY") or DEFAULT_COMMIT_EVERY
+        if batch_size is not None and batch_size < 1 or commit_every < 1:
+            raise MusselToolsError(f"batch size and commit unit must be >= 1 (got {batch_size}, {commit_every})")
+
+        collection = scan(images, name=options["name"], cache=st.scan_cache())
+        info = loaded.info
+        run_id = make_run_id(collection.identity, info.path, threshold, settings, info.class_map, info.family)
+        key = settings.key(info.fingerprint, info.family)
+        job = cls(st, run_id, collection, loaded, settings, key, batch_size, commit_every, options["device"],
+                  options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards,
+                  options=dict(options), client=client,
+                  commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")),
+                  settings_from=resolved.origins)
+        job.create_or_check(threshold)
+        return job
+
+    def create_or_check(self, threshold: float | Mapping[str, float]) -> None:
+        """Create the run's metadata, or refuse weights that changed since the run was made."""
+        st, run_id, info = self.store, self.run_id, self.model.info
+        try:
+            existing = st.read_run(run_id)
+        except RunNotFoundError:
+            existing = None
+        except CorruptStoreError as exc:
+            st.quarantine_run(run_id, str(exc))
+            existing = None
+        if existing is not None and existing["model"]["fingerprint"] != info.fingerprint:
+            raise ModelChangedError(
+                f"weights file {info.path!r} changed since run {run_id} was made (SHA-256 "
+                f"{existing['model']['fingerprint'][:12]}… then, {info.fingerprint[:12]}… now) — its results "
+                "are kept — restore the original weights, or save the new ones under another name to start a new run"
+            )
+        if existing is None:
+            update_run_meta(
+                st, run_id, status="pending", created_at=utcnow().isoformat(),
+                collection={"name": self.collection.name, "source": self.collection.source},
+                model=info.to_dict(), settings=self.settings.to_dict(), settings_from=self.settings_from,
+                threshold=OPTIONS.threshold.fallback if isinstance(threshold, Mapping) else threshold,
+                saved_thresholds=dict(threshold) if isinstance(threshold, Mapping) else None,
+                inference_key=self.key, total_images=len(self.collection), processed_count=0, failed_count=0,
+                counts={c: 0 for c in info.categories}, error=None, store=st.location,
+            )
+            self.log.info("created for %s (%d images) with %s", self.collection.name, len(self.collection),
+                          Path(info.path).name)
+
+    # -- execution ------------------------------------------------------------------------------------
+    def execute(self) -> Run:
+        """Hold the key's lock, plan, process the units, record the outcome; returns the run."""
+        try:
+            with self.store.lock(self.key, run_id=self.run_id, wait=self.wait):
+                run = self._prepare()
+                refs, fresh = self._plan()
+                executor, close = self._executor(len(refs))
+                units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
+                done_before = self._start(run, units, fresh, executor)
+                task = self._task(run, executor)
+                try:
+                    self._process(run, task, units, done_before, executor)
+                except (KeyboardInterrupt, RunCancelled) as exc:
+                    state = self._finish(run, "cancelled", task, error="cancelled by the user; committed work is kept")
+                    self.log.warning("cancelled; %d of %d images have results and are kept", state["processed_count"],
+                                     len(self.collection))
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    raise RunCancelled(f"run {self.run_id} cancelled; committed work is kept — run again to resume") from None
+                except BaseException as exc:
+                    msg = str(exc) if isinstance(exc, MusselToolsError) else f"{type(exc).__name__}: {exc}"
+                    self._finish(run, "failed", task, error=msg)
+                    self.log.error("failed: %s", msg)
+                    raise
+                finally:
+                    close()
+                final = self._finish(run, "completed", task)
+                with contextlib.suppress(Exception):
+                    if not run.cube_is_current():  # rebuilt only when the results changed
+                        run.write_cube()
+                self.log.info(
+                    "completed: %d images, %d failed, %d inferred in this call, counts %s",
+                    final["total_images"], final["failed_count"], self.inferred, final["counts"],
+                )
+                return run
+        except KeyboardInterrupt:  # Ctrl-C before the first unit (taking the lock, planning, loading the model)
+            holder = self.store.lock_holder(self.key) or {}
+            with contextlib.suppress(MusselToolsError):
+                if (holder.get("pid"), holder.get("run_id")) == (os.getpid(), self.run_id) and \
+                        self.store.read_run(self.run_id).get("status") in ("pending", "running"):
+                    update_run_meta(self.store, self.run_id, status="cancelled", phase=None,
+                                    error="cancelled by the user; committed work is kept")
+            raise
+
+    def _prepare(self) -> Run:
+        """Record the scan, the collection, the key's settings (and the model card); clean leftovers."""
+        st = self.store
+        st.update_scan_cache(self.collection.table)
+        table = self.collection.table.drop(columns=["fspath"])
+        signature = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+        meta = st.read_run(self.run_id)
+        # rewritten only when it changed: an unchanged collection keeps the cube and the counts current
+        path = f"{st.run_dir(self.run_id)}/collection.parquet"
+        written = [meta.get("collection_signature"), meta.get("collection_stamp")]
+        if written != [signature, st.stamp(path)]:  # changed, missing, or rewritten by someone else (damaged?)
+            st.write_collection(self.run_id, table)
+            # recorded with the run's start (one run.json write less; a crash before it only rewrites again)
+            self.collection_record = {"collection_signature": signature, "collection_stamp": st.stamp(path)}
+        cleaned = st.clean_temporary(self.key, self.run_id)
+        if cleaned:
+            self.log.info("removed %d temporary files left by an interrupted writer", cleaned)
+        st.write_settings(self.key, {"model": self.model.info.to_dict(), "settings": self.settings.to_dict(),
+                                     "inference_key": self.key})
+        if self.new_cards is not None:  # the next call with nothing to infer need not load the model
+            with contextlib.suppress(OSError):
+                st.write_json_cache(MODEL_CARDS, self.new_cards)
+        return Run(st, self.run_id)
+
+    def _plan(self) -> tuple[list[ImageRef], bool]:
+        """The images without a successful result; and whether nothing was done before."""
+        ok = self.store.succeeded_images(self.key)
+        todo = self.collection.images[~self.collection.images["image_id"].isin(ok)]
+        # in content-hash order: deterministic, and large photos spread among small ones, so the decode
+        # thread stays ahead of the model instead of stalling it behind a run of large files
+        todo = todo.sort_values("image_id", kind="stable")
+        refs = [
+            ImageRef(r.image_id, r.path, r.fspath, r.error if isinstance(r.error, str) else None)
+            for r in todo.itertuples(index=False)
+        ]
+        fresh = bool(not self.store.part_files(self.key) and self.collection.table["error"].isna().all())
+        return refs, fresh
+
+    def _executor(self, n_images: int) -> tuple[Executor, Callable[[], None]]:
+        """The executor for this call (and what closes what it opened: a client to a scheduler)."""
+        if self.executor is not None:
+            return self.executor, lambda: None
+        if not n_images:  # nothing to infer: nothing to start (and torch need not even be imported)
+            return LocalExecutor(), lambda: None
+        opts = self.options
+        client, close = self.client, (lambda: None)
+        if client is None and (opts.get("scheduler") or opts.get("scheduler_file")):
+            client = connect(opts.get("scheduler"), opts.get("scheduler_file"))
+            close = client.close
+        elif client is not None and type(client).__name__ != "Client":  # a cluster object (e.g. SLURMCluster)
+            from distributed import Client
+
+            client = Client(client)
+            close = client.close
+        chosen = choose_executor(workers=opts.get("workers"), client=client, device=self.device, n_images=n_images,
+                                 tiled=self.settings.tile is not None)
+        if n_images:
+            self.log.info("executor: %r", chosen)
+        return chosen, close
+
+    def _unit_size(self, executor: Executor, n_images: int) -> int:
+        """Images per commit unit: as asked; else the default, smaller when units run in parallel (at least
+        eight units per worker, so that the workers finish together: on 300 frames and 2 workers, units of
+        19 finished 0.2 s sooner than units of 32)."""
+        if self.commit_every_given or isinstance(executor, LocalExecutor):
+            return self.commit_every
+        workers = executor.workers if isinstance(executor, ProcessExecutor) else max(1, len(executor.client.nthreads()))
+        return max(4, min(self.commit_every, -(-n_images // (8 * workers))))
+
+    def _start(self, run: Run, units: list[Unit], fresh: bool, executor: Executor) -> dict[str, Any]:
+        """Mark the run running with what was done before this call; returns that state."""
+        total = len(self.collection)
+        if fresh:  # nothing done yet: no need to count
+            done_before = {"processed": 0, "failed": 0, "counts": {c: 0 for c in run.categories}, "cap_hit": []}
+        else:
+            done_before = self._state(run)
+        # what this call commits is added to it, image by image, unless something makes that inexact
+        self.tally = Tally.start(done_before, self.store)
+        update_run_meta(
+            self.store, self.run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
+            finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
+            executor=repr(executor), **self.collection_record,
+            processed_count=done_before["processed"], failed_count=done_before["failed"],
+            counts=done_before["counts"], versions=_versions(), host=socket.gethostname(), pid=os.getpid(),
+        )
+        n = sum(len(u.images) for u in units)
+        if not n:
+            self.log.info("all %d images already have results; nothing to infer", total)
+        else:
+            self.log.info("%d of %d images to process in %d commit units", n, total, len(units))
+        return done_before
+
+    def _task(self, run: Run, executor: Executor) -> RunTask:
+        meta = run.meta
+        local = isinstance(executor, LocalExecutor)  # a model built here is used here, never shipped
+        return RunTask(store=self.store, model=self.model if local else self.model.info, settings=self.settings,
+                       inference_key=self.key, thresholds=meta.get("saved_thresholds") or float(meta["threshold"]),
+                       threshold=float(meta["threshold"]), device=self.device, batch_size=self.batch_size,
+                       threads=executor.threads if isinstance(executor, ProcessExecutor) else None)
+
+    def _process(self, run: Run, task: RunTask, units: list[Unit], done_before: dict[str, Any],
+                 executor: Executor) -> None:
+        """Hand the units to the executor; after each committed unit, update the run's progress and counts."""
+        n = sum(len(u.images) for u in units)
+        if not n:
+            return
+        from tqdm.auto import tqdm
+
+        from .._failpoints import failpoint
+
+        total = len(self.collection)
+        processed, failed_new = done_before["processed"], 0
+        counts = dict(done_before["counts"])
+
+        def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
+            nonlocal counts
+            now, default = meta.get("saved_thresholds") or float(meta["threshold"]), float(meta["threshold"])
+            if (now, default) != (task.thresholds, task.threshold):  # saved by another process meanwhile
+                task.thresholds, task.threshold = now, default
+                counts = run.counts(now)
+                self.tally = None
+            return {"counts": counts}
+
+        with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
+            on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
+            write_progress(self.store, self.run_id, phase=phase_before_inference(executor, task),
+                           inferred_count=done_before["processed"])
+            for summary in executor.process(task, units, cancel=self.cancel, on_progress=on_progress):
+                failpoint("part-committed")  # the part is committed, run.json not yet updated
+                processed += summary.n_images
+                failed_new += summary.n_failed
+                self.inferred += summary.n_inferred
+                for c, k in summary.counts.items():
+                    counts[c] = counts.get(c, 0) + k
+                if self.tally is not None:
+                    self.tally.add(summary)
+                update_run_meta(self.store, self.run_id, recount_if_thresholds_changed,
+                                processed_count=min(processed, total),
+                                failed_count=done_before["failed"] + failed_new,
+                                inferred_this_call=self.inferred, batch_size=task.batch_size)
+
+    def _state(self, run: Run, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Images processed and failed, and counts at the thresholds in effect, from the store: taken from
+        ``run.json`` when neither the results nor the thresholds changed since they were counted."""
+        meta = run.meta if meta is None else meta
+        signature = self._state_signature(meta)
+        if meta.get("state_signature") == signature and meta.get("counts") is not None:
+            return {"processed": meta["processed_count"], "failed": meta["failed_count"], "counts": meta["counts"],
+                    "signature": signature, "cap_hit": meta.get("cap_hit_images") or []}
+        table = run.per_image()
+        processed = int(table["processed_at"].notna().sum() + (table["processed_at"].isna() & table["error"].notna()).sum())
+        failed = int(table["error"].notna().sum())
+        capped = table.loc[table["cap_hit"].fillna(False).astype(bool), "path"]
+        return {"processed": processed, "failed": failed, "signature": signature,
+                "counts": {c: int(table[c].sum()) if c in table else 0 for c in run.categories},
+                "cap_hit": sorted(map(str, capped))}
+
+    def _state_signature(self, meta: dict[str, Any]) -> str:
+        what = [results_signature(self.store, self.run_id, meta), meta.get("saved_thresholds"), meta.get("threshold"),
+                meta.get("status")]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _finish(self, run: Run, status: str, task: RunTask, error: str | None = None) -> dict[str, Any]:
+        def final_state(meta: dict[str, Any]) -> dict[str, Any]:  # at the thresholds saved right now
+            meta = {**meta, "status": status}
+            exact = self.tally is not None and status == "completed" and self.tally.still_exact(meta, task)
+            state = self.tally.state(self._state_signature(meta)) if exact else self._state(run, meta)
+            return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
+                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"]}
+
+        meta = update_run_meta(
+            self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,
+            finished_at=utcnow().isoformat(), batch_size=task.batch_size, phase=None, inferred_count=None,
+        )
+        if meta.get("cap_hit_images"):
+            self.log.warning("%s", cap_hit_message(meta["cap_hit_images"], self.settings.max_det))
+        return meta
