@@ -442,7 +442,8 @@ def test_hand_built_the_last_correction_wins_and_undo_cancels_its_target():
 
 def test_hand_built_no_correction_leaves_the_model_results_and_counts():
     images, dets = _hb_tables()
-    images.loc[2, "n_detections"] = 7  # a count the model stored: not recounted without corrections
+    images["processed_at"] = pd.Timestamp("2026-01-01", tz="UTC")
+    images.loc[2, "n_detections"] = 7  # a count the store holds: not recounted without corrections
     from musseltools.results.corrected import apply_corrections
 
     none = _hb_corr(("delete", dict(image_id="a", detection_id="d1", inference_key="K")))[:0]  # as read
