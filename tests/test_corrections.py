@@ -514,3 +514,16 @@ def test_hand_built_undo_cancels_its_target_and_an_undo_of_the_undo_restores_it(
     assert member(vals, {"a", "c", 3}).tolist() == [True, False, False, True]
     assert member(vals, ["b"]).tolist() == [False, False, True, False]
     assert member(vals, set()).tolist() == [False] * 4 and member(vals[:0], {"a"}).tolist() == []
+
+
+def test_hand_built_corrected_detections_keep_the_columns_and_dtypes_of_the_run():
+    from musseltools.results.corrected import apply_corrections
+
+    images, dets = _hb_tables()
+    dets = dets.drop(columns="polygon")  # a table without outlines (e.g. an old detect run's)
+    out = apply_corrections(images, dets, _hb_corr(("add", dict(image_id="b", class_name="dead", box=(1, 2, 3, 4)))),
+                            inference_key="K", classes=_hb_classes())
+    assert list(out.detections.columns) == list(dets.columns) + ["source"]
+    assert out.detections.dtypes.drop("source").equals(dets.dtypes)  # float32 boxes stay float32, int16 ids
+    assert out.removed.empty and list(out.removed.columns) == list(out.detections.columns)
+    assert out.detections["detection_id"].tolist() == ["d1", "d2", "d3", "d4", "add-c0"]
