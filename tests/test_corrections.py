@@ -527,3 +527,42 @@ def test_hand_built_corrected_detections_keep_the_columns_and_dtypes_of_the_run(
     assert out.detections.dtypes.drop("source").equals(dets.dtypes)  # float32 boxes stay float32, int16 ids
     assert out.removed.empty and list(out.removed.columns) == list(out.detections.columns)
     assert out.detections["detection_id"].tolist() == ["d1", "d2", "d3", "d4", "add-c0"]
+
+
+def test_hand_built_log_names_a_damaged_file_reads_new_saves_and_records_who_and_when(tmp_path, monkeypatch, caplog):
+    from musseltools.errors import CorruptStoreError
+    from musseltools.store import corrections_log as cl
+    from musseltools.store.store import Store
+
+    store = Store(tmp_path / "s")
+    assert cl.corrections_dir(store) == store.root / "corrections"  # STORE/corrections, as documented
+    row = cl.correction_row("delete", image_id="a", detection_id="d", created_at=pd.Timestamp("2026-01-01 10:00"))
+    assert row["created_at"] == pd.Timestamp("2026-01-01 10:00", tz="UTC")  # a time without zone is UTC
+    assert len(row["correction_id"]) == 16 and row["correction_id"] != cl.correction_row("undo", image_id="a")[
+        "correction_id"]
+    with caplog.at_level(logging.INFO, logger=cl.__name__):
+        path = cl.write_corrections(store, [row])
+    assert f"saved 1 corrections to {path.name}" in caplog.messages
+    assert len(cl.read_corrections(store)) == 1
+    cl.write_corrections(store, [cl.correction_row("undo", image_id="a", target=row["correction_id"])])
+    assert len(cl.read_corrections(store)) == 2  # a new save is read, not the last read again
+    vals = pd.Series(["a", np.nan, None], dtype=object)
+    assert cl.member(vals, {"a"}).tolist() == [True, False, False] and cl.member(vals, {3}).tolist() == [False] * 3
+    assert cl.member(pd.Series([None, None], dtype=object), {"a"}).tolist() == [False, False]
+
+    def no_user():
+        raise KeyError("getpwuid(): uid not found")
+
+    monkeypatch.setattr(cl.getpass, "getuser", no_user)
+    monkeypatch.setenv("USER", "ann")
+    assert cl.default_author() == "ann"
+    monkeypatch.delenv("USER")
+    assert cl.default_author() == "unknown"
+    bad = cl.corrections_dir(store) / "corr-0-bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(CorruptStoreError) as err:
+        cl.read_corrections(store)
+    msg = str(err.value)
+    assert msg.startswith(f"corrections file {str(bad)!r} is damaged (ArrowInvalid: ") and msg.endswith(
+        "— corrections are saved atomically, so it was changed by hand or by a disk fault — restore it from a "
+        "backup, or move it aside to drop its corrections")
