@@ -129,6 +129,21 @@ def prepare(module: str, config: dict) -> Path:
     return work
 
 
+def rejudge_survivors(module: str) -> int:
+    """Forget the verdicts of the mutants that survived or had no tests, so that the next run judges
+    them again with the tests as they are now (mutmut keeps a verdict until the mutated function
+    changes; a new test can only kill a survivor, never revive a killed mutant). Returns how many."""
+    meta = meta_of(module)
+    if not meta.exists():
+        return 0
+    data = json.loads(meta.read_text())
+    again = [k for k, code in data["exit_code_by_key"].items() if code in SURVIVED | NO_TESTS]
+    for key in again:
+        data["exit_code_by_key"][key] = None
+    meta.write_text(json.dumps(data, indent=4))
+    return len(again)
+
+
 def run(wanted: list[str]) -> int:
     config = load_config()
     modules = select(configured_modules(config), wanted)
@@ -138,7 +153,9 @@ def run(wanted: list[str]) -> int:
     for module in modules:
         work = prepare(module, config)
         log = work / "mutmut-run.log"
-        print(f"{module}: mutating; mutmut's progress goes to {log.relative_to(ROOT)}", flush=True)
+        again = rejudge_survivors(module)
+        print(f"{module}: mutating ({again} survivors of the last run judged again); mutmut's progress goes "
+              f"to {log.relative_to(ROOT)}", flush=True)
         start = time.monotonic()
         with log.open("w") as out:
             rc = subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children", "2"],

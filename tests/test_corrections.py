@@ -450,6 +450,8 @@ def test_hand_built_no_correction_leaves_the_model_results_and_counts():
     out = apply_corrections(images, dets, none, inference_key="K", classes=_hb_classes())
     assert out.images["n_detections"].tolist() == [3, 1, 7]
     assert out.detections.drop(columns="source").equals(dets) and out.unapplied.empty
+    assert list(out.unapplied.columns) == ["correction_id", "kind", "image_id", "path", "detection_id",
+                                           "inference_key", "class_name", "created_at", "reason"]
 
 
 def test_hand_built_class_names_and_categories_resolve_to_model_classes():
