@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Ultralytics must never reach for the network (no downloads at set-up or run time).
 export YOLO_OFFLINE := 1
 
-.PHONY: setup dev test test-fast demo lab bench strip-filter lint notebooks clean
+.PHONY: setup dev test test-fast demo lab bench strip-filter lint notebooks clean mutation
 
 ## setup: create .venv and install musseltools with its pinned dependencies (quick when already done)
 setup: $(VENV)/.setup.stamp
@@ -81,8 +81,14 @@ demo: setup
 	$(BIN)/musseltools report $(DEMO_RUN) --truth data/demo/labels --out reports/demo
 	@echo "demo report: $(CURDIR)/reports/demo/report.html"
 
+## mutation: mutation testing of the modules that decide numbers (slow, not in CI; docs/testing.md)
+# MODULES=thresholds limits it to configured modules ([tool.mutmut] in pyproject.toml)
+MODULES ?=
+mutation: dev
+	nice -n 10 $(PY) scripts/mutation.py run $(MODULES)
+
 lint: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

@@ -91,3 +91,43 @@ def test_committed_counts_follow_the_thresholds_rule(tmp_path, images, tiny_mode
     summary = task(_unit_of(images, run.meta["inference_key"]))
     assert summary.counts == run.counts({"live": 0.3}) == {"live": run.counts(0.3)["live"],
                                                             "dead": run.counts(0.5)["dead"]}
+
+
+# ---------------------------------------------------------------- planning (mutation testing, docs/testing.md)
+def test_units_cut_images_in_order_with_keys_from_their_ids_only():
+    from musseltools.planning import sub_unit, unit_key
+
+    refs = [ImageRef(f"id{i}", f"{i}.jpg", f"/d/{i}.jpg") for i in range(5)]
+    units = make_units(refs, "k", 2)
+    assert [[r.image_id for r in u.images] for u in units] == [["id0", "id1"], ["id2", "id3"], ["id4"]]
+    assert [u.size for u in units] == [2, 2, 1]
+    assert [u.key for u in units] == [unit_key("k", ["id0", "id1"]), unit_key("k", ["id2", "id3"]),
+                                      unit_key("k", ["id4"])]
+    # the key a redone unit writes its part under: documented formula, any order of ids
+    assert unit_key("k", ["b", "a"]) == unit_key("k", ["a", "b"])
+    assert make_units([ImageRef("a", "a.jpg", "a.jpg")], "k", 32)[0].key == "571bc511d13998aa4301"
+    assert unit_key("k2", ["a"]) != unit_key("k", ["a"]) != unit_key("k", ["a", "b"])
+    part = sub_unit(units[0], ["id1", "zz"], "k")
+    assert [r.image_id for r in part.images] == ["id1"] and part.key == unit_key("k", ["id1"])
+    assert make_units([], "k", 2) == []
+
+
+def test_run_ids_follow_what_the_researcher_asks_and_stay_those_of_existing_runs():
+    from musseltools.planning import make_run_id
+
+    s = InferenceSettings()
+    base = make_run_id("coll", "m.pt", 0.5, s)
+    assert base == "f4b4cae5dc0f"  # ids of existing runs must not change: they resume
+    assert make_run_id("coll", "m.pt", 0.5 + 1e-9, s) == base  # rounded to 6 decimals
+    assert make_run_id("coll", "m.pt", 0.5, s, family="ultralytics") == base
+    assert make_run_id("coll", "m.pt", 0.5, s, class_map={}) == base
+    others = [make_run_id("coll2", "m.pt", 0.5, s), make_run_id("coll", "n.pt", 0.5, s),
+              make_run_id("coll", "m.pt", 0.51, s), make_run_id("coll", "m.pt", 0.5, InferenceSettings(iou=0.5)),
+              make_run_id("coll", "m.pt", 0.5, s, {"live": "m"}), make_run_id("coll", "m.pt", 0.5, s, family="tv"),
+              make_run_id("coll", "m.pt", {"live": 0.5}, s), make_run_id("coll", "m.pt", 0.5001, s),
+              make_run_id("coll", "m.pt", {"live": 0.5001}, s)]
+    assert len({base, *others}) == 1 + len(others)
+    per_class = make_run_id("coll", "m.pt", {"live": 0.5, "dead": 0.6}, s, {"live": "m", "dead": "s"}, "torchvision")
+    assert per_class == "8dc152fdad46"
+    assert make_run_id("coll", "m.pt", {"dead": 0.6, "live": 0.5000000001}, s, {"dead": "s", "live": "m"},
+                       "torchvision") == per_class  # any order of keys
