@@ -95,7 +95,7 @@ def test_committed_counts_follow_the_thresholds_rule(tmp_path, images, tiny_mode
 
 # ---------------------------------------------------------------- planning (mutation testing, docs/testing.md)
 def test_units_cut_images_in_order_with_keys_from_their_ids_only():
-    from musseltools.planning import sub_unit, unit_key
+    from musseltools.executors.planning import sub_unit, unit_key
 
     refs = [ImageRef(f"id{i}", f"{i}.jpg", f"/d/{i}.jpg") for i in range(5)]
     units = make_units(refs, "k", 2)
@@ -113,7 +113,7 @@ def test_units_cut_images_in_order_with_keys_from_their_ids_only():
 
 
 def test_run_ids_follow_what_the_researcher_asks_and_stay_those_of_existing_runs():
-    from musseltools.planning import make_run_id
+    from musseltools.executors.planning import make_run_id
 
     s = InferenceSettings()
     base = make_run_id("coll", "m.pt", 0.5, s)
