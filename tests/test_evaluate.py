@@ -862,3 +862,50 @@ def test_agrees_with_pycocotools_cocoeval_on_boxes_with_known_truth(tmp_path):
         assert m.at[c, "ap50"] == pytest.approx(coco_ap50, abs=0.01), c
         assert m.at[c, "ap50_95"] == pytest.approx(coco_ap, abs=0.01), c
         assert 0.1 < m.at[c, "ap50"] < 0.99  # a case with errors, not a trivially perfect one
+
+
+# ------------------------------------------------ matching and AP: edges pinned by mutation testing
+def test_an_iou_exactly_at_the_threshold_is_a_true_positive():
+    # COCO and Ultralytics count IoU >= threshold as a match; an IoU given (as for rotated boxes) of 0.5
+    truth = np.array([[0, 0, 10, 10]], float)
+    pred = np.array([[0, 0, 10, 5]], float)
+    half = np.array([[0.5]])
+    assert E.match_detections(pred, np.array([0.9]), truth, [0.5], iou=half).tolist() == [[True]]
+    assert E.match_detections(pred, np.array([0.9]), truth, [0.5, 0.55], iou=half).tolist() == [[True, False]]
+
+
+def test_matching_returns_booleans_also_without_predictions_or_truth():
+    truth = np.array([[0, 0, 10, 10]], float)
+    pred = np.array([[0, 0, 10, 10]], float)
+    for correct in (E.match_detections(pred, np.array([0.9]), truth),
+                    E.match_detections(pred, np.array([0.9]), np.zeros((0, 4))),
+                    E.match_detections(np.zeros((0, 4)), np.zeros(0), truth, E.IOU_THRESHOLDS)):
+        assert correct.dtype == bool
+    assert E.match_detections(pred, np.array([0.9]), []).tolist() == [[False]]  # no truth as a plain list
+
+
+def test_tied_confidences_are_taken_in_the_order_given():
+    # three truth boxes in one place, 20 predictions on them with three confidences: the first three
+    # given of the most confident take them
+    truth = np.array([[0, 0, 10, 10]] * 3, float)
+    conf = 0.5 + np.arange(20) % 3 / 10  # 0.5, 0.6, 0.7, 0.5, ...: the most confident are 2, 5, 8, 11, ...
+    correct = E.match_detections(np.tile(truth[:1], (20, 1)), conf, truth)
+    assert np.flatnonzero(correct[:, 0]).tolist() == [2, 5, 8]
+    # AP of tied confidences: as if each tie were broken by the order given
+    rng = np.random.default_rng(3)
+    tp = rng.random((40, 2)) < 0.5
+    tied = 0.5 + np.arange(40) % 3 / 10
+    broken = tied - np.arange(40) * 1e-9
+    assert E.average_precision(tp, tied, 30) == pytest.approx(E.average_precision(tp, broken, 30), abs=1e-12)
+
+
+def test_integer_confidences_and_true_positive_flags_count_like_floats_and_booleans():
+    # confidences as percentages in uint8 (negated, 0 would stay the largest) and 0/1 flags, 1-D or (N, 1)
+    truth = np.array([[0, 0, 10, 10]], float)
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 9]], float)
+    pct = np.array([0, 90], np.uint8)
+    assert E.match_detections(pred, pct, truth)[:, 0].tolist() == [False, True]
+    as_floats = E.average_precision(np.array([[True], [False]]), np.array([0.9, 0.6]), 2)
+    assert E.average_precision(np.array([[0], [1]]), np.array([0, 90], np.uint8), 2) == pytest.approx(as_floats)
+    assert E.average_precision(np.array([1, 0]), np.array([0.9, 0.6]), 2) == pytest.approx(as_floats)
+    assert E.average_precision(np.array([1, 0]), np.array([0.9, 0.6]), 0).shape == (1,)
