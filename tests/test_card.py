@@ -158,3 +158,58 @@ def test_images_at_the_detection_cap_are_named_with_what_to_do(tiny_model, image
     assert "reached the detection cap (max_det 1)" in out and capped[0] in out
     assert "--tile auto" in out and "--max-det N" in out
     assert "reached the detection cap" in caplog.text
+
+
+# ------------------------------------------------------ hand-built cards: edges pinned by mutation testing
+def test_card_values_written_as_text_or_numbers_are_read_as_the_options_read_them():
+    card = parse_card({"recommended": {"threshold": 0.3, "iou": "0.4", "imgsz": "320", "tile": "none",
+                                       "tile_overlap": "0.25", "tile_merge": "ios"},
+                       "how": {"iou": "lowest count error\n   on held-out frames"}}, "m.yaml")
+    assert card.recommended == {"threshold": 0.3, "iou": 0.4, "imgsz": 320, "tile": "none", "tile_overlap": 0.25,
+                                "tile_merge": "ios"}
+    assert card.how == {"iou": "lowest count error on held-out frames"}  # one line, as the report shows it
+    assert parse_card({"recommended": {"tile": 640, "threshold": {"live": 0.4}}}, "m.yaml").recommended == {
+        "tile": 640, "threshold": {"live": 0.4}}
+    assert parse_card({"recommended": {"tile": "auto"}}, "m.yaml").recommended == {"tile": "auto"}
+    # the card's tile 'none' means whole images, as --tile none does
+    assert resolve_settings({}, card).values["tile"] is None
+
+
+@pytest.mark.parametrize("doc, words", [
+    (["iou", 0.4], ["recommended must be a mapping of setting to value", "got None"]),
+    ({"recommended": {"iou": 0.4}, "how": ["measured"]}, ["how must be a mapping of setting to text", "got list"]),
+    ({"recommended": {"tile": [640, 640]}}, ["recommended tile", "an integer >= 32 pixels", "got [640, 640]"]),
+    ({"recommended": {"tile_merge": "union"}}, ["recommended tile_merge: tile_merge must be one of edge, ios, nmm"]),
+    ({"recommended": {"batch_size": 8, "workers": 2}},
+     ["recommends batch_size, workers — a card may recommend threshold, iou, imgsz, tile, tile_overlap, tile_merge"]),
+])
+def test_a_bad_card_document_says_what_is_wrong_and_what_a_card_holds(doc, words):
+    with pytest.raises(ModelLoadError) as e:
+        parse_card(doc, "mine.yaml")
+    for w in ["model card 'mine.yaml'", *words]:
+        assert w in str(e.value)
+
+
+def test_a_json_card_is_read_as_json_and_named_in_the_settings_it_gives(tmp_path):
+    # tab-indented JSON (as some tools write it) is no YAML: the .json card must be read as JSON
+    (tmp_path / "m.json").write_text(json.dumps({"recommended": {"iou": 0.5}, "how": {"iou": "measured"}},
+                                                indent="\t"))
+    card = read_card(tmp_path / "m.pt")
+    assert (card.source, card.recommended) == ("m.json", {"iou": 0.5})
+    assert resolve_settings({}, card).origins["iou"] == {"value": 0.5, "from": "card", "source": "m.json",
+                                                         "how": "measured"}
+    (tmp_path / "bad.yaml").write_text("recommended: [unclosed")
+    with pytest.raises(ModelLoadError) as e:
+        read_card(tmp_path / "bad.pt")
+    assert f"model card {str(tmp_path / 'bad.yaml')!r} of weights file {str(tmp_path / 'bad.pt')!r}" in str(e.value)
+    assert str(e.value).endswith("— fix its syntax, or move it away")
+
+
+def test_the_cap_and_the_floor_are_given_or_default_whatever_the_card():
+    card = parse_card({"recommended": {"iou": 0.4}}, "m.yaml")
+    r = resolve_settings({"conf_floor": 0.2, "max_det": None}, card)
+    assert (r.values["conf_floor"], r.values["max_det"]) == (0.2, 10000)
+    assert r.origins["conf_floor"] == {"value": 0.2, "from": "given"}
+    assert r.origins["max_det"] == {"value": 10000, "from": "default"}
+    # given as the default's value: recorded as the default
+    assert resolve_settings({"max_det": 10000}, None).origins["max_det"] == {"value": 10000, "from": "default"}
