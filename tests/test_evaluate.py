@@ -909,3 +909,107 @@ def test_integer_confidences_and_true_positive_flags_count_like_floats_and_boole
     assert E.average_precision(np.array([[0], [1]]), np.array([0, 90], np.uint8), 2) == pytest.approx(as_floats)
     assert E.average_precision(np.array([1, 0]), np.array([0.9, 0.6]), 2) == pytest.approx(as_floats)
     assert E.average_precision(np.array([1, 0]), np.array([0.9, 0.6]), 0).shape == (1,)
+
+
+# ------------------------------------------- the Evaluation's tables and exports, by hand (mutation testing)
+def _counted_survey():
+    """Eight survey images, truth (counts) for a and b only; detections at, above and below the threshold
+    0.5 and the floor 0.1."""
+    names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    imgs = images_table(*[(n, 100, 100) for n in names])
+    rows = [("a", "live", 0.9, 0, 0, 10, 10), ("a", "live", 0.5, 20, 20, 30, 30),  # 0.5: kept at 0.5
+            ("a", "live", 0.05, 40, 40, 50, 50),  # below the floor: never counted
+            ("a", "dead", 0.1, 60, 60, 70, 70),  # at the floor: counted at the floor only
+            ("c", "live", 0.7, 0, 0, 10, 10)]
+    rows += [(n, "live", 0.8, 0, 0, 10, 10) for i, n in enumerate(names[3:]) for _ in range(2 * i + 1)]
+    truth = Truth.from_records({"a.jpg": {"live": 3, "dead": 0}, "b.jpg": {"live": 1, "dead": 1}})
+    return imgs, dets_table(rows), truth
+
+
+def test_predicted_counts_and_survey_totals_at_any_threshold():
+    from musseltools.evaluation.calibration import survey_totals
+
+    imgs, dets, truth = _counted_survey()
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5)
+    pred = ev.predicted_counts()
+    assert pred.index.name == "image_id" and pred.columns.name is None and list(pred.columns) == ["live", "dead"]
+    assert pred.dtypes.tolist() == [np.dtype("int64")] * 2
+    assert pred.to_dict("index") == {"a": {"live": 2, "dead": 0}, "b": {"live": 0, "dead": 0}}
+    assert ev.predicted_counts(0.1).loc["a"].tolist() == [2, 1]
+    assert ev.predicted_counts(0.95).to_numpy().sum() == 0  # nothing kept: zeros, not an empty table
+    survey = ev.predicted_counts(0.75, images="survey")
+    assert survey.index.tolist() == list("abcdefgh") and survey["live"].tolist() == [1, 0, 0, 1, 3, 5, 7, 9]
+    # the totals: every survey image, the ratio from the validated ones, at the threshold asked
+    for threshold, kwargs in ((0.75, {"n_boot": 37, "ci": 0.8, "seed": 5}), (None, {})):
+        t = 0.5 if threshold is None else threshold
+        expected = survey_totals(ev.predicted_counts(t, images="survey").to_numpy(np.float64),
+                                 ev.predicted_counts(t).to_numpy(np.float64),
+                                 ev.true_counts.loc[["a", "b"], ["live", "dead"]].to_numpy(np.float64),
+                                 ["live", "dead"], **kwargs)
+        pd.testing.assert_frame_equal(ev.survey_totals(threshold, **kwargs), expected)
+    pd.testing.assert_frame_equal(ev.totals, expected)  # 2000 resamples, ci 0.95, seed 0
+    assert ev.survey_totals(0.75, n_boot=37).set_index("class").at["live", "predicted_total"] == 26
+    for ci in (0, 1, 1.5):
+        with pytest.raises(ValueError, match=rf"ci must lie in \(0, 1\), got {ci}"):
+            ev.survey_totals(ci=ci)
+
+
+def test_summary_and_xarray_say_what_was_evaluated_and_how():
+    imgs, dets, truth = _counted_survey()
+    ev = evaluate_detections(imgs, dets, truth, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5,
+                             run_id="r1")
+    assert ev.threshold == 0.5 and isinstance(ev.threshold, float)  # one number when every class shares it
+    doc = ev.summary()
+    json.dumps(doc, allow_nan=False)
+    assert {k: v for k, v in doc.items() if k not in ("classes", "survey_totals")} == {
+        "threshold": 0.5, "run_id": "r1", "truth": "<records>", "truth_format": "counts", "iou": 0.5,
+        "iou_type": "box", "objective": "mae", "images_evaluated": 2, "unmatched_images": [
+            f"/survey/{n}.jpg" for n in "cdefgh"], "unmatched_labels": [], "failed_images": []}
+    m, cal = ev.metrics.set_index("class"), ev.calibration.set_index("class")
+    for c in ("live", "dead"):
+        assert doc["classes"][c] == {
+            "precision": None, "recall": None, "f1": None, "ap50": None, "ap50_95": None,  # counts only
+            "count_mae": m.at[c, "count_mae"], "count_bias": m.at[c, "count_bias"],
+            "best_threshold_count": cal.at[c, "best_threshold_count"], "best_threshold_f1": None}
+    assert doc["classes"]["live"]["count_mae"] == 1.0  # a: 2 for 3, b: 0 for 1
+    totals = ev.totals.set_index("class")
+    assert set(doc["survey_totals"]) == {"live", "dead", "live_fraction"}
+    assert doc["survey_totals"]["live"]["predicted_total"] == totals.at["live", "predicted_total"]
+    assert doc["survey_totals"]["live"]["validated_images"] == 2 and doc["survey_totals"]["dead"]["ratio"] is None
+    # the cube: counts of the validated images at every threshold of the grid, as predicted_counts gives them
+    ds = ev.to_xarray()
+    assert ds.attrs == {"run_id": "r1", "iou": 0.5, "iou_type": "box", "truth": "<records>",
+                        "truth_format": "counts", "threshold": "0.5", "conf_floor": 0.1}
+    assert ds["predicted"].dtype == np.int64 and ds["true"].dtype == np.int64
+    for t in ds["threshold"].to_numpy():
+        want = ev.predicted_counts(float(t)).to_numpy()
+        assert (ds["predicted"].sel(threshold=t).to_numpy() == want).all(), t
+    assert ds["ap50"].dims == ("class",) and ds["ap50_95"].dims == ("class",)
+    assert ds["class"].dtype == object and ds["path"].dims == ("image",)
+    assert ds["path"].to_numpy().tolist() == ["/survey/a.jpg", "/survey/b.jpg"] and ds["path"].dtype == object
+    # a threshold off the 0.01 grid is one of the grid's thresholds
+    ev2 = evaluate_detections(imgs, dets, truth, class_names=["live", "dead"], conf_floor=0.1, threshold=0.505)
+    assert 0.505 in ev2.thresholds_grid() and ev2.to_xarray().attrs["threshold"] == "0.505"
+
+
+def test_precision_recall_curve_and_thresholds_per_model_class(box_case, tmp_path):
+    imgs, dets, labels = box_case
+    ev = evaluate_detections(imgs, dets, labels, class_names=["live", "dead"], conf_floor=0.1, threshold=0.5)
+    pr = ev.precision_recall("live")  # TP 0.9, TP 0.7, TP 0.6, FP 0.3, FP 0.2; three live objects
+    expected = pd.DataFrame({"confidence": [0.9, 0.7, 0.6, 0.3, 0.2], "precision": [1, 1, 1, 0.75, 0.6],
+                             "recall": [1 / 3, 2 / 3, 1, 1, 1]})
+    pd.testing.assert_frame_equal(pr, expected, check_dtype=False)
+    # no curve without boxes, nor for a class without objects
+    no_dead = write_labels(tmp_path / "no_dead", {"a": [yolo_line(0, (0, 0, 10, 10), 100, 80)], "b": []})
+    ev = evaluate_detections(imgs, dets, no_dead, class_names=["live", "dead"], conf_floor=0.1)
+    assert ev.precision_recall("dead") is None and ev.precision_recall("live") is not None
+    imgs, dets, truth = _counted_survey()
+    assert evaluate_detections(imgs, dets, truth, class_names=["live", "dead"],
+                               conf_floor=0.1).precision_recall("live") is None
+    # thresholds per model class, as Run.save_thresholds takes them
+    grouped = dets.assign(class_name=dets["class_name"].map({"live": "open", "dead": "dead"}))
+    ev = evaluate_detections(imgs, grouped, truth, class_names=["open", "closed", "dead"], conf_floor=0.1,
+                             class_map={"open": "live", "closed": "live"})
+    best = ev.best_thresholds()
+    assert set(best) == {"live", "dead"}
+    assert ev.best_thresholds(per="model") == {"open": best["live"], "closed": best["live"], "dead": best["dead"]}
