@@ -545,3 +545,112 @@ def test_demo_model_counts_mussels_on_seams_once(tmp_path):
     assert np.mean([j in matched for j in np.flatnonzero(seam)]) >= 0.8
     assert abs(len(dets) - len(truth)) <= 0.15 * len(truth), (len(dets), len(truth))
     assert sum(run.counts(0.5).values()) == len(dets)
+
+
+# ------------------------------------------------------- seam merging by hand: edges pinned by mutation testing
+def test_a_box_is_cut_only_at_inner_tile_edges_within_the_margin():
+    from musseltools.models.tiling import _cut_flags
+
+    inner = Tile(100, 100, 200, 200)  # in a 300x300 image: every edge inner
+    boxes = np.array([[102, 140, 150, 160],  # left edge + margin 2: cut
+                      [150, 140, 198, 160],  # right edge - margin: cut
+                      [140, 102, 160, 150],  # top: cut
+                      [140, 150, 160, 198],  # bottom: cut
+                      [103, 103, 197, 197],  # inside the margin: whole
+                      [100, 140, 120, 160]], np.float32)  # on the left edge only: cut
+    assert _cut_flags(boxes, inner, 300, 300, 2.0).tolist() == [True, True, True, True, False, True]
+    # edges on the image border never cut: the tile at the bottom right of a 200x200 image, and at the top left
+    assert not _cut_flags(np.array([[150, 150, 200, 200]], np.float32), inner, 200, 200, 2.0).any()
+    assert not _cut_flags(np.array([[0, 0, 50, 50]], np.float32), Tile(0, 0, 100, 100), 300, 300, 2.0).any()
+    # a tile starting one pixel in has inner left and top edges
+    assert _cut_flags(np.array([[1, 40, 50, 60], [40, 1, 60, 50]], np.float32), Tile(1, 1, 101, 101), 300, 300,
+                      2.0).tolist() == [True, True]
+
+
+def test_only_tiles_whose_areas_overlap_are_compared_and_only_boxes_reaching_the_shared_area():
+    from musseltools.models.tiling import _overlapping_pairs, _reaching_into
+
+    tiles = [Tile(0, 0, 100, 100), Tile(100, 0, 200, 100), Tile(0, 100, 100, 200), Tile(80, 80, 180, 180),
+             Tile(300, 0, 400, 100), Tile(0, 300, 100, 400)]
+    # edges that touch (0-1, 0-2) or tiles apart in one direction only (0-4, 0-5) are no pairs
+    assert _overlapping_pairs(tiles) == [(0, 3), (1, 3), (2, 3)]
+    assert _overlapping_pairs([Tile(100, 0, 200, 100), Tile(0, 0, 100, 100), Tile(100, 100, 200, 200)]) == []
+    assert _overlapping_pairs([Tile(0, 100, 100, 200), Tile(0, 0, 100, 100)]) == []
+    shared = Tile(80, 80, 100, 100)
+    xyxy = np.array([[10, 85, 80, 95],  # ends on the shared area's left edge, in its rows
+                     [85, 10, 95, 80],  # ends on its top edge, in its columns
+                     [100, 85, 120, 95],  # starts on its right edge
+                     [85, 100, 95, 120],  # starts on its bottom edge
+                     [85, 85, 95, 95],  # inside
+                     [120, 85, 150, 95],  # beside it, in its rows
+                     [85, 10, 95, 50]], np.float32)  # above it, in its columns
+    assert _reaching_into(xyxy, np.arange(7), shared).tolist() == [4]
+
+
+@pytest.mark.parametrize("method", ["edge", "ios", "nmm"])
+def test_small_mussels_side_by_side_are_not_merged(method):
+    # 2x2 boxes one pixel apart (beside and above each other): no intersection, never one mussel
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    d = Detections([[85, 10, 87, 12], [88, 10, 90, 12], [85, 13, 87, 15]], [0.9, 0.8, 0.7], [0, 0, 0], names=NAMES)
+    merged = merge_tiles(d, np.array([0, 1, 1]), np.array([True, False, False]), tiles, method=method)
+    assert len(merged) == 3
+
+
+def test_a_pair_exactly_at_the_merge_thresholds_is_merged():
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    # intersection over the smaller box exactly 0.5 (IoU 1/3), neither cut: ios and nmm merge, edge does not
+    d = Detections([[82, 10, 92, 20], [87, 10, 97, 20]], [0.9, 0.8], [0, 0], names=NAMES)
+    for method, n in (("ios", 1), ("nmm", 1), ("edge", 2)):
+        assert len(merge_tiles(d, np.array([0, 1]), np.array([False, False]), tiles, method=method)) == n, method
+    # IoU exactly 0.5, neither cut: edge merges
+    d = Detections([[82, 10, 92, 20], [82, 10, 92, 15]], [0.9, 0.8], [0, 0], names=NAMES)
+    assert len(merge_tiles(d, np.array([0, 1]), np.array([False, False]), tiles, method="edge")) == 1
+
+
+def test_a_cut_box_takes_the_most_confident_whole_box_seen_next_door():
+    # one mussel (x 85-110) cut in tile 0, seen whole in three other tiles; the cut box is the most confident
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100), Tile(70, 0, 170, 100), Tile(60, 0, 160, 100)]
+    cut_box = [85, 40, 100, 60]
+    wholes = [[85, 40, 110, 60], [86, 40, 111, 61], [84, 39, 109, 60]]
+    tile_index, cut = np.array([0, 1, 2, 3]), np.array([True, False, False, False])
+    d = Detections([cut_box, *wholes], [0.9, 0.7, 0.8, 0.6], [0, 0, 0, 0], names=NAMES)
+    merged = merge_tiles(d, tile_index, cut, tiles)
+    assert len(merged) == 1 and merged.confidence[0] == pytest.approx(0.9)
+    np.testing.assert_allclose(merged.xyxy[0], wholes[1])  # the 0.8 one
+    # two equally confident whole boxes: the first given
+    d = Detections([cut_box, *wholes], [0.9, 0.7, 0.7, 0.6], [0, 0, 0, 0], names=NAMES)
+    np.testing.assert_allclose(merge_tiles(d, tile_index, cut, tiles).xyxy[0], wholes[0])
+    # the whole box, not the union of the cut one with it (the cut one reaches further left)
+    d = Detections([[70, 10, 100, 30], [82, 10, 120, 30]], [0.9, 0.6], [0, 0], names=NAMES)
+    merged = merge_tiles(d, np.array([0, 1]), np.array([True, False]), tiles[:2])
+    np.testing.assert_allclose(merged.xyxy, [[82, 10, 120, 30]])
+
+
+def test_of_equally_confident_duplicates_the_first_given_is_kept():
+    # ten mussels in the overlap band, each seen by both tiles with one confidence (three values in all);
+    # tile 0's boxes come first and are kept, tile 1's (shifted by one pixel) are merged into them
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    left = [[82, 9 * k, 96, 9 * k + 8] for k in range(10)]
+    right = [[83, 9 * k, 97, 9 * k + 8] for k in range(10)]
+    conf = [0.5 + (k % 3) / 10 for k in range(10)] * 2
+    d = Detections(left + right, conf, [0] * 20, names=NAMES)
+    merged = merge_tiles(d, np.array([0] * 10 + [1] * 10), np.zeros(20, bool), tiles)
+    assert len(merged) == 10
+    assert sorted(merged.xyxy[:, 0].tolist()) == [82] * 10
+
+
+def test_merged_outlines_are_the_box_corners_the_hull_or_the_models_own():
+    tiles = [Tile(0, 0, 100, 100), Tile(80, 0, 180, 100)]
+    halves = [[60, 10, 100, 30], [80, 10, 130, 30]]  # both cut: the union
+    d = Detections(halves, [0.7, 0.8], [0, 0], names=NAMES)
+    merged = merge_tiles(d, np.array([0, 1]), np.array([True, True]), tiles)  # task "detect" by default
+    np.testing.assert_allclose(merged.polygons[0], [[60, 10], [130, 10], [130, 30], [60, 30]])
+    rects = [np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32) for x1, y1, x2, y2 in halves]
+    d = Detections(halves, [0.7, 0.8], [0, 0], rects, NAMES)
+    hull = merge_tiles(d, np.array([0, 1]), np.array([True, True]), tiles, task="segment").polygons[0]
+    assert hull.shape == (4, 2) and sorted(map(tuple, hull.tolist())) == [(60, 10), (60, 30), (130, 10), (130, 30)]
+    # a detection without duplicates keeps its own outline (a triangle here), not its box
+    triangle = np.array([[10, 10], [40, 10], [25, 30]], np.float32)
+    d = Detections([[10, 10, 40, 30]], [0.9], [0], [triangle], NAMES)
+    out = merge_tiles(d, np.array([0]), np.array([False]), tiles, task="segment")
+    np.testing.assert_allclose(out.polygons[0], triangle)
