@@ -8,9 +8,12 @@ totals with bootstrap intervals, the images where they disagree most (the head o
 from __future__ import annotations
 
 import json
+import math
 import re
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
 from tv_models import SMALL, calibrated_net, save_checkpoint, write_sidecar
@@ -241,3 +244,156 @@ def test_runs_that_overlap_partly_are_compared_on_their_shared_images(model_fact
     assert {i["image_id"] for i in doc["images"]} == both
     assert main(["compare", a.run_id, b.run_id, "--store", str(tmp_path / "store")]) == 0
     assert "2 images with results in both (2 only in A, 2 only in B)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------- hand-built runs: the comparison's arithmetic
+# Runs whose per-image counts are given as tables (no model, no store): the tests that judge
+# evaluation/compare.py in mutation testing (`-k hand_built`, docs/testing.md).
+class TableRun(mt.Run):
+    """A run whose per-image counts are a table; records what compare asked of it."""
+
+    def __init__(self, run_id, rows, categories=("live", "dead"), model="/models/m.pt", family=None):
+        self.run_id, self._categories, self.asked = run_id, list(categories), []
+        self._rows = pd.DataFrame(rows, columns=["image_id", "path", *categories, "error", "processed_at"])
+        self._meta = {"model": {"path": model, "fingerprint": f"fp-{run_id}",
+                                "names": {str(i): c for i, c in enumerate(categories)}},
+                      "inference_key": f"key-{run_id}", "threshold": 0.5, "settings": {"conf_floor": 0.01}}
+        if family:
+            self._meta["model"]["family"] = family
+
+    @property
+    def meta(self):
+        return self._meta
+
+    @property
+    def categories(self):
+        return self._categories
+
+    def per_image(self, threshold=None, *, corrected=True):
+        self.asked.append((threshold, corrected))
+        rows = self._rows.copy()
+        if not corrected:  # "the model alone" counts one live more everywhere
+            rows["live"] += 1
+        return rows
+
+
+def hand_built_pair():
+    """A: five images with results (one of them failed in B) and one not processed; B: one more image."""
+    t = "2026-12-07T10:00:00Z"
+    a = TableRun("ra", [("x3", "/s/c.jpg", 3, 1, None, t), ("x1", "/s/a.jpg", 0, 2, None, t),
+                        ("x2", "/s/b.jpg", 5, 0, None, t), ("x4", "/s/d.jpg", 2, 2, None, t),
+                        ("x5", "/s/e.jpg", 1, 1, None, t), ("x9", "/s/z.jpg", 0, 0, None, None)])
+    b = TableRun("rb", [("x1", "/s/a.jpg", 1, 2, 0, None, t), ("x2", "/s/b.jpg", 2, 1, 0, None, t),
+                        ("x3", "/s/c.jpg", 3, 1, 4, None, t), ("x4", "/s/d.jpg", 4, 0, 0, None, t),
+                        ("x5", "/s/e.jpg", 0, 0, 0, "decode failed", t), ("x7", "/s/g.jpg", 1, 1, 0, None, t)],
+                 categories=("live", "dead", "empty"), model="/models/other.pt", family="torchvision")
+    return a, b
+
+
+def test_hand_built_per_image_differences_agreement_and_paired_totals():
+    from musseltools.evaluation.calibration import bootstrap_sums
+
+    a, b = hand_built_pair()
+    c = mt.compare(a, b, level=0.9, n_boot=37, seed=3)
+    assert c.categories == ["live", "dead"] and (c.only_a, c.only_b) == (["x5"], ["x7"])
+    assert list(c.images.columns) == ["image_id", "path", "live_a", "live_b", "live_diff", "dead_a", "dead_b",
+                                      "dead_diff", "disagreement"]
+    assert (c.images.drop(columns=["image_id", "path"]).dtypes == "int64").all()
+    assert c.images["path"].tolist() == ["/s/a.jpg", "/s/b.jpg", "/s/c.jpg", "/s/d.jpg"]  # in path order
+    assert c.images["live_diff"].tolist() == [1, -3, 0, 2] and c.images["dead_diff"].tolist() == [0, 1, 0, -2]
+    assert c.images["disagreement"].tolist() == [1, 4, 0, 4]
+    # agreement at level 0.9: z = 1.6449
+    z = 1.6448536269514722
+    d = np.array([1, -3, 0, 2], float)
+    live = c.agreement.loc["live"]
+    assert live["n"] == 4 and live["mean_a"] == 2.5 and live["mean_b"] == 2.5
+    assert live["mean_difference"] == 0 and live["sd_difference"] == pytest.approx(d.std(ddof=1))
+    assert (live["loa_low"], live["loa_high"]) == pytest.approx((-z * d.std(ddof=1), z * d.std(ddof=1)))
+    assert live["mean_abs_difference"] == 1.5 and c.agreement.loc["dead", "mean_difference"] == pytest.approx(-0.25)
+    # totals: the paired bootstrap of the four images (A's and B's counts drawn together), 5%-95%
+    counts = c.images[["live_a", "dead_a", "live_b", "dead_b"]].to_numpy(np.float64)
+    boot = bootstrap_sums(counts, 37, np.random.default_rng(3))
+    assert c.totals.loc["live", ["a", "b", "difference"]].tolist() == [10, 10, 0]
+    for name, draws in (("a", boot[:, 1]), ("b", boot[:, 3]), ("difference", boot[:, 3] - boot[:, 1])):
+        lo, hi = np.quantile(draws, (0.05, 0.95))
+        assert (c.totals.at["dead", f"{name}_low"], c.totals.at["dead", f"{name}_high"]) == pytest.approx((lo, hi))
+    assert (c.level, c.n_boot) == (0.9, 37)
+    # the defaults: level 0.95, 2000 resamples, seed 0
+    d95 = mt.compare(a, b)
+    boot = bootstrap_sums(counts, 2000, np.random.default_rng(0))
+    assert (d95.level, d95.n_boot) == (0.95, 2000)
+    assert d95.totals.at["live", "b_low"] == pytest.approx(np.quantile(boot[:, 2], 0.025))
+    assert d95.agreement.at["live", "loa_high"] == pytest.approx(1.959963984540054 * d.std(ddof=1))
+
+
+def test_hand_built_paired_difference_interval_and_one_image():
+    # B counts one more live than A on every image: the paired interval of the difference is exactly n
+    t = "2026-12-07T10:00:00Z"
+    rows = [(f"x{i:02d}", f"/s/{i:02d}.jpg", i % 4, 0, None, t) for i in range(12)]
+    a = TableRun("ra", rows)
+    b = TableRun("rb", [(i, p, live + 1, dead, e, w) for i, p, live, dead, e, w in rows])
+    c = mt.compare(a, b, n_boot=200)
+    assert c.totals.loc["live", ["difference", "difference_low", "difference_high"]].tolist() == [12, 12.0, 12.0]
+    # every image disagrees: ten of them by default, with the columns of the images table
+    assert len(c.disagreements()) == 10 and len(c.to_json()["disagreements"]) == 10
+    assert list(c.disagreements().columns) == list(c.images.columns)
+    # two images: a spread and limits of agreement
+    two = mt.compare(TableRun("ra", rows[:2]), TableRun("rb", b._rows.iloc[:2].values.tolist()))
+    assert two.agreement.at["live", "sd_difference"] == 0.0
+    assert c.totals.at["live", "a_low"] < c.totals.at["live", "a"] < c.totals.at["live", "a_high"]
+    # one image: no spread, so no limits of agreement (None in the JSON), and no numpy warning about it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = mt.compare(TableRun("ra", rows[:1]), TableRun("rb", b._rows.iloc[:1].values.tolist()))
+    assert one.agreement.at["live", "n"] == 1 and math.isnan(one.agreement.at["live", "sd_difference"])
+    doc = one.to_json()
+    assert doc["agreement"]["live"]["sd_difference"] is None and doc["agreement"]["live"]["loa_low"] is None
+    assert doc["agreement"]["live"]["mean_difference"] == 1.0
+
+
+def test_hand_built_disagreements_json_and_what_was_compared():
+    a, b = hand_built_pair()
+    c = mt.compare(a, b, threshold_a=0.4, threshold_b={"live": 0.6}, n_boot=50)
+    assert a.asked == [(0.4, True)] and b.asked == [({"live": 0.6}, True)]
+    assert c.labels == ("A: m.pt", "B: other.pt")
+    assert c.run_a == {"run_id": "ra", "model": "/models/m.pt", "family": "ultralytics", "fingerprint": "fp-ra",
+                       "inference_key": "key-ra", "thresholds": 0.4}
+    assert c.run_b["family"] == "torchvision" and c.run_b["thresholds"] == {"live": 0.6, "dead": 0.5, "empty": 0.5}
+    top = c.disagreements()
+    assert top["path"].tolist() == ["/s/b.jpg", "/s/d.jpg", "/s/a.jpg"]  # 4, 4 (by path), 1; none of 0
+    assert c.disagreements(2)["image_id"].tolist() == ["x2", "x4"] and len(c.disagreements(None)) == 3
+    doc = c.to_json(top=1)
+    json.dumps(doc, allow_nan=False)
+    assert {k: doc[k] for k in ("difference", "categories", "images_compared", "only_in_a", "only_in_b", "level",
+                                "n_boot")} == {"difference": "b - a", "categories": ["live", "dead"],
+                                               "images_compared": 4, "only_in_a": 1, "only_in_b": 1, "level": 0.95,
+                                               "n_boot": 50}
+    assert doc["run_a"] == c.run_a and doc["run_b"] == c.run_b
+    assert doc["disagreements"] == [{"image_id": "x2", "path": "/s/b.jpg", "counts_a": {"live": 5, "dead": 0},
+                                     "counts_b": {"live": 2, "dead": 1}, "disagreement": 4}]
+    assert [i["image_id"] for i in doc["images"]] == ["x1", "x2", "x3", "x4"]
+    assert doc["agreement"]["live"] == {k: (int(v) if k == "n" else float(v))
+                                        for k, v in c.agreement.loc["live"].items()}
+    assert doc["totals"]["dead"]["a"] == 5 and type(doc["totals"]["dead"]["a"]) is int
+    assert len(doc["disagreements"]) == 1 and len(c.to_json()["disagreements"]) == 3  # top 10 by default
+    # the models alone
+    c = mt.compare(a, b, corrected=False, n_boot=50)
+    assert a.asked[-1] == b.asked[-1] == (None, False) and c.images["live_a"].tolist() == [1, 6, 4, 3]
+
+
+def test_hand_built_compare_refuses_what_it_cannot_compare():
+    a, b = hand_built_pair()
+    for level in (0, 1, 1.5):
+        with pytest.raises(ValueError, match=rf"level {level!r} is not a coverage — expected a number in \(0, 1\)"):
+            mt.compare(a, b, level=level)
+    other = TableRun("rc", [("x1", "/s/a.jpg", 1, None, "t")], categories=("mussel",))
+    with pytest.raises(mt.MusselToolsError) as e:
+        mt.compare(a, other)
+    assert ("runs ra and rc share no category (A counts ['live', 'dead'], B counts ['mussel']) — expected at least "
+            "one category in common — give one model a class map (--class-map NAME=CATEGORY) onto the other's "
+            "categories") == str(e.value)
+    apart = TableRun("rd", [("y1", "/t/a.jpg", 1, 1, None, "t")])
+    with pytest.raises(mt.MusselToolsError) as e:
+        mt.compare(a, apart)
+    assert ("runs ra and rd have no image with a result in both (5 and 1 images with results) — expected two runs "
+            "over the same images — run the second model on the first run's images") == str(e.value)
