@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -295,3 +296,174 @@ def test_the_report_shows_corrections_before_and_after_and_verified_images(surve
     assert re.search(r"reclassify 1 1 delete 1 1 add 0 0 verify 1 1", text), "corrections of each kind"
     assert "1 images verified by hand" in text and live.path.rsplit("/", 1)[-1] in text
     assert "Review queue" in text
+
+
+# -------------------------------------------------- the dataset export over hand-built verified labels
+# verified_labels replaced by tables (no model, no store): the tests that judge corrections/dataset.py in
+# mutation testing (`-k hand_built_dataset`, docs/testing.md).
+class _LabelledRun:
+    run_id, class_names = "r1", ["live", "dead"]
+
+
+@pytest.fixture
+def hand_built_dataset(tmp_path, monkeypatch):
+    """Five verified images (files of distinct bytes), boxes of two of them; verified_labels gives them."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    ids = [f"{i:x}" * 16 for i in range(10, 15)]  # 16-character ids: file names keep the first 12
+    names = ["a b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"]
+    for i, n in enumerate(names):
+        (src / n).write_bytes(bytes([i]) * 10)
+    images = pd.DataFrame({"image_id": ids, "path": [str(src / n) for n in names], "width": [200] * 5,
+                           "height": [100] * 5})
+    boxes = pd.DataFrame({"image_id": [ids[0]] * 4 + [ids[1]], "class_id": [0, 1, 0, 1, 1],
+                          "x1": [10, -10, 50, 150, 0], "y1": [20, 10, 50, 40, 0], "x2": [30, 20, 50, 260, 200],
+                          "y2": [60, 30, 60, 120, 100]})
+    import musseltools.corrections.review as review
+
+    monkeypatch.setattr(review, "verified_labels", lambda run: (images, boxes))
+    return images, boxes, tmp_path / "ds"
+
+
+def test_hand_built_dataset_labels_names_and_yaml(hand_built_dataset):
+    from musseltools.corrections.dataset import export_dataset
+
+    images, _, out = hand_built_dataset
+    ids = images["image_id"].tolist()
+    data = export_dataset(_LabelledRun(), out)
+    assert data == out / "data.yaml"
+    doc = yaml.safe_load(data.read_text())
+    assert doc == {"path": str(out.resolve()), "train": "images/train", "val": "images/val",
+                   "names": {0: "live", 1: "dead"}}
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    val = {f for f in files if f.startswith("images/val/")}
+    assert len(val) == 1 and len([f for f in files if f.startswith("images/train/")]) == 4  # round(5 * 0.2)
+    split = {f.split("/")[2].split("-")[0]: f.split("/")[1] for f in files if f.startswith("images/")}
+    name0 = f"{ids[0][:12]}-a_b.jpg"  # the id's first 12 characters, the name made safe
+    lab0 = out / "labels" / split[ids[0][:12]] / f"{ids[0][:12]}-a_b.txt"
+    assert (out / "images" / split[ids[0][:12]] / name0).read_bytes() == bytes([0]) * 10
+    # clipped to the image; a box of no width after clipping is left out
+    assert lab0.read_text() == ("0 0.100000 0.400000 0.100000 0.400000\n"
+                                "1 0.050000 0.200000 0.100000 0.200000\n"
+                                "1 0.875000 0.700000 0.250000 0.600000\n")
+    lab1 = out / "labels" / split[ids[1][:12]] / f"{ids[1][:12]}-c.txt"
+    assert lab1.read_text() == "1 0.500000 0.500000 1.000000 1.000000\n"
+    assert (out / "labels" / split[ids[2][:12]] / f"{ids[2][:12]}-d.txt").read_text() == ""  # no object
+    assert (out / ".musseltools-dataset").exists()
+    # the split depends on the seed and the ids only: the same again, another with another seed
+    again = export_dataset(_LabelledRun(), out)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == files and again == data
+    seeds = set()
+    for seed in range(6):
+        export_dataset(_LabelledRun(), out, seed=seed)
+        seeds.add(next((out / "images" / "val").iterdir()).name)
+    assert len(seeds) > 1
+
+
+def test_hand_built_dataset_split_sizes_and_a_train_only_dataset(hand_built_dataset, monkeypatch):
+    from musseltools.corrections import dataset
+    from musseltools.corrections.dataset import export_dataset
+
+    images, boxes, out = hand_built_dataset
+    ids = images["image_id"].tolist()
+    assert len(dataset._split(ids, 0.5, 0)) == 2  # round(2.5) = 2
+    assert len(dataset._split(ids, 0.01, 0)) == 1  # at least one of two or more
+    assert len(dataset._split(ids, 0.99, 0)) == 4  # and one left to train on
+    assert len(dataset._split(ids[:2], 0.9, 0)) == 1 and dataset._split(ids[:1], 0.5, 0) == set()
+    assert dataset._split(ids, 0, 0) == set()
+    # val_fraction 0: Ultralytics validates on train
+    export_dataset(_LabelledRun(), out, val_fraction=0)
+    assert yaml.safe_load((out / "data.yaml").read_text())["val"] == "images/train"
+    assert not (out / "images" / "val").exists() and len(list((out / "images" / "train").iterdir())) == 5
+    # a previous export is replaced, Ultralytics' caches with it
+    (out / "labels.cache").write_text("old")
+    export_dataset(_LabelledRun(), out, val_fraction=0.4)
+    assert not (out / "labels.cache").exists() and len(list((out / "images" / "val").iterdir())) == 2
+    assert len(list((out / "images" / "train").iterdir())) == 3
+
+
+def test_hand_built_dataset_refusals_say_what_to_do(hand_built_dataset, tmp_path, monkeypatch):
+    from musseltools.corrections.dataset import export_dataset
+    from musseltools.errors import MusselToolsError
+
+    images, boxes, out = hand_built_dataset
+    run = _LabelledRun()
+    cases = [({"format": "coco"}, "dataset format 'coco' is not supported — expected one of ['yolo']"),
+             ({"val_fraction": 1}, "val_fraction 1 is not a share — expected a number in [0, 1)"),
+             ({"val_fraction": -0.1}, "val_fraction -0.1 is not a share — expected a number in [0, 1)")]
+    for kwargs, message in cases:
+        with pytest.raises(MusselToolsError) as e:
+            export_dataset(run, out, **kwargs)
+        assert str(e.value) == message
+    assert export_dataset(run, out, val_fraction=0.0).exists()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(MusselToolsError) as e:
+        export_dataset(run, tmp_path / "a_file")
+    assert str(e.value) == f"dataset folder {str(tmp_path / 'a_file')!r} is a file — expected a folder — choose another OUT"
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "x.txt").write_text("x")
+    with pytest.raises(MusselToolsError, match="is not empty and was not written by musseltools export-dataset"):
+        export_dataset(run, tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "x.txt").exists()
+    Path(images.at[1, "path"]).unlink()
+    with pytest.raises(MusselToolsError) as e:
+        export_dataset(run, out)
+    assert str(e.value).startswith(f"cannot copy verified image {images.at[1, 'path']!r} into the dataset: ")
+    assert str(e.value).endswith("— the image must still be where the run last saw it")
+    import musseltools.corrections.review as review
+
+    monkeypatch.setattr(review, "verified_labels", lambda run: (images.iloc[:0], boxes.iloc[:0]))
+    with pytest.raises(MusselToolsError) as e:
+        export_dataset(run, out)
+    assert str(e.value) == ("run r1 has no verified image — expected images checked by hand — mark images verified "
+                            "in the editor, with run.verify(image), or by importing 'verify' rows, then export again")
+
+
+def test_hand_built_dataset_edges_of_boxes_names_folders_and_the_log(hand_built_dataset, tmp_path, monkeypatch,
+                                                                      caplog):
+    import musseltools.corrections.review as review
+    from musseltools.corrections import dataset
+    from musseltools.corrections.dataset import export_dataset
+
+    images, _, out = hand_built_dataset
+    run = _LabelledRun()
+    long_name = "x" * 130 + ".jpg"
+    Path(images.at[0, "path"]).rename(Path(images.at[0, "path"]).with_name(long_name))
+    one = images.iloc[:1].assign(path=str(Path(images.at[0, "path"]).with_name(long_name)))
+    # boxes wholly left of, above and below the image are left out; one reaching above it is clipped
+    boxes = pd.DataFrame({"image_id": [one.at[0, "image_id"]] * 4, "class_id": [0, 0, 1, 1],
+                          "x1": [-30, 10, 10, 10], "y1": [10, -30, 120, -10], "x2": [-10, 30, 30, 30],
+                          "y2": [20, -10, 140, 30]})
+    asked = []
+    monkeypatch.setattr(review, "verified_labels", lambda r: asked.append(r) or (one, boxes))
+    nested = tmp_path / "new" / "deeper" / "ds"
+    with caplog.at_level(logging.INFO, logger="musseltools.corrections.dataset"):
+        export_dataset(run, nested)
+    assert asked == [run]
+    assert f"[run r1] dataset of 1 verified images (0 val) written to {nested}" in caplog.text
+    [image] = (nested / "images" / "train").iterdir()
+    assert image.name == f"{one.at[0, 'image_id'][:12]}-{('x' * 130 + '.jpg')[-120:]}"  # the name's last 120
+    [label] = (nested / "labels" / "train").iterdir()
+    assert label.read_text() == "1 0.100000 0.150000 0.100000 0.300000\n"
+    assert list(yaml.safe_load((nested / "data.yaml").read_text())) == ["path", "train", "val", "names"]
+    assert "rewritten by the next export" in (nested / ".musseltools-dataset").read_text()
+    # a previous export of ours without images or labels (interrupted) is replaced all the same
+    for sub in ("images", "labels"):
+        shutil.rmtree(nested / sub)
+    export_dataset(run, nested)
+    assert len(list((nested / "labels" / "train").iterdir())) == 1
+    # the seed is 0 by default; a second export leaves no label of the first behind
+    images5, boxes5, _ = hand_built_dataset
+    monkeypatch.setattr(review, "verified_labels", lambda r: (images5.iloc[1:], boxes5))
+    export_dataset(run, out)
+    [val] = (out / "images" / "val").iterdir()
+    assert val.name.split("-")[0] in {i[:12] for i in dataset._split(images5["image_id"].tolist()[1:], 0.2, 0)}
+    export_dataset(run, out, val_fraction=0.5)
+    assert sum(1 for _ in (out / "labels").rglob("*.txt")) == 4
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "x.txt").write_text("x")
+    with pytest.raises(mt.MusselToolsError) as e:
+        export_dataset(run, theirs)
+    assert str(e.value) == (f"dataset folder {str(theirs)!r} is not empty and was not written by musseltools "
+                            "export-dataset — refusing to mix datasets — choose an empty or new folder")
