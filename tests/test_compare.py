@@ -175,8 +175,8 @@ def test_report_compares_a_second_model(runs, model_factory, frcnn, tmp_path):
     assert "torchvision" in text and "Images where the two disagree most" in text
     differ = text.index("What differs between the two runs")  # every setting that differs, before any figure
     assert differ < text.index("Agreement per image") and differ < html_lib.unescape(html).index("<img")
-    assert re.search(rf"<th>family</th>\s*<td>ultralytics</td>\s*<td>torchvision</td>", html)
-    assert f'alt="Figure: Agreement per image, 8 images' in html and f"(run {b.run_id})" in html_lib.unescape(html)
+    assert re.search(r"<th>family</th>\s*<td>ultralytics</td>\s*<td>torchvision</td>", html)
+    assert 'alt="Figure: Agreement per image, 8 images' in html and f"(run {b.run_id})" in html_lib.unescape(html)
     plain = mt.report(folder, model=model_factory("detect", 0), imgsz=IMGSZ, threshold=T, store=root / "store",
                       out=tmp_path / "plain", n_samples=1, batch_size=1).read_text()
     assert "Comparison" not in plain and "second model" not in plain  # no comparison text without one
