@@ -584,7 +584,9 @@ class _Job:
             exact = self.tally is not None and status == "completed" and self.tally.still_exact(meta, task)
             state = self.tally.state(self._state_signature(meta)) if exact else self._state(run, meta)
             return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
-                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"]}
+                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"],
+                    # when images were last inferred (finished_at is also set by a resume that infers nothing)
+                    **({"inference_finished_at": utcnow().isoformat()} if self.inferred else {})}
 
         meta = update_run_meta(
             self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,
