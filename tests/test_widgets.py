@@ -214,3 +214,36 @@ def test_tuner_starts_on_an_image_with_results(survey):
     tuner = ThresholdTuner(survey)
     assert not isinstance(tuner.table.loc[tuner.picker.value, "error"], str)
     assert bytes(tuner.image.value).startswith(JPEG)
+
+
+def test_one_monitor_follows_its_run_through_a_resume(tmp_path, tiny_model, capsys):
+    """Issue 22, point 7: a monitor made before a resume follows the resumed call to its end, counting the
+    run's images (with those done before this call) and its counts; a background call prints no bar into
+    the running cell; the handle's repr says the handle's state, not the last call's status."""
+    folder = tmp_path / "grow"
+    write_images(folder, 4, seed=31)
+    run = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2)
+    monitor = RunMonitor(run, interval=0.05)
+    assert not monitor.polling and "4/4 images" in monitor.label.value
+    write_images(folder, 4, seed=32, start=4)  # the run grows to 8: a resume infers the 4 new images
+    capsys.readouterr()
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", commit_every=2, background=True)
+    assert "cancelled" not in repr(handle) and "completed" not in repr(handle)  # this call's state
+    assert monitor.polling  # the old monitor woke up for the new call
+    deadline = time.monotonic() + 120
+    while monitor.polling and time.monotonic() < deadline:
+        time.sleep(0.02)
+    handle.wait(timeout=60)
+    assert not monitor.polling
+    counts = handle.run.counts()
+    assert (monitor.bar.value, monitor.bar.max, monitor.bar.bar_style) == (8, 8, "success")
+    text = monitor.label.value
+    assert "completed" in text and "8/8 images (4 before this call)" in text, text
+    assert f"live {counts['live']}, dead {counts['dead']}" in text, text
+    assert repr(handle).startswith(f"<RunHandle {run.run_id} done (completed): 8/8 images")
+    assert "img" not in capsys.readouterr().err  # no tqdm bar from the background thread
+    # a call in the foreground shows one bar over the run's images: 8 done before, 10 in all
+    write_images(folder, 2, seed=33, start=8)
+    mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", commit_every=2)
+    bar = capsys.readouterr().err
+    assert "10/10" in bar and "/2 " not in bar and " 8/10" in bar, bar

@@ -40,7 +40,14 @@ from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executo
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
-from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
+from .progress import (
+    InferredCounter,
+    announce_start,
+    cap_hit_message,
+    phase_before_inference,
+    progress_summary,
+    write_progress,
+)
 from ..results.view import results_signature
 from ..store.runmeta import update_run_meta
 from .run import Run
@@ -130,13 +137,17 @@ class RunHandle:
 
         slot = _running_slot(job)
         self.started = time.time()
+        announce_start(self.store, self.run_id, self)
         with _RUNNING_LOCK:
             _RUNNING[slot] = self
         self._thread = threading.Thread(target=target, name=f"musseltools-run-{self.run_id}", daemon=True)
         self._thread.start()
 
     def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id} {'done' if self.done() else 'running'}: {self.run!r}>"
+        """The handle's state (not ``run.json``'s status, which holds the last call's until this one starts)."""
+        p = self.run.progress
+        state = f"done ({p.get('status')})" if self.done() else "running"
+        return f"<RunHandle {self.run_id} {state}: {progress_summary(p)}>"
 
 
 #: Background runs executing in this process, by (store folder, inference key): a second ``run()`` of
@@ -249,6 +260,7 @@ def run(
     if running is not None:
         return running
     if not background:
+        announce_start(job.store, job.run_id, None)
         return job.execute()
     handle = RunHandle(job.store, job.run_id, job.cancel)
     handle.start(job)
@@ -483,6 +495,7 @@ class _Job:
             finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
             executor=repr(executor), **self.collection_record,
             processed_count=done_before["processed"], failed_count=done_before["failed"],
+            processed_before_call=done_before["processed"],
             counts=done_before["counts"], versions=_versions(), host=socket.gethostname(), pid=os.getpid(),
         )
         n = sum(len(u.images) for u in units)
@@ -523,7 +536,11 @@ class _Job:
                 self.tally = None
             return {"counts": counts}
 
-        with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
+        # the run's images, with those done before this call (a resume of 60 of 120 starts at 60/120); none
+        # in a background thread, which would print into whatever cell runs (RunMonitor shows that run)
+        quiet = self.quiet or threading.current_thread() is not threading.main_thread()
+        with tqdm(total=total, initial=min(done_before["processed"], total), unit="img", desc=f"run {self.run_id}",
+                  disable=quiet, leave=True) as bar:
             on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
             write_progress(self.store, self.run_id, phase=phase_before_inference(executor, task),
                            inferred_count=done_before["processed"])

@@ -3,12 +3,16 @@
 - :func:`write_progress`: the phase of a running run and how many images it has inferred, committed or
   not, in ``cache/progress-RUN_ID.json`` (``run.json`` records only what is committed);
 - :class:`InferredCounter`: the executors' ``on_progress``, feeding the progress bar and that file;
-- :func:`cap_hit_message`: which images reached the detection cap, and what to do about it.
+- :func:`cap_hit_message`: which images reached the detection cap, and what to do about it;
+- :func:`progress_summary`: a run's images done, of which before this call, and its counts, in a line;
+- :func:`on_start` / :func:`announce_start`: displays (a notebook's ``RunMonitor``) follow a run id
+  through resumes: a call of ``run()`` in this process tells them it started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +21,39 @@ from ..executors import Executor, LocalExecutor, ProcessExecutor
 from ..store.store import Store, utcnow
 from ..executors.task import RunTask
 
-__all__ = ["InferredCounter", "cap_hit_message", "phase_before_inference", "write_progress"]
+__all__ = ["InferredCounter", "announce_start", "cap_hit_message", "on_start", "phase_before_inference",
+           "progress_summary", "write_progress"]
+
+#: Who follows which run: (store location, run id) -> callbacks(handle or None), held weakly.
+_FOLLOWERS: dict[tuple[str, str], weakref.WeakSet] = {}
+
+
+def on_start(store: Store, run_id: str, follower: Any) -> None:
+    """Call ``follower.run_started(handle)`` each time a call of ``run()`` in this process starts
+    ``run_id`` (a resume too; ``handle`` is the :class:`~musseltools.runs.engine.RunHandle` of a
+    background call, else None). Held weakly: a follower that is garbage collected is forgotten."""
+    _FOLLOWERS.setdefault((store.location, run_id), weakref.WeakSet()).add(follower)
+
+
+def announce_start(store: Store, run_id: str, handle: Any) -> None:
+    """Tell the followers of ``run_id`` that a call of ``run()`` starts it (see :func:`on_start`)."""
+    for follower in list(_FOLLOWERS.get((store.location, run_id), ())):
+        follower.run_started(handle)
+
+
+def progress_summary(p: dict[str, Any]) -> str:
+    """``90/120 images (60 before this call), 2 failed; live 310, dead 42`` from ``run.progress``."""
+    total = int(p.get("total_images") or 0)
+    done = int(p.get("inferred_count") or p.get("processed_count") or 0)
+    text = f"{min(done, total) if total else done}/{total} images"
+    before = p.get("processed_before_call")
+    if before:
+        text += f" ({before} before this call)"
+    if p.get("failed_count"):
+        text += f", {int(p['failed_count'])} failed"
+    counts = p.get("counts") or {}
+    order = sorted(counts, key=lambda k: (k != "live", k != "dead", k))  # live and dead first, as everywhere
+    return text + ("; " + ", ".join(f"{k} {int(counts[k])}" for k in order) if counts else "")
 
 
 def phase_before_inference(executor: Executor, task: RunTask) -> str:
