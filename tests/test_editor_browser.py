@@ -231,6 +231,7 @@ def test_correction_editor_in_jupyterlab(tmp_path):
                     close.click(force=True)
                 ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(ARTIFACT), full_page=False)
+                page.mouse.move(*_point(page, "image"))  # the editor takes the keys while the pointer is on it
                 page.keyboard.press("ArrowLeft")  # back to the quadrat, as the researcher sees it
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(ARTIFACT.with_name("correction_editor-quadrat.png")), full_page=False)
