@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Ultralytics must never reach for the network (no downloads at set-up or run time).
 export YOLO_OFFLINE := 1
 
-.PHONY: setup dev test demo lint notebooks clean
+.PHONY: setup dev test test-fast demo lint notebooks clean
 
 ## setup: create .venv and install musseltools with its pinned dependencies (quick when already done)
 setup: $(VENV)/.setup.stamp
@@ -33,10 +33,16 @@ $(VENV)/.dev.stamp: $(VENV)/.setup.stamp
 		echo "warning: could not install chromium; the browser test will fail"; }
 	@touch $@
 
-## test: the whole suite
+## test: the whole suite, in a random order (pytest-randomly prints its seed; PYTEST_ARGS="--randomly-seed=N"
+## repeats an order, PYTEST_ARGS="-p no:randomly" keeps the file order)
 test: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
+
+## test-fast: the edit-test loop (under 2 minutes on 2 cores): every test but those marked slow or browser
+test-fast: dev
+	$(BIN)/ruff check musseltools tests benchmarks scripts
+	$(BIN)/pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 ## demo: run the demo survey on the bundled collection and detector, then write its report
 # The demo detector over-counts a shell seen as overlapping parts at NMS IoU 0.7 (see its model card),

@@ -4,6 +4,7 @@ Prints, on the demo survey (40 images, three 4000x3000 quadrats) with the demo d
 
 - ``ThresholdTuner`` build time, slider-update median and maximum, image-pick maximum (README: about
   25 ms per move; the unit test only guards against a 10x slowdown);
+- the slider update while zoomed 4x with confidences shown (moved out of tests/test_notebook_experience.py);
 - ``Evaluation.at`` per call (a slider needs it well under 50 ms);
 - the peak memory (RSS) a run over a decompression bomb and a few normal images adds, measured in a
   fresh process (a test measuring ``ru_maxrss`` inside the test session sees the session's peak, not
@@ -81,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ThresholdTuner: build {build:.2f} s; slider update median {statistics.median(slider) * 1000:.0f} ms, "
           f"max {max(slider) * 1000:.0f} ms ({len(slider)} moves, incl. 4000x3000 quadrats); "
           f"image pick max {max(picker) * 1000:.0f} ms")
+
+    tuner.picker.value = large[0] if large else 0
+    tuner.nav.zoom.value = 4
+    tuner.nav.confidences.value = True
+    zoomed = []
+    for t in (0.1, 0.4, 0.8):
+        tuner.sliders["live"].value = t
+        zoomed.append(tuner.last_update_s)
+    print(f"ThresholdTuner zoomed 4x with confidences shown: slider update max {max(zoomed) * 1000:.0f} ms")
 
     ev = mt.evaluate(run, DEMO_LABELS)
     n = 50

@@ -10,7 +10,13 @@ Named points: ``part-written`` (a part's temporary file is written but not renam
 metadata's temporary file is written but not renamed), ``cube-writing`` (in the middle of a Zarr
 cube update), ``detections-committed`` (detections part renamed, images part not yet written),
 ``correction-written`` (a corrections file's temporary is written but not renamed), ``image-read`` (a
-worker process has read an image of its unit; counted per process).
+worker process has read an image of its unit; counted per process), ``compaction-merged`` (a
+compaction's merged parts are committed, no old part removed yet), ``compaction-removed`` (a
+compaction removed an old part's images part, not yet its detections part; counted per old part).
+
+``MUSSELTOOLS_FAILPOINTS_LOG``, a file path: before a failpoint kills its process, it appends one line,
+``name pid detail`` (the detail: the image path for ``image-read``), so a test can count the kills and
+check that each of those processes is gone, without reading any message of the code under test.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import signal
 _counts: dict[str, int] = {}
 
 
-def failpoint(name: str) -> None:
-    """Kill this process with SIGKILL if ``name`` is enabled in ``MUSSELTOOLS_FAILPOINTS``."""
+def failpoint(name: str, detail: str = "") -> None:
+    """Kill this process with SIGKILL if ``name`` is enabled in ``MUSSELTOOLS_FAILPOINTS`` (logged first
+    when ``MUSSELTOOLS_FAILPOINTS_LOG`` names a file)."""
     spec = os.environ.get("MUSSELTOOLS_FAILPOINTS")
     if not spec:
         return
@@ -30,4 +37,11 @@ def failpoint(name: str) -> None:
     for item in spec.split(","):
         point, _, nth = item.strip().partition("@")
         if point == name and (not nth or int(nth) == _counts[name]):
+            log = os.environ.get("MUSSELTOOLS_FAILPOINTS_LOG")
+            if log:  # one append of one line: whole, whatever else writes there at the same moment
+                fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, f"{name} {os.getpid()} {detail}\n".encode())
+                finally:
+                    os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -133,3 +133,15 @@ def _isolated(tmp_path, monkeypatch):
     """Each test works in its own folder (so the default store is private) with batch size 1 unless a
     test measures it."""
     _isolate(monkeypatch, tmp_path)
+
+
+#: How many tests the whole suite has, recorded when this session collected the whole of tests/ (make test);
+#: tests/test_readme.py checks the README's figure against it.
+SUITE_SIZE: dict[str, int] = {}
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    whole = [Path(a).resolve() for a in config.args] == [Path(config.rootpath, "tests").resolve()]
+    if whole and not config.option.keyword and not config.option.markexpr:
+        SUITE_SIZE["tests"] = len(session.items)

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 _ZYGOTE = r"""
 import json, os, sys
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -126,27 +124,31 @@ class Zygote:
             self.proc.wait()
 
 
-def comparable(run: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A run's per-image table and detections table at the floor, sorted, without ``processed_at``.
+def descendants(pid: int) -> list[Any]:
+    """The processes started by ``pid`` and by its children, recursively (``psutil.Process`` objects)."""
+    import psutil
 
-    Polygons become tuples of rounded points so that frames compare with ``assert_frame_equal``.
-    """
-    floor = run.conf_floor
-    table = run.per_image(threshold=floor).drop(columns=["processed_at"])
-    table = table.sort_values(["image_id", "path"]).reset_index(drop=True)
-    dets = run.detections(threshold=floor).copy()
-    dets["polygon"] = dets["polygon"].map(lambda p: tuple(tuple(round(float(v), 3) for v in pt) for pt in p))
-    cols = ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
-    dets = dets.sort_values(cols).reset_index(drop=True)
-    return table, dets
+    return psutil.Process(pid).children(recursive=True)
 
 
-def assert_same_results(got: Any, expected: Any) -> None:
-    """The two runs have identical per-image and detections tables (nothing lost, nothing duplicated)."""
-    gt, gd = comparable(got)
-    et, ed = comparable(expected)
-    pd.testing.assert_frame_equal(gt, et)
-    pd.testing.assert_frame_equal(gd, ed)
-    assert got.meta["counts"] == expected.meta["counts"]
-    assert (got.meta["processed_count"], got.meta["failed_count"]) == (
-        expected.meta["processed_count"], expected.meta["failed_count"])
+def still_alive(procs: list[Any]) -> list[Any]:
+    """Those of ``procs`` still running (a zombie has exited; a pid reused by a new process is not ours)."""
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_gone(procs: list[Any], timeout: float) -> tuple[float, list[Any]]:
+    """Poll until every process of ``procs`` has exited or ``timeout`` seconds passed; returns the
+    ``time.time()`` at which they were all seen gone, and those still running at the end."""
+    deadline = time.monotonic() + timeout
+    while (alive := still_alive(procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.time(), alive

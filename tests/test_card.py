@@ -117,6 +117,36 @@ def test_tile_merge_is_a_flag_and_keys_only_when_it_changes_results(tiny_model, 
     assert "not a tile merge method" in capsys.readouterr().err
 
 
+def test_the_tile_merge_from_the_keyword_the_flag_and_the_card_changes_the_boxes(tiny_model, images, tmp_path,
+                                                                                  capsys):
+    """Not only recorded: each way of naming the merge changes the merged detections. On this untrained
+    model at 64-px tiles nmm (which also merges within a tile) keeps far fewer boxes than edge."""
+    common = {"model": tiny_model, "imgsz": IMGSZ, "tile": 64, "quiet": True, "workers": 1}
+
+    def boxes(run) -> set:
+        d = run.detections(run.conf_floor)
+        return set(zip(d["path"], d["class_name"], d["x1"].round(1), d["y1"].round(1), d["x2"].round(1),
+                       d["y2"].round(1)))
+
+    by_keyword = {m: boxes(mt.run(images, tile_merge=m, store=tmp_path / "kw", **common)) for m in ("edge", "ios", "nmm")}
+    assert by_keyword["edge"] != by_keyword["ios"]
+    assert len(by_keyword["nmm"]) < min(len(by_keyword["edge"]), len(by_keyword["ios"])) / 2
+
+    flag = tmp_path / "flag"
+    assert cli.main(["run", str(images), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store", str(flag),
+                     "--tile", "64", "--workers", "1", "--json", "--tile-merge", "nmm"]) == 0
+    by_flag = boxes(mt.open_run(json.loads(capsys.readouterr().out)["run_id"], store=flag))
+    assert len(by_flag) < len(by_keyword["edge"]) / 2
+
+    weights = tmp_path / "models" / "nmm.pt"
+    weights.parent.mkdir()
+    shutil.copy(tiny_model, weights)
+    weights.with_suffix(".yaml").write_text("recommended:\n  tile: 64\n  tile_merge: nmm\n")
+    carded = mt.run(images, model=weights, imgsz=IMGSZ, store=tmp_path / "card", quiet=True, workers=1)
+    assert carded.settings_table().loc["tile_merge", "from"] == "card (nmm.yaml)"
+    assert len(boxes(carded)) < len(by_keyword["edge"]) / 2
+
+
 def test_images_at_the_detection_cap_are_named_with_what_to_do(tiny_model, images, tmp_path, capsys, caplog):
     store = tmp_path / "store"
     assert cli.main(["run", str(images), "--model", str(tiny_model), "--imgsz", str(IMGSZ), "--store", str(store),

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results, comparable
+from contract import assert_same_results, comparable
 
 import musseltools as mt
 from musseltools import cli
@@ -95,3 +95,39 @@ def test_a_compaction_killed_in_the_middle_loses_and_doubles_nothing(run, tmp_pa
 def test_compact_needs_a_run_or_all(capsys, tmp_path):
     assert cli.main(["compact", "--store", str(tmp_path / "s")]) == 1
     assert "give a RUN_ID or --all" in capsys.readouterr().err
+
+
+def test_a_reader_during_the_deletions_of_a_compaction_sees_every_image_once(run):
+    """Each moment of the deletions frozen (a compaction killed after removing the k-th old part's images
+    part, before its detections), then a reader whose listing is taken just before a compaction deletes
+    every part it listed: the same results, every image exactly once."""
+    from musseltools.store.compaction import compact
+
+    key = run.meta["inference_key"]
+    before = comparable(run)
+    for k in (1, N // 2):
+        env = {**os.environ, "MUSSELTOOLS_FAILPOINTS": f"compaction-removed@{k}"}
+        proc = subprocess.run([sys.executable, "-m", "musseltools", "compact", run.run_id, "--store",
+                               str(run.store.root)], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr
+        base = run.store.results_dir(key)
+        assert len(list((base / "images").glob("part-*"))) < len(list((base / "detections").glob("part-*")))
+        middle = comparable(mt.open_run(run.run_id, store=run.store.root))
+        assert before[0].equals(middle[0]) and before[1].equals(middle[1])
+    listed: list[list[str]] = []
+
+    class ListsBeforeACompaction(Store):
+        def part_files(self, key):
+            parts = super().part_files(key)
+            if not listed:  # the first listing only: a compaction deletes these parts before they are read
+                listed.append([p.name for p in parts])
+                compact(Store(run.store.root), run.run_id)
+            return parts
+
+    images, dets = ListsBeforeACompaction(run.store.root).read_results(key)
+    assert len(listed[0]) > 1 and not set(listed[0]) & {p.name for p in run.store.part_files(key)}
+    assert images["image_id"].is_unique and len(images) == N
+    assert sorted(images["image_id"]) == sorted(before[0]["image_id"]) and len(dets) == len(before[1])
+    assert _parts(run) == 1 and len(list((run.store.results_dir(key) / "detections").glob("part-*"))) == 1
+    after = comparable(mt.open_run(run.run_id, store=run.store.root))
+    assert before[0].equals(after[0]) and before[1].equals(after[1])

@@ -167,3 +167,77 @@ def test_report_compares_a_second_model(runs, model_factory, frcnn, tmp_path):
                       out=tmp_path / "plain", n_samples=1, batch_size=1).read_text()
     assert "No second model was given" in plain
     assert np.isfinite(mt.compare(v1, rcnn).agreement["mean_difference"]).all()
+
+
+def test_total_intervals_are_a_paired_bootstrap_over_images(runs):
+    """One run at two thresholds: counts that rise and fall together over images. The interval of B − A is
+    that of a paired bootstrap computed here (each image drawn with both its counts), far narrower than
+    resampling A's and B's images independently would give."""
+    _, _, v1, _, _ = runs
+    c = mt.compare(v1, v1, threshold_a=T, threshold_b=0.5, n_boot=20000, seed=3)
+    rng = np.random.default_rng(11)
+    for cat in c.categories:
+        a, b = c.images[f"{cat}_a"].to_numpy(float), c.images[f"{cat}_b"].to_numpy(float)
+        n = len(a)
+        draw, other = rng.integers(0, n, (20000, n)), rng.integers(0, n, (20000, n))
+        paired = np.quantile(b[draw].sum(axis=1) - a[draw].sum(axis=1), [0.025, 0.975])
+        unpaired = np.quantile(b[draw].sum(axis=1) - a[other].sum(axis=1), [0.025, 0.975])
+        tot = c.totals.loc[cat]
+        got = np.array([tot["difference_low"], tot["difference_high"]])
+        width = paired[1] - paired[0]
+        assert np.abs(got - paired).max() <= 0.1 * width + 1, (cat, got, paired)  # Monte Carlo error only
+        assert got[1] - got[0] < 0.6 * (unpaired[1] - unpaired[0]), (cat, got, unpaired)
+        for k, x in (("a", a), ("b", b)):
+            ref = np.quantile(x[draw].sum(axis=1), [0.025, 0.975])
+            assert abs(tot[f"{k}_low"] - ref[0]) <= 0.1 * (ref[1] - ref[0]) + 1, (cat, k)
+            assert abs(tot[f"{k}_high"] - ref[1]) <= 0.1 * (ref[1] - ref[0]) + 1, (cat, k)
+
+
+def test_compare_model_only_leaves_hand_corrections_out(runs, capsys):
+    root, _, v1, v2, _ = runs
+    store = str(root / "store")
+    live = v1.detections().query("class_name == 'live'").iloc[0]
+    fix = v1.reclassify(live.detection_id, "dead")
+    try:
+        assert main(["compare", v1.run_id, v2.run_id, "--store", store, "--json"]) == 0
+        corrected = json.loads(capsys.readouterr().out)
+        assert main(["compare", v1.run_id, v2.run_id, "--store", store, "--json", "--model-only"]) == 0
+        model = json.loads(capsys.readouterr().out)
+        models_alone = v1.counts(corrected=False)
+        assert corrected["totals"]["live"]["a"] == models_alone["live"] - 1 == v1.counts()["live"]
+        assert (model["totals"]["live"]["a"], model["totals"]["dead"]["a"]) == (models_alone["live"],
+                                                                                models_alone["dead"])
+        changed = [i for i in model["images"] if i["image_id"] == live.image_id]
+        assert changed[0]["counts_a"]["live"] == next(
+            i for i in corrected["images"] if i["image_id"] == live.image_id)["counts_a"]["live"] + 1
+    finally:
+        v1.undo(fix)
+    assert v1.counts() == v1.counts(corrected=False)
+
+
+def test_runs_that_overlap_partly_are_compared_on_their_shared_images(model_factory, tmp_path, capsys):
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shared = write_images(first, 4, seed=8)[2:]  # images 2 and 3 are in both folders
+    write_images(second, 2, seed=9, start=10)
+    for p in shared:
+        shutil.copy(p, second / p.name)
+    kw = {"model": model_factory("detect", 0), "imgsz": IMGSZ, "store": tmp_path / "store", "quiet": True,
+          "threshold": T, "batch_size": 1}
+    a, b = mt.run(first, **kw), mt.run(second, **kw)
+    ids_a, ids_b = set(a.per_image()["image_id"]), set(b.per_image()["image_id"])
+    both = ids_a & ids_b
+    assert len(both) == 2 and len(ids_a) == len(ids_b) == 4
+    c = mt.compare(a, b)
+    assert set(c.images["image_id"]) == both and len(c.images) == 2
+    assert c.only_a == sorted(ids_a - both) and c.only_b == sorted(ids_b - both)  # the others, by id
+    per_a = a.per_image().set_index("image_id").loc[sorted(both)]
+    assert c.totals.loc["live", "a"] == per_a["live"].sum()  # totals over the shared images only
+    assert (c.images["live_diff"] == 0).all()  # the same model on the same pictures
+    assert main(["compare", a.run_id, b.run_id, "--store", str(tmp_path / "store"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["images_compared"], doc["only_in_a"], doc["only_in_b"]) == (2, 2, 2)
+    assert {i["image_id"] for i in doc["images"]} == both
+    assert main(["compare", a.run_id, b.run_id, "--store", str(tmp_path / "store")]) == 0
+    assert "2 images with results in both (2 only in A, 2 only in B)" in capsys.readouterr().out

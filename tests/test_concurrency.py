@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
-from procs import Zygote, comparable
+from contract import comparable
+from procs import Zygote
 
 import musseltools as mt
 from musseltools.store.store import Store

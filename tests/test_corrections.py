@@ -13,8 +13,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
 
@@ -105,6 +103,45 @@ def test_each_kind_changes_every_view_and_the_model_alone_stays(survey, tmp_path
     assert run.results(corrected=False).detections.shape[0] == run.detections(0.01, corrected=False).shape[0]
 
 
+def test_polygon_export_shows_each_correction_in_its_own_image(survey, tmp_path):
+    """A reclassify, a delete and an add, each in another image: each image's JSON changes by its own
+    correction only (in one image they could cancel out in the counts)."""
+    _folder, run = survey
+    d = run.detections()
+    paths = sorted(d["path"].unique())
+    assert len(paths) >= 3
+    live = d[(d["path"] == paths[0]) & (d["class_name"] == "live")].iloc[0]
+    dead = d[(d["path"] == paths[1]) & (d["class_name"] == "dead")].iloc[0]
+    run.reclassify(live.detection_id, "dead")
+    run.delete_detection(dead.detection_id)
+    run.add_detection(paths[2], (2, 3, 40, 30), "live")
+
+    def export(name, **kw):
+        return {json.loads(f.read_text())["image"]: json.loads(f.read_text())
+                for f in run.export_polygons(tmp_path / name, **kw)}
+
+    model, corrected = export("model", corrected=False), export("corrected")
+    assert model.keys() == corrected.keys() and len(model) == 5
+    change = {paths[0]: (-1, 1), paths[1]: (0, -1), paths[2]: (1, 0)}
+    for path, doc in corrected.items():
+        dl, dd = change.get(path, (0, 0))
+        assert (doc["live_count"], doc["dead_count"]) == (model[path]["live_count"] + dl,
+                                                          model[path]["dead_count"] + dd), path
+        assert len(doc["polygons"]) == len(model[path]["polygons"]) + dl + dd, path
+        if path not in change:
+            assert doc == model[path]
+
+    def classes_at(doc, confidence):
+        return sorted(p["class"] for p in doc["polygons"] if p["confidence"] == round(float(confidence), 5))
+
+    before, after = classes_at(model[paths[0]], live.confidence), classes_at(corrected[paths[0]], live.confidence)
+    assert (after.count("live"), after.count("dead")) == (before.count("live") - 1, before.count("dead") + 1)
+    added = [p for p in corrected[paths[2]]["polygons"] if p not in model[paths[2]]["polygons"]]
+    assert len(added) == 1 and added[0]["class"] == "live" and added[0]["confidence"] == 1.0
+    xs, ys = zip(*added[0]["coords"])
+    assert (min(xs), min(ys), max(xs), max(ys)) == (2, 3, 40, 30)
+
+
 def test_corrections_are_append_only_files_with_author_note_and_utc_time(survey):
     _folder, run = survey
     live, _, _ = _pick(run)
@@ -193,19 +230,19 @@ def test_corrections_survive_resume_new_thresholds_added_images_and_compaction(s
     assert grown.run_id == run.run_id and grown.meta["inferred_this_call"] == 2
     new_model = grown.counts(corrected=False)
     assert grown.counts() == {c: corrected[c] + new_model[c] - model[c] for c in corrected}
-    # the results parts compacted into one (as a compaction merges parts): ids and corrections unchanged
+    # the results parts compacted into one by `musseltools compact`: ids and corrections unchanged
+    from musseltools import cli
+
     key = run.meta["inference_key"]
-    ids_before = sorted(grown.detections()["detection_id"])
-    base = run.store.results_dir(key)
-    for sub in ("detections", "images"):
-        parts = sorted((base / sub).glob("part-*.parquet"))
-        assert len(parts) > 1
-        pq.write_table(pa.concat_tables([pq.read_table(p) for p in parts]), base / sub / "part-compacted.parquet")
-        for p in parts:
-            p.unlink()
+    shown = grown.detections().sort_values("detection_id").reset_index(drop=True)
+    assert set(shown["source"]) == {"model", "reclassified", "added"}  # each kind of correction applies
+    assert dead.detection_id not in set(shown["detection_id"])  # the deleted one
+    assert len(run.store.part_files(key)) > 1
+    assert cli.main(["compact", run.run_id, "--store", str(run.store.root)]) == 0
+    assert len(run.store.part_files(key)) == 1
     fresh = mt.open_run(run.run_id, store=run.store.root)
-    assert sorted(fresh.detections()["detection_id"]) == ids_before
-    assert fresh.counts() == grown.counts()
+    pd.testing.assert_frame_equal(fresh.detections().sort_values("detection_id").reset_index(drop=True), shown)
+    assert fresh.counts() == grown.counts() and fresh.counts(corrected=False) == grown.counts(corrected=False)
     # the corrections files compacted too: nothing lost, nothing doubled
     from musseltools.store.corrections_log import compact_corrections
 

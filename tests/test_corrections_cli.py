@@ -124,14 +124,21 @@ def test_export_dataset_writes_a_yolo_dataset_that_trains(survey, tmp_path, caps
     train = sorted((out / "images" / "train").iterdir())
     val = sorted((out / "images" / "val").iterdir())
     assert len(train) == 3 and len(val) == 1  # split by image, 20% val
-    # the labels are the corrected detections at the threshold: one line per box of the image
+    # the labels are the corrected detections at the threshold: one "class cx cy w h" line per box of the
+    # image, the box's centre and size divided by the image's width and height
     table = run.per_image().set_index("path")
+    dets = run.detections()
+    class_id = {name: i for i, name in data["names"].items()}
     for img in train + val:
         label = out / "labels" / img.parent.name / (img.stem + ".txt")
         src = next(p for p in paths if p.endswith(img.name.split("-", 1)[1]))
         lines = label.read_text().splitlines()
         assert len(lines) == table.loc[src, "live"] + table.loc[src, "dead"]
-        assert all(0 <= float(v) <= 1 for line in lines for v in line.split()[1:])
+        w, h = table.loc[src, "width"], table.loc[src, "height"]
+        mine = dets[dets["path"] == src]
+        expected = sorted(f"{class_id[d.class_name]} {(d.x1 + d.x2) / 2 / w:.6f} {(d.y1 + d.y2) / 2 / h:.6f} "
+                          f"{(d.x2 - d.x1) / w:.6f} {(d.y2 - d.y1) / h:.6f}" for d in mine.itertuples())
+        assert sorted(lines) == expected, src
     again = tmp_path / "again"
     cli.main(["export-dataset", run.run_id, str(again), "--store", store])
     assert sorted(p.name for p in (again / "images" / "val").iterdir()) == [p.name for p in val]  # deterministic

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results
+from contract import assert_same_results
 
 import musseltools as mt
 

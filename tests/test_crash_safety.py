@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import IMGSZ, write_images
-from procs import Zygote, assert_same_results
+from contract import assert_same_results
+from procs import Zygote, descendants, still_alive, wait_gone
 
 import musseltools as mt
 from musseltools.store.store import IMAGES_SCHEMA, Store
@@ -305,3 +306,52 @@ def test_real_sigint_cancels_and_the_resume_completes_identical(survey, tiny_mod
     assert final.status == "completed" and final.meta["inferred_this_call"] == 13 - n_ok
     assert_same_results(final, base_run)
     assert _temporaries(store) == []
+
+
+def test_worker_processes_die_with_a_killed_run_and_commit_nothing_after_it(tiny_model, zygote, tmp_path):
+    """The process of a ``--workers 2`` run SIGKILLed mid-run (the out-of-memory killer, a killed Jupyter
+    kernel): its worker processes, their fork server and the resource tracker exit within seconds, none
+    commits a part once the run's process is gone, and running again completes with the results of an
+    uninterrupted run."""
+    frames = tmp_path / "frames"
+    write_images(frames, 80, seed=31)
+    store = tmp_path / "store"
+
+    def argv(where: Path) -> list[str]:
+        return [*_argv(frames, tiny_model, where), "--workers", "2"]
+
+    pid, out = zygote.start(argv(store), cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    while not _committed_parts(store):  # mid-run: the workers have committed a first unit
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.005)
+    family = descendants(pid)
+    workers = [p for p in family if p.ppid() != pid]  # forked by the fork server, not by the run's process
+    assert len(workers) == 2 and len(family) >= 3, [p.cmdline() for p in family]
+    before = set(_committed_parts(store))
+    os.kill(pid, signal.SIGKILL)
+    try:
+        assert zygote.wait(pid)["signal"] == signal.SIGKILL
+        dead_at = time.time()  # reaped: every file it held (the pipe its workers watch) is closed
+        gone_at, alive = wait_gone(family, timeout=30)
+        assert not alive, f"still running 30 s after the run's process was killed: {[p.cmdline() for p in alive]}"
+    finally:  # never leave this test's processes behind, whatever failed
+        for p in still_alive(family):
+            p.kill()
+    time.sleep(0.5)  # anything still writing would show now
+    parts = _committed_parts(store)
+    late = {p.name: round(p.stat().st_ctime - dead_at, 3) for p in parts if p not in before}
+    # a part is renamed into place (its ctime) as it is committed: only the units whose commit had begun
+    # before the run's process was gone (one per worker at most) may complete, within moments of it
+    assert len(late) <= len(workers) and all(s < 0.25 for s in late.values()), late
+    assert all(max(p.stat().st_mtime, p.stat().st_ctime) <= gone_at for p in parts)
+    assert still_alive(family) == []
+    assert len(parts) < 40  # the kill landed mid-run
+
+    done = zygote.run(argv(store), cwd=tmp_path)
+    assert done["rc"] == 0, done["output"]
+    final = _final_run(store)
+    assert final.status == "completed" and final.meta["inferred_this_call"] == 80 - COMMIT_EVERY * len(parts)
+    reference = zygote.run(argv(tmp_path / "reference"), cwd=tmp_path)
+    assert reference["rc"] == 0, reference["output"]
+    assert_same_results(final, _final_run(tmp_path / "reference"))

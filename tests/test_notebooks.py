@@ -15,7 +15,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 from conftest import IMGSZ, write_images
-from procs import comparable
+from contract import comparable
 
 import musseltools as mt
 

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import IMGSZ, write_images
-from procs import assert_same_results
+from contract import assert_same_results
+from procs import still_alive
 
 import musseltools as mt
 from musseltools.executors import MAX_ATTEMPTS, LocalExecutor, ProcessExecutor, choose_executor
@@ -61,29 +62,75 @@ def test_the_default_uses_processes_only_when_they_pay_back():
     assert isinstance(choose_executor(workers=1, client=None, device="cpu", n_images=10_000), LocalExecutor)
 
 
-def test_a_worker_killed_mid_run_costs_nothing(folder, tiny_model, reference, tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@3")  # each worker dies on its third image ...
-    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, commit_every=2,
-                    workers=2, background=True)
-    threading.Event().wait(0.5)
-    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")  # ... but the workers started after that are left alone
+def _workers() -> list:
+    """The worker processes of this process's runs (children of its fork server), running now."""
+    import psutil
+
+    servers = [p for p in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    return still_alive([w for s in servers for w in s.children()])
+
+
+def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
+    """One worker process SIGKILLed (as the out-of-memory killer would) once the run has committed a unit:
+    it is dead, the units it and its pool left are run again in new workers, and the run completes with
+    every image, as a run that was never disturbed."""
+    import psutil
+
+    folder = tmp_path / "many"
+    write_images(folder, 40, seed=7)
+    reference = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "ref", workers=1, quiet=True)
+    store = tmp_path / "store"
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, workers=2,
+                    background=True)
+    deadline = time.monotonic() + 120
+    while not (list(store.rglob("images/part-*.parquet")) and len(_workers()) == 2):
+        assert time.monotonic() < deadline and not handle.done(), "no worker ran a unit"
+        time.sleep(0.005)
+    victim = _workers()[0]
+    victim.kill()
+    parts_at_kill = len(list(store.rglob("images/part-*.parquet")))
+    gone, alive = psutil.wait_procs([victim], timeout=30)
+    assert not alive or still_alive(alive) == [], "the worker was not killed"
     r = handle.wait(timeout=240)
-    assert r.status == "completed"
-    # worker processes read the environment when they start: the first ones died, later ones finished
-    assert r.meta["failed_count"] == 0
+    assert parts_at_kill < 20  # the kill landed mid-run: the pool it broke had units left
+    assert r.status == "completed" and r.meta["failed_count"] == 0
+    assert r.meta["processed_count"] == 40 and r.meta["inferred_this_call"] == 40
+    assert victim.pid not in {w.pid for w in _workers()}
     assert_same_results(r, reference)  # nothing lost, no image twice
 
 
-def test_a_unit_that_kills_every_worker_is_reported_not_retried_for_ever(folder, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@1")  # every worker dies on its first image
-    r = _run(folder, tiny_model, tmp_path / "store", workers=2)
+def test_a_unit_that_kills_every_worker_is_reported_not_retried_for_ever(tiny_model, tmp_path, monkeypatch):
+    """Each worker dies on the first image it reads: every unit is tried exactly MAX_ATTEMPTS times (counted
+    by the kills themselves, one worker at a time), then its images are committed as failed; the next
+    run tries them again."""
+    folder = tmp_path / "four"
+    write_images(folder, 4, seed=3)  # two units of two
+    kills = tmp_path / "kills.log"
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@1")
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS_LOG", str(kills))
+    r = _run(folder, tiny_model, tmp_path / "store", executor=ProcessExecutor(1))
     assert r.status == "completed"
+    records = [line.split(" ", 2) for line in kills.read_text().splitlines()]
+    per_image = Counter(path for _, _, path in records)  # each attempt dies on its unit's first image
+    assert len(per_image) == 2 and set(per_image.values()) == {MAX_ATTEMPTS}, per_image
+    pids = [int(pid) for _, pid, _ in records]
+    assert len(set(pids)) == 2 * MAX_ATTEMPTS  # a new worker process for each attempt ...
+    assert [pid for pid in pids if not _dead(pid)] == []  # ... and each of them really died
     table = r.per_image()
-    assert table["error"].notna().all()
-    assert table["error"].str.contains(f"died {MAX_ATTEMPTS} times").all()
+    assert table["error"].notna().all() and table["processed_at"].notna().all()
+    assert r.meta["failed_count"] == 4 and r.meta["processed_count"] == 4
     monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")
     again = _run(folder, tiny_model, tmp_path / "store", workers=2)  # failed images are tried again
-    assert again.meta["failed_count"] == 0 and again.meta["inferred_this_call"] == N
+    assert again.meta["failed_count"] == 0 and again.meta["inferred_this_call"] == 4
+
+
+def _dead(pid: int) -> bool:
+    import psutil
+
+    try:
+        return still_alive([psutil.Process(pid)]) == []
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_cancel_stops_every_worker_and_keeps_what_they_inferred(tiny_model, tmp_path):
@@ -113,9 +160,7 @@ def test_dask_local_cluster_gives_the_one_process_results(folder, tiny_model, re
             Client(cluster) as client:
         r = _run(folder, tiny_model, tmp_path / "store", client=client)
         assert r.meta["executor"].startswith("DaskExecutor(")
-        assert_same_results(r, reference)
-        keys = [k for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))]
-        assert all(k.startswith("musseltools-unit-") for k in keys if isinstance(k, str) and "musseltools" in k)
+        assert_same_results(r, reference)  # its task keys: tests/test_dask.py
 
 
 def _free_port() -> int:

@@ -57,3 +57,25 @@ def test_cli_synopsis_matches_the_parser():
 def test_setup_is_exactly_two_commands():
     first = blocks("bash")[0].strip().splitlines()
     assert [c.split("#")[0].strip() for c in first] == ["make demo", "make test"]
+
+
+def suite_size() -> int:
+    """The number of tests in tests/: this session's own count when it collected them all, else a collection."""
+    from conftest import SUITE_SIZE
+
+    if "tests" in SUITE_SIZE:
+        return SUITE_SIZE["tests"]
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", str(ROOT / "tests")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600).stdout
+    return int(re.search(r"(\d+) tests? collected", out).group(1))
+
+
+@pytest.mark.slow
+def test_readme_states_the_suites_test_count():
+    stated = re.search(r"the whole suite: (\d+) tests", README)
+    assert stated, "the README's Development section no longer says how many tests `make test` runs"
+    assert int(stated.group(1)) == suite_size(), (
+        f"README says {stated.group(1)} tests, the suite has {suite_size()}: write that number in README.md")

@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import IMGSZ, make_image
+from contract import assert_same_results
 from hypothesis import HealthCheck, settings
 from hypothesis import event as _hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from procs import Zygote, comparable
+from procs import Zygote
 
 import musseltools as mt
 from musseltools.models import YoloPredictor
@@ -166,10 +167,8 @@ class SurveyMachine(RuleBasedStateMachine):
 
     def _assert_equals_fresh_run(self, r: mt.Run) -> None:
         fresh = self._fresh()
-        for got, want in zip(comparable(r), comparable(fresh)):
-            pd.testing.assert_frame_equal(got, want)
-        assert r.totals == fresh.totals == r.counts(self.threshold)
-        assert r.meta["counts"] == fresh.meta["counts"]
+        assert_same_results(r, fresh)
+        assert r.totals == r.counts(self.threshold)
         assert (r.meta["total_images"], r.meta["processed_count"], r.meta["failed_count"]) == (
             fresh.meta["total_images"], fresh.meta["processed_count"], fresh.meta["failed_count"])
         assert len(r.per_image()) == len(self._files())

@@ -72,7 +72,7 @@ def test_per_class_sliders_and_image_picker(survey):
             assert bytes(tuner.image.value).startswith(JPEG)
 
 
-def test_views_follow_the_sliders_quickly(survey):
+def test_views_follow_the_sliders(survey):
     tuner = ThresholdTuner(survey)
     tuner.picker.value = int(tuner.table.index[tuner.table["error"].isna()][0])
     image0, plot0 = bytes(tuner.image.value), bytes(tuner.plot.value)
@@ -82,13 +82,10 @@ def test_views_follow_the_sliders_quickly(survey):
     assert bytes(tuner.plot.value) != plot0  # the marker moved
     if tuner.image_counts["live"] != live0:
         assert bytes(tuner.image.value) != image0  # fewer outlines drawn
-    times = []
     for t in (0.1, 0.3, 0.6, 0.9):
         tuner.sliders["dead"].value = t
-        times.append(tuner.last_update_s)
-    # a guard against a pathological slowdown only (~100x the usual update on this survey), not a
-    # figure: the update times are measured by benchmarks/widgets.py
-    assert max(times) < 5.0, times
+        assert tuner.survey_counts == survey.counts(tuner.thresholds)
+        assert tuner.last_update_s > 0  # each move timed (the figures: benchmarks/widgets.py, not a test)
 
 
 def test_tuner_never_reruns_the_model(survey, monkeypatch):

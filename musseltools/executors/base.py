@@ -61,9 +61,11 @@ class UnitTask(Protocol):
         ...
 
     def __call__(self, unit: Unit, *, on_image: Callable[[int], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> UnitSummary:
+                 stop: Callable[[], bool] | None = None,
+                 before_commit: Callable[[], None] | None = None) -> UnitSummary:
         """Process one unit from start to commit in the calling process; ``on_image(n)``: n more images
-        done; ``stop()`` true: commit what is done as a smaller part and return."""
+        done; ``stop()`` true: commit what is done as a smaller part and return; ``before_commit()``:
+        called right before each part is committed (it may exit the process instead)."""
         ...
 
 

@@ -2,7 +2,7 @@
 
 Each worker process loads the model once (the task's per-process cache, keyed by the weights' SHA-256),
 gets ``cores / workers`` torch threads, and decodes, infers and commits the units it is given. The
-parent process plans, follows progress (image by image, through a queue), and alone writes the run's
+parent process plans, follows progress (image by image, through a pipe), and alone writes the run's
 metadata (the engine does that with the summaries yielded here).
 
 Cancelling (``handle.cancel()``, or Ctrl-C in the parent) sets a shared event: each worker commits the
@@ -10,7 +10,16 @@ images of its unit that it has inferred as a smaller part of their own and stops
 dropped. Worker processes ignore SIGINT, so a Ctrl-C reaches them only through the parent. A worker that
 dies (killed, out of memory) breaks the pool: the units not yet committed are run again in a new pool; a
 unit that was in progress when workers died :data:`MAX_ATTEMPTS` times is committed as failed, with the
-reason on each image (the next run tries its images again), so a run never loops.
+reason on each image (the next run tries its images again), so a run never loops. Workers tell the parent
+that a unit started, and how many images are done, by single writes to a pipe (no lock, no feeder thread),
+so a worker killed right after starting a unit cannot lose that message (the unit's attempts are exact).
+
+Workers die with the run: the parent holds the only write end of a pipe whose read end each worker
+watches (a thread, and a check right before each commit). When the parent goes (SIGKILL, the out-of-memory
+killer, a killed Jupyter kernel) or ends the run, the pipe gives end-of-file and each worker exits at once,
+without committing; the fork server then exits, as its last client is gone, and so does the resource
+tracker. A pipe works on every POSIX system, whatever process forked the workers (here the fork server,
+so ``PR_SET_PDEATHSIG``, which watches the direct parent, would not see the run's process die).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
 import threading
@@ -41,10 +49,13 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 #: Seconds the workers get to commit what they inferred once a run is cancelled.
 CANCEL_GRACE_S = 60.0
+#: Exit status of a worker that left because the process that started it is gone.
+EXIT_PARENT_GONE = 75
 
 # the worker process's side: set by the pool's initializer
-_progress: Any = None
-_stop: Any = None
+_progress: Any = None  # the write end of the parent's progress pipe
+_stop: Any = None  # a shared flag, read without a lock (a killed worker cannot leave a lock held)
+_parent: Any = None  # the read end of the pipe only the parent writes to: end-of-file when it is gone
 
 
 #: Environment variables a worker takes from the parent when it starts: musseltools' and Ultralytics'
@@ -58,10 +69,12 @@ def _environment() -> tuple[str, dict[str, str]]:
     return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(_SHARED_ENV)}
 
 
-def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str, dict[str, str]]) -> None:
-    global _progress, _stop
+def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str, dict[str, str]],
+                 parent: Any) -> None:
+    global _progress, _stop, _parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C means
-    _progress, _stop = progress, stop
+    _progress, _stop, _parent = progress, stop, parent
+    threading.Thread(target=_exit_when_parent_gone, name="musseltools-parent-watch", daemon=True).start()
     cwd, env = environment
     for k in [k for k in os.environ if k.startswith(_SHARED_ENV) and k not in env]:
         del os.environ[k]
@@ -72,14 +85,52 @@ def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str,
     torch.set_num_threads(threads)
 
 
+def _parent_gone() -> bool:
+    """Whether the run's process is gone (or ended the run): it never writes, so readable means end-of-file."""
+    try:
+        return bool(_parent.poll())
+    except (OSError, EOFError, ValueError):
+        return True
+
+
+def _leave() -> None:
+    """Exit this worker now, committing nothing more (the run's process is gone)."""
+    with contextlib.suppress(OSError):
+        os.write(2, (f"musseltools worker {os.getpid()}: the run that started this worker process has ended "
+                     "(its process died or gave up on it); exiting without committing — run the same command "
+                     "again to resume\n").encode())
+    os._exit(EXIT_PARENT_GONE)
+
+
+def _exit_when_parent_gone() -> None:
+    """The watching thread of a worker: wait for the end-of-file of the parent's pipe, then exit."""
+    with contextlib.suppress(OSError, EOFError, ValueError):
+        _parent.poll(None)
+    _leave()
+
+
+def _commit_only_for_a_live_parent() -> None:
+    """Called right before a worker commits a part: no part is committed once the run's process is gone."""
+    if _parent_gone():
+        _leave()
+
+
+def _tell(kind: str, value: Any) -> None:
+    _progress.send((kind, value))  # one write of a few bytes to a pipe: atomic, whole or not at all
+
+
 def _tell_images(n: int) -> None:
-    _progress.put(("images", n))
+    _tell("images", n)
+
+
+def _stopping() -> bool:
+    return bool(_stop.value)
 
 
 def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
     """What a worker process runs for one unit (module level, so it pickles by reference)."""
-    _progress.put(("start", unit.key))
-    return task(unit, on_image=_tell_images, stop=_stop.is_set)
+    _tell("start", unit.key)  # in the parent's pipe before the unit's first image is read
+    return task(unit, on_image=_tell_images, stop=_stopping, before_commit=_commit_only_for_a_live_parent)
 
 
 #: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
@@ -146,19 +197,28 @@ class ProcessExecutor:
     ) -> Iterator[UnitSummary]:
         """Run the units in worker processes; yields each unit's summary as it is committed."""
         ctx = _context()
-        progress, stop = ctx.Queue(), ctx.Event()
+        progress_r, progress_w = ctx.Pipe(duplex=False)
+        alive_r, alive_w = ctx.Pipe(duplex=False)  # this process holds the only write end: see the module doc
+        stop = ctx.RawValue("b", 0)
         attempts: dict[str, int] = {}
         started: set[str] = set()
         todo = list(units)
-        while todo:
-            todo = yield from self._one_pool(ctx, task, todo, progress, stop, cancel, on_progress, attempts, started)
+        try:
+            while todo:
+                todo = yield from self._one_pool(ctx, task, todo, (progress_r, progress_w, alive_r), stop, cancel,
+                                                 on_progress, attempts, started)
+        finally:  # workers still running (a cancel past its grace, an abandoned run) see end-of-file and exit
+            for conn in (alive_w, alive_r, progress_w, progress_r):
+                conn.close()
 
-    def _one_pool(self, ctx: Any, task: UnitTask, units: list[Unit], progress: Any, stop: Any,
+    def _one_pool(self, ctx: Any, task: UnitTask, units: list[Unit], pipes: tuple[Any, Any, Any], stop: Any,
                   cancel: threading.Event, on_progress: Callable[[int], None], attempts: dict[str, int],
                   started: set[str]) -> Iterator[UnitSummary]:
-        """Run ``units`` in one pool; returns the units to run again when a worker died."""
+        """Run ``units`` in one pool; returns the units to run again when a worker died. ``pipes``: the
+        progress pipe's two ends and the read end of the parent's pipe."""
+        progress, progress_w, alive_r = pipes
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(progress, stop, self.threads, _environment()))
+                                   initargs=(progress_w, stop, self.threads, _environment(), alive_r))
         with _main_module_hidden():  # workers start here: they need musseltools, never the caller's script
             futures: dict[Future, Unit] = {pool.submit(run_unit_in_worker, task, u): u for u in units}
         broken: list[Unit] = []
@@ -178,7 +238,7 @@ class ProcessExecutor:
             yield from self._cancel(futures, pending, stop, progress, on_progress)
             raise
         finally:
-            pool.shutdown(wait=not (stop.is_set() or broken), cancel_futures=True)
+            pool.shutdown(wait=not (stop.value or broken), cancel_futures=True)
         if not broken:
             return []
         again, failed = self._retry(task, broken, attempts, started)
@@ -188,7 +248,7 @@ class ProcessExecutor:
     def _cancel(self, futures: dict[Future, Unit], pending: set[Future], stop: Any, progress: Any,
                 on_progress: Callable[[int], None]) -> Iterator[UnitSummary]:
         """Tell the workers to stop; yield the partial parts they commit (units not started are dropped)."""
-        stop.set()
+        stop.value = 1
         for fut in pending:
             fut.cancel()
         running = {f for f in pending if not f.cancelled()}
@@ -230,8 +290,10 @@ def _drain(progress: Any, on_progress: Callable[[int], None], started: set[str])
     n = 0
     while True:
         try:
-            kind, value = progress.get_nowait()
-        except (queue.Empty, OSError, ValueError, EOFError):
+            if not progress.poll():
+                break
+            kind, value = progress.recv()
+        except (OSError, ValueError, EOFError):
             break
         if kind == "images":
             n += value

@@ -32,6 +32,7 @@ from ..models import (
     ModelInfo,
     Predictor,
     Prepared,
+    default_device,
     load_model,
     make_predictor,
 )
@@ -245,6 +246,17 @@ class RunTask:
                     write(table)
         return self.batch_size
 
+    def inferred_with(self, threads: int | None) -> str:
+        """What this task's results depend on beyond the weights and settings, as recorded on the run
+        (``run.meta["inferred_with"]``): the device, the torch threads per forward pass on CPU (``threads``;
+        None when this process cannot know them, as for Dask workers) and the model batch size (None when
+        each worker measures its own). Results are bit-identical only between runs inferred with one such
+        value, on CPU, at batch 1 (docs/what-survives-what.md, "Determinism")."""
+        device = self.device or default_device()
+        if not device.startswith("cpu"):
+            return f"{device}, batch {self.batch_size or 'unknown'}"
+        return f"{device}, {threads or 'unknown'} torch threads, batch {self.batch_size or 'unknown'}"
+
     def commit(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:
         """Write one unit's results as one committed part; its counts are at :attr:`rule`."""
         now = utcnow()
@@ -284,13 +296,15 @@ class RunTask:
         return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts, cap_hit=capped)
 
     def __call__(self, unit: Unit, *, on_image: Callable[[int], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> UnitSummary:
+                 stop: Callable[[], bool] | None = None,
+                 before_commit: Callable[[], None] | None = None) -> UnitSummary:
         """Process one unit from start to commit, in this process (what a worker process runs).
 
         Images are read and inferred a model call at a time (memory stays flat whatever the unit).
         ``on_image(n)`` is told as images are done; when ``stop()`` turns true, the images done so far
         are committed as a smaller part of their own (:func:`~musseltools.executors.planning.sub_unit`) and the
-        summary says ``complete=False``.
+        summary says ``complete=False``. ``before_commit()`` is called right before a part is committed
+        (a worker process exits there when the run's process is gone).
         """
         outcomes: list[Outcome] = []
         pending: list[tuple[ImageRef, Prepared]] = []
@@ -305,9 +319,11 @@ class RunTask:
 
         for ref in unit.images:
             if stop is not None and stop():
+                if before_commit is not None:
+                    before_commit()
                 return self.commit_partial(unit, outcomes)
             item = self.load(ref)
-            failpoint("image-read")  # a worker killed as it works (crash tests)
+            failpoint("image-read", ref.path)  # a worker killed as it works (crash tests)
             if isinstance(item, str):
                 outcomes.append((ref, None, item))
                 if on_image is not None:
@@ -320,6 +336,8 @@ class RunTask:
                 flush()
         if pending:
             flush()
+        if before_commit is not None:
+            before_commit()
         return self.commit(unit, outcomes)
 
     def commit_partial(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:

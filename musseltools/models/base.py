@@ -70,6 +70,7 @@ __all__ = [
     "Predictor",
     "Prepared",
     "claiming_family",
+    "cpu_threads",
     "default_device",
     "describe_model",
     "detect_family",
@@ -79,6 +80,7 @@ __all__ = [
     "get_family",
     "load_model",
     "model_fingerprint",
+    "pin_threads",
     "register_family",
 ]
 
@@ -124,6 +126,26 @@ def default_device() -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_threads(threads: int | None = None) -> int:
+    """torch threads per inference on CPU: ``threads``, else ``$MUSSELTOOLS_TORCH_THREADS``, else all cores
+    but one (the decode thread uses that one: oversubscribed OpenMP threads stall each other; on 2 cores,
+    2 torch threads next to a busy decoder ran 20x slower than 1).
+
+    Results on CPU change in the last bits with this number (docs/what-survives-what.md, "Determinism"):
+    a predictor pins it before each forward pass (:func:`pin_threads`), whatever else in the process
+    (Ultralytics' device set-up, another predictor) changed torch's setting meanwhile.
+    """
+    return threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
+
+
+def pin_threads(threads: int | None) -> None:
+    """Set torch's CPU threads to ``threads`` in the calling thread (None: leave them) before a forward pass."""
+    import torch
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- settings

@@ -80,7 +80,6 @@ import copy
 import io
 import json
 import logging
-import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -92,7 +91,16 @@ import numpy as np
 
 from ..core.detections import Detections
 from ..errors import ModelLoadError
-from .base import LoadedModel, ModelCard, Prepared, default_device, fastest_batch_size, register_family
+from .base import (
+    LoadedModel,
+    ModelCard,
+    Prepared,
+    cpu_threads,
+    default_device,
+    fastest_batch_size,
+    pin_threads,
+    register_family,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -507,8 +515,6 @@ class FasterRCNNPredictor:
 
     def __init__(self, model: LoadedModel, settings: Any, *, device: str | None = None,
                  threads: int | None = None) -> None:
-        import torch
-
         if model.model is None:
             raise ValueError("the model is described but not built — load it with musseltools.models.load_model")
         built: FasterRCNNModel = model.model
@@ -525,9 +531,9 @@ class FasterRCNNPredictor:
         net.roi_heads.nms_thresh = float(settings.iou)
         net.roi_heads.detections_per_img = int(settings.max_det)
         self.net = net.to(self.device).eval()
-        if self.device.startswith("cpu"):  # one core is left to the decode thread (as for YOLO)
-            threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
-            torch.set_num_threads(threads)
+        # torch threads per forward pass on CPU, pinned before each one (as for YOLO)
+        self.threads = cpu_threads(threads) if self.device.startswith("cpu") else None
+        pin_threads(self.threads)
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """One BGR uint8 image as the RGB float tensor in [0, 1] that torchvision's detection models take."""
@@ -553,6 +559,7 @@ class FasterRCNNPredictor:
                 step = self.batch_size or len(same_size)
                 for k in range(0, len(same_size), step):
                     idx = same_size[k : k + step]
+                    pin_threads(self.threads)
                     results = self.net([batch[i].tensor.to(self.device) for i in idx])
                     for i, r in zip(idx, results):
                         out[i] = self._detections(r, batch[i].image)

@@ -26,7 +26,16 @@ import numpy as np
 from ..core.detections import Detections
 from ..core.options import OPTIONS
 from ..errors import ModelLoadError
-from .base import LoadedModel, ModelCard, Prepared, default_device, fastest_batch_size, register_family
+from .base import (
+    LoadedModel,
+    ModelCard,
+    Prepared,
+    cpu_threads,
+    default_device,
+    fastest_batch_size,
+    pin_threads,
+    register_family,
+)
 
 __all__ = ["UltralyticsFamily", "YoloPredictor"]
 
@@ -118,8 +127,8 @@ class YoloPredictor:
     device : str, optional
         ``cpu``, ``cuda:0``...; the fastest available by default.
     threads : int, optional
-        torch CPU threads: all cores but one by default (the decode thread uses that one), or
-        ``$MUSSELTOOLS_TORCH_THREADS``.
+        torch CPU threads per forward pass: all cores but one by default (the decode thread uses that
+        one), or ``$MUSSELTOOLS_TORCH_THREADS``; set again before each forward pass.
     """
 
     def __init__(
@@ -138,11 +147,10 @@ class YoloPredictor:
         dummy = np.zeros((64, 64, 3), np.uint8)
         yolo.predict(dummy, verbose=False, **self._predict_args())  # builds Ultralytics' predictor once
         self._p = yolo.predictor
-        if self.device.startswith("cpu"):
-            # one core is left to the decode thread: oversubscribed OpenMP threads stall each other (on 2 cores,
-            # 2 torch threads next to a busy decoder ran 20x slower than 1)
-            threads = threads or int(os.environ.get("MUSSELTOOLS_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) - 1)
-            torch.set_num_threads(threads)
+        #: torch threads per forward pass on CPU (None on a GPU): pinned before each one, since results
+        #: change in the last bits with it (:func:`~musseltools.models.base.cpu_threads`)
+        self.threads = cpu_threads(threads) if self.device.startswith("cpu") else None
+        pin_threads(self.threads)
         self._inference_mode = torch.inference_mode
         self._forward_lock = threading.Lock()
 
@@ -183,6 +191,7 @@ class YoloPredictor:
     def _forward(self, x: Any, origs: list[np.ndarray]) -> list[Detections]:
         p = self._p
         with self._forward_lock:  # Ultralytics keeps the batch on the predictor: one forward at a time
+            pin_threads(self.threads)
             preds = p.inference(x)
             p.batch = ([""] * len(origs), origs, [""] * len(origs))
             results = [Detections.from_ultralytics(r) for r in p.postprocess(preds, x, origs)]

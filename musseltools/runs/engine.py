@@ -27,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..images.collection import Collection, ImagesLike, scan
+from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
+from ..core.thresholds import Thresholds
 from ..errors import (
     CorruptStoreError,
     ModelChangedError,
@@ -37,9 +38,13 @@ from ..errors import (
     RunNotFoundError,
 )
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
-from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
-from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
+from ..executors.task import RunTask
+from ..images.collection import Collection, ImagesLike, scan
+from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
+from ..results.view import results_signature
+from ..store.runmeta import update_run_meta
+from ..store.store import Store, utcnow
 from .progress import (
     InferredCounter,
     announce_start,
@@ -48,13 +53,8 @@ from .progress import (
     progress_summary,
     write_progress,
 )
-from ..results.view import results_signature
-from ..store.runmeta import update_run_meta
 from .run import Run
-from ..store.store import Store, utcnow
 from .tally import Tally
-from ..executors.task import RunTask
-from ..core.thresholds import Thresholds
 
 __all__ = ["run", "RunHandle", "DEFAULT_COMMIT_EVERY"]
 
@@ -534,7 +534,9 @@ class _Job:
                 task.thresholds, task.threshold = now, default
                 counts = run.counts(now)
                 self.tally = None
-            return {"counts": counts}
+            threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
+                       getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
+            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
 
         # the run's images, with those done before this call (a resume of 60 of 120 starts at 60/120); none
         # in a background thread, which would print into whatever cell runs (RunMonitor shows that run)

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import MusselToolsError
 from ..executors import Executor, LocalExecutor, ProcessExecutor
-from ..store.store import Store, utcnow
 from ..executors.task import RunTask
+from ..store.store import Store, utcnow
 
 __all__ = ["InferredCounter", "announce_start", "cap_hit_message", "on_start", "phase_before_inference",
            "progress_summary", "write_progress"]

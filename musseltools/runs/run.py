@@ -17,10 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..results import views
+from ..core.thresholds import ClassMap, Thresholds
 from ..corrections import api as corrections_api
 from ..corrections.review import review_queue
 from ..errors import CorruptStoreError, MusselToolsError
+from ..results import views
 from ..results.view import (
     RunResults,
     class_map_of,
@@ -31,7 +32,6 @@ from ..results.view import (
     thresholds_of,
 )
 from ..store.store import Store, atomic_write_bytes, temp_path, utcnow
-from ..core.thresholds import ClassMap, Thresholds
 
 __all__ = ["Run", "open_run", "list_runs"]
 

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..store.corrections_log import NO_CORRECTIONS, corrections_signature
 from ..executors.planning import UnitSummary
-from ..store.store import Store
 from ..executors.task import RunTask
+from ..store.corrections_log import NO_CORRECTIONS, corrections_signature
+from ..store.store import Store
 
 __all__ = ["Tally"]
 

@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._failpoints import failpoint
+from ..errors import MusselToolsError
 
 __all__ = [
-    "ObjectStorage", "PreconditionFailed", "LeaseHeld", "lease", "is_url", "temp_path", "remove_dead_temporaries", "atomic_write_bytes",
+    "ObjectStorage", "PreconditionFailed", "LeaseHeld", "lease", "lease_seconds", "LEASE_SECONDS", "is_url", "temp_path", "remove_dead_temporaries", "atomic_write_bytes",
     "atomic_write_table", "parquet_bytes", "read_parquet_bytes", "TMP_SUFFIX",
 ]
 
@@ -316,14 +317,38 @@ def _renew(objects: ObjectStorage, name: str, info: dict[str, Any], ttl: float, 
                 objects.write_if(name, json.dumps({**info, "expires": time.time() + ttl}).encode(), etag)
 
 
+#: Seconds a lease lives without renewal (its holder renews it every third of that while it lives).
+LEASE_SECONDS = 60.0
+
+
+def lease_seconds() -> float:
+    """The lease lifetime: ``$MUSSELTOOLS_LEASE_SECONDS`` if set, else :data:`LEASE_SECONDS`.
+
+    A shorter lifetime frees a dead holder's lock sooner, at the cost of more renewals (one conditional
+    PUT every third of it); every process sharing a store should use the same value."""
+    text = os.environ.get("MUSSELTOOLS_LEASE_SECONDS")
+    if not text:
+        return LEASE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise MusselToolsError(f"environment variable MUSSELTOOLS_LEASE_SECONDS={text!r} is not a number of "
+                               "seconds above 0 — set it to e.g. 60, or unset it for the default")
+    return value
+
+
 @contextlib.contextmanager
 def lease(objects: ObjectStorage, name: str, info: dict[str, Any], *, timeout: float,
-          ttl: float = 60.0) -> Iterator[None]:
+          ttl: float | None = None) -> Iterator[None]:
     """Hold a lease object (created with a conditional PUT, renewed while held, removed on release).
 
-    A holder that dies stops renewing: its lease expires after ``ttl`` seconds and is free again.
+    A holder that dies stops renewing: its lease expires after ``ttl`` seconds (default
+    :func:`lease_seconds`) and is free again.
     ``timeout`` < 0 waits for ever; otherwise :class:`LeaseHeld` is raised after that many seconds.
     """
+    ttl = lease_seconds() if ttl is None else ttl
     info = {**info, "token": uuid.uuid4().hex}
     deadline = None if timeout < 0 else time.monotonic() + timeout
     while True:

@@ -22,7 +22,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from typing import Any
@@ -66,13 +65,15 @@ def compact_all(store: Store, *, wait: bool | float = False) -> list[dict[str, A
 def compact_key(store: Store, key: str, *, run_id: str, wait: bool | float = False) -> dict[str, Any]:
     """Merge the parts of one inference key (see the module docstring)."""
     with store.lock(key, run_id=run_id, wait=wait):
+        store.clean_temporary(key)  # e.g. the detections of an old part whose removal was killed midway
         parts = store.part_files(key)
         before = len(parts)
         if before <= 1:
             return {"inference_key": key, "parts_before": before, "parts_after": before, "images": None}
         images, dets = store.read_results(key)
         groups = _groups(images, ROWS_PER_PART)
-        merged_key = hashlib.sha256("\n".join(p.name for p in parts).encode()).hexdigest()[:20]
+        names = [_part_name(p) for p in parts]  # paths in a folder, URLs in an object store
+        merged_key = hashlib.sha256("\n".join(names).encode()).hexdigest()[:20]
         for i, ids in enumerate(groups):
             chosen_images = images[images["image_id"].isin(ids)]
             chosen_dets = dets[dets["image_id"].isin(ids)]
@@ -80,15 +81,17 @@ def compact_key(store: Store, key: str, *, run_id: str, wait: bool | float = Fal
                               _table(chosen_dets, DETECTIONS_SCHEMA))
         failpoint("compaction-merged")  # merged parts committed, old ones not yet removed
         new_names = {f"part-compact-{merged_key}-{i}.parquet" for i in range(len(groups))}
-        for p in parts:
-            if p.name in new_names:
-                continue
-            for sub in ("images", "detections"):  # the commit proof first
-                with contextlib.suppress(FileNotFoundError):
-                    (store.results_dir(key) / sub / p.name).unlink()
+        for name in names:
+            if name not in new_names:
+                store.remove_part(key, name)  # the commit proof first, through the store's backend
         after = len(store.part_files(key))
         log.info("compacted results %s: %d parts -> %d (%d images)", key, before, after, len(images))
         return {"inference_key": key, "parts_before": before, "parts_after": after, "images": len(images)}
+
+
+def _part_name(part: Any) -> str:
+    """``part-x.parquet`` from a part's path or URL."""
+    return str(part).rsplit("/", 1)[-1]
 
 
 def _groups(images: Any, size: int) -> list[list[str]]:

@@ -253,6 +253,18 @@ class Store:
         d = self.results_dir(key) / "images"
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
+    def remove_part(self, key: str, name: str) -> None:
+        """Remove a committed part (``part-x.parquet``) of ``key``: its images part (the commit proof)
+        first, then its detections; a part already gone is no error. Call only while holding the lock."""
+        for sub in ("images", "detections"):
+            if sub == "detections":
+                failpoint("compaction-removed")  # the commit proof gone, its detections not yet
+            if self.objects:
+                self.objects.remove(f"results/{key}/{sub}/{name}")
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.results_dir(key) / sub / name).unlink()
+
     def _part(self, key: str, sub: str, name: str) -> Any:
         return f"{self.results_dir(key)}/{sub}/{name}" if self.objects else self.results_dir(key) / sub / name
 

@@ -1,0 +1,164 @@
+"""Runs on a Dask cluster (a LocalCluster of worker processes on 127.0.0.1): deterministic task keys, a
+worker killed mid-run, a cancelled run that keeps its finished parts and resumes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import IMGSZ, write_images
+from distributed.diagnostics.plugin import SchedulerPlugin
+from procs import assert_same_results
+
+import musseltools as mt
+
+pytestmark = pytest.mark.slow
+
+N = 12
+PREFIX = "musseltools-unit-"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    monkeypatch.setenv("MUSSELTOOLS_TORCH_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("dask") / "images"
+    write_images(f, N, seed=21)
+    return f
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tiny_model, tmp_path_factory):
+    return mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path_factory.mktemp("ref") / "store", workers=1,
+                  quiet=True)
+
+
+class KeyLog(SchedulerPlugin):
+    """A scheduler plugin that records every task key the scheduler is given, and how many times each
+    task was sent to a worker (more than once: the task was run again after its worker was lost)."""
+
+    name = "musseltools-test-keys"
+
+    def __init__(self) -> None:
+        self.keys: list = []
+        self.sent: dict = {}
+
+    def update_graph(self, scheduler, *, keys=(), **kwargs) -> None:
+        self.keys.extend(keys)
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "processing":
+            self.sent[key] = self.sent.get(key, 0) + 1
+
+
+def _cluster(**kw):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, **kw)
+    client = Client(cluster)
+    client.run_on_scheduler(_install_key_log)
+    return cluster, client
+
+
+def _install_key_log(dask_scheduler) -> None:
+    dask_scheduler.add_plugin(KeyLog(), name=KeyLog.name)
+
+
+def _key_log(client) -> tuple[list, dict]:
+    def read(dask_scheduler):
+        log = dask_scheduler.plugins[KeyLog.name]
+        keys, sent = list(log.keys), dict(log.sent)
+        log.keys.clear()
+        log.sent.clear()
+        return keys, sent
+
+    return client.run_on_scheduler(read)
+
+
+def _parts(store: Path) -> set[str]:
+    return {p.stem.removeprefix("part-") for p in store.rglob("images/part-*.parquet")}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster, client = _cluster()
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_every_task_key_is_the_units_own_and_the_same_in_another_run(folder, tiny_model, reference, client,
+                                                                      tmp_path):
+    seen = []
+    for store in (tmp_path / "one", tmp_path / "two"):
+        r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, client=client)
+        assert r.meta["executor"].startswith("DaskExecutor(") and r.meta["inferred_this_call"] == N
+        assert_same_results(r, reference)
+        keys, _ = _key_log(client)
+        # every key the scheduler was given, unfiltered: one per commit unit, named after the unit's part
+        assert sorted(keys) == sorted(PREFIX + k for k in _parts(store)), keys
+        assert len(keys) == N // 2
+        seen.append(sorted(keys))
+    assert seen[0] == seen[1]  # the same units, the same keys: nothing random in them
+
+
+def test_a_cancelled_dask_run_keeps_its_finished_parts_and_a_resume_completes(tiny_model, client, tmp_path):
+    many = tmp_path / "many"
+    write_images(many, 60, seed=5)
+    store = tmp_path / "store"
+    handle = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, client=client,
+                    background=True)
+    deadline = time.monotonic() + 120
+    while not _parts(store) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handle.cancel()
+    r = handle.wait(timeout=120)
+    assert r.status == "cancelled"
+    deadline = time.monotonic() + 60  # a task already running when cancelled still commits its unit
+    while client.run_on_scheduler(lambda dask_scheduler: any(
+            ts.state == "processing" for ts in dask_scheduler.tasks.values())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _key_log(client)
+    kept = int(r.per_image()["processed_at"].notna().sum())
+    assert 0 < kept < 60 and kept == 2 * len(_parts(store))  # whole units, each committed once
+    done = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, client=client)
+    assert done.status == "completed" and done.meta["inferred_this_call"] == 60 - kept
+    keys, _ = _key_log(client)
+    assert len(keys) == (60 - kept) // 2  # only the units not committed were sent again
+    ref = mt.run(many, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "fresh", quiet=True, workers=1)
+    assert_same_results(done, ref)
+
+
+def test_a_dask_worker_killed_mid_run_has_its_unit_run_again(folder, tiny_model, reference, tmp_path, monkeypatch):
+    # the workers first started die on their third image (in their second unit); the nannies restart
+    # them without the failpoint (a worker process reads the environment when it starts)
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@3")
+    cluster, client = _cluster()
+    try:
+        monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")
+        before = set(client.run(_pid).values())
+        r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, commit_every=2,
+                   client=client)
+        _, sent = _key_log(client)
+        after = set(client.run(_pid).values())
+    finally:
+        client.close()
+        cluster.close()
+    assert before.isdisjoint(after)  # both first workers died
+    assert any(n > 1 for n in sent.values()), sent  # the unit a dying worker held was run again
+    assert r.status == "completed" and r.meta["failed_count"] == 0
+    assert_same_results(r, reference)  # every image, none twice
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
