@@ -12,7 +12,7 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools import cli
+from musseltools import cli, plots
 from musseltools.jupyter.widgets import RunMonitor, ThresholdTuner
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -244,3 +244,37 @@ def test_one_monitor_follows_its_run_through_a_resume(tmp_path, tiny_model, caps
     mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", commit_every=2)
     bar = capsys.readouterr().err
     assert "10/10" in bar and "/2 " not in bar and " 8/10" in bar, bar
+
+
+def test_confidence_labels_are_drawn_at_the_size_shown_and_never_overlap(survey):
+    """Issue 22, point 6: the preview is drawn at the size the page shows it (its CSS width is the JPEG's
+    width), each confidence label is at least 10 px tall there, no two overlap, and the note under the
+    image says how many were left out (the labels drawn plus those left out are the boxes in view)."""
+    import re
+
+    import cv2
+    import numpy as np
+
+    tuner = ThresholdTuner(survey, display_side=480)
+    for s in tuner.sliders.values():
+        s.value = 0.01  # every stored box: crowded, so some labels must be left out
+    tuner.nav.confidences.value = True
+    shown = cv2.imdecode(np.frombuffer(bytes(tuner.image.value), np.uint8), cv2.IMREAD_COLOR)
+    assert max(shown.shape[:2]) == 480 and tuner.image.layout.width == f"{shown.shape[1]}px"
+    note = tuner.labels_html.value
+    boxes = json.loads(re.search(r"data-boxes='([^']*)'", note).group(1))
+    height = int(re.search(r"data-text-height='(\d+)'", note).group(1))
+    assert boxes and height >= 10, note
+    assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+               for i, a in enumerate(boxes) for b in boxes[i + 1:]), boxes
+    assert all(0 <= x0 < x1 <= shown.shape[1] and 0 <= y0 < y1 <= shown.shape[0] for x0, y0, x1, y1 in boxes)
+    in_view = sum(tuner.image_counts.values())
+    m = re.search(r"confidence shown on (\d+) of (\d+) boxes(; (\d+) left out)?", note)
+    assert (int(m.group(1)), int(m.group(2))) == (len(boxes), in_view), note
+    assert len(boxes) < in_view and "zoom in" in note  # crowded at 0.01: the rest are left out, not piled up
+    colours = [np.array(plots.colour_of(c, plots.class_colours(tuner.categories))[::-1]) for c in tuner.categories]
+    for x0, y0, x1, y1 in boxes:  # a plate in a class colour is drawn where each label is said to be (BGR, JPEG)
+        plate = shown[y0 + 1:y1 - 1, x0 + 1:x1 - 1].astype(int)
+        assert max((np.abs(plate - c).max(axis=2) < 40).mean() for c in colours) > 0.4
+    tuner.nav.confidences.value = False
+    assert tuner.labels_html.value == ""
