@@ -132,7 +132,7 @@ def _check_monitor(page, total: int) -> None:
     page.wait_for_function(f"() => window.mtStatus.some(t => t.includes('completed') && t.includes('{total}/{total}'))",
                            timeout=120_000)
     texts = page.evaluate("() => window.mtStatus")
-    partial = [t for t in texts if re.search(r"running — [1-9]\d*/\d+ images \(\d+ saved\)", t)]
+    partial = [t for t in texts if re.search(r"running — [1-9]\d*/\d+ images, \d+ of them saved", t)]
     assert partial, texts
     assert any("loading model" in t or "inferring" in t for t in texts), texts
 

@@ -278,3 +278,94 @@ def test_confidence_labels_are_drawn_at_the_size_shown_and_never_overlap(survey)
         assert max((np.abs(plate - c).max(axis=2) < 40).mean() for c in colours) > 0.4
     tuner.nav.confidences.value = False
     assert tuner.labels_html.value == ""
+
+
+def _slow_local_executor(monkeypatch, seconds: float) -> None:
+    """Test-only: the local executor sleeps after each image, so a run can be cancelled part way. (Undo
+    with a ``monkeypatch.context()``: ``monkeypatch.undo()`` would also undo the test's chdir.)"""
+    import musseltools.executors.local as local_executor
+
+    original = local_executor.LocalExecutor.process
+
+    def slow_process(self, task, units, *, cancel, on_progress=lambda n: None):
+        def slow(n):
+            on_progress(n)
+            time.sleep(seconds * n)
+        return original(self, task, units, cancel=cancel, on_progress=slow)
+
+    monkeypatch.setattr(local_executor.LocalExecutor, "process", slow_process)
+
+
+def _wait(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_a_handle_shows_its_monitor_which_follows_a_cancel_and_the_resume(tmp_path, tiny_model, monkeypatch):
+    """Issue 22, point 7: a background handle shown in a notebook shows one progress display of its own
+    (the same widget each time it is shown); cancelled, the display says so; the run resumed by a new
+    call, that same display follows it to the end, counting the images done before the resume."""
+    import IPython.display
+
+    folder = tmp_path / "cancel"
+    write_images(folder, 8, seed=41)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    with monkeypatch.context() as slow:
+        _slow_local_executor(slow, 0.3)
+        handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                        batch_size=1, background=True)
+        handle._ipython_display_()  # what the cell does with `handle` as its last line
+        handle._ipython_display_()
+        monitor = shown[0]
+        assert isinstance(monitor, RunMonitor) and shown == [monitor, monitor] and monitor.handle is handle
+        monitor.interval = 0.05
+        _wait(lambda: (handle.run.meta.get("processed_count") or 0) >= 2)
+        handle.cancel()
+        handle.wait(timeout=60)
+    _wait(lambda: not monitor.polling)
+    saved = handle.run.meta["processed_count"]
+    assert handle.run.status == "cancelled" and 2 <= saved < 8
+    assert "cancelled" in monitor.label.value and monitor.bar.bar_style == "warning", monitor.label.value
+    resumed = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                     background=True)
+    assert resumed is not handle
+    resumed.wait(timeout=120)
+    _wait(lambda: not monitor.polling)
+    text = monitor.label.value
+    assert "completed" in text and f"8/8 images ({saved} before this call)" in text, text
+    assert (monitor.bar.value, monitor.bar.max, monitor.bar.bar_style) == (8, 8, "success")
+
+
+def test_a_resume_right_after_a_cancel_resumes(tmp_path, tiny_model, monkeypatch):
+    """Cells run back to back (Run All): ``handle.cancel()`` then ``mt.run(..., background=True)`` at once
+    gets a new call that resumes the run once the cancelled one has stopped, not the cancelled handle."""
+    folder = tmp_path / "again"
+    write_images(folder, 8, seed=43)
+    with monkeypatch.context() as slow:
+        _slow_local_executor(slow, 0.3)
+        handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                        batch_size=1, background=True)
+        _wait(lambda: (handle.run.meta.get("processed_count") or 0) >= 2)
+        handle.cancel()
+        resumed = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                         background=True)
+        assert resumed is not handle and handle.done()
+    run = resumed.wait(timeout=120)
+    assert run.status == "completed" and run.meta["processed_count"] == 8
+    assert 2 <= run.meta["processed_before_call"] < 8
+
+
+def test_the_status_line_names_the_images_inferred_and_those_saved():
+    """The bar shows images inferred; the line says the same number, then how many of them are saved."""
+    from musseltools.jupyter.monitor import progress_text
+
+    done, total, text = progress_text("r1", {"status": "running", "total_images": 9, "processed_count": 6,
+                                             "inferred_count": 7, "processed_before_call": 5})
+    assert (done, total) == (7, 9)
+    assert "7/9 images, 6 of them saved (5 before this call)" in text, text
+    done, _, text = progress_text("r1", {"status": "cancelled", "total_images": 9, "processed_count": 6,
+                                         "inferred_count": 7})
+    assert done == 6 and "6/9 images" in text and "saved" not in text, text  # ended: what is kept

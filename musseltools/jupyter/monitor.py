@@ -34,9 +34,8 @@ def progress_text(run_id: str, p: dict[str, Any]) -> tuple[int, int, str]:
     inferred = int(p.get("inferred_count") or 0) if status == "running" else 0
     done = min(max(committed, inferred), total) if total else max(committed, inferred)
     text = (f"run <code>{html.escape(run_id)}</code>: <b>{html.escape(status)}</b> — "
-            f"<span class='mt-run-progress'>{html.escape(progress_summary({**p, 'inferred_count': done}))}</span>")
-    if done > committed:
-        text += f" ({committed} saved)"
+            f"<span class='mt-run-progress'>{html.escape(progress_summary({**p, 'inferred_count': done}, committed))}"
+            "</span>")
     if status == "running" and p.get("phase"):
         text += f" — <i>{html.escape(str(p['phase']))}</i>"
     if p.get("error"):
@@ -95,6 +94,7 @@ class RunMonitor(widgets.VBox):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._old_start: Any = None  # run.json's started_at of a call that has ended before a resume
+        self._restarted = False  # run_started() came while the polling thread was deciding to stop
         self.last: dict[str, Any] = {}
         self.refresh()
         on_start(self.run.store, self.run.run_id, self)
@@ -103,8 +103,9 @@ class RunMonitor(widgets.VBox):
 
     def _start_polling(self) -> None:
         with self._lock:
-            if self.polling:
+            if self.polling:  # a polling thread sees a resume's _restarted and goes on
                 return
+            self._restarted = False
             self._stop.clear()
             self._thread = threading.Thread(target=self._poll, name=f"musseltools-monitor-{self.run.run_id}",
                                             daemon=True)
@@ -112,8 +113,10 @@ class RunMonitor(widgets.VBox):
 
     def run_started(self, handle: Any) -> None:
         """``run()`` starts this monitor's run again (a resume): follow the new call (its handle, if any)."""
-        self._old_start = self.last.get("started_at")
-        self.handle = handle
+        with self._lock:
+            self._old_start = self.last.get("started_at")
+            self.handle = handle
+            self._restarted = True
         self._start_polling()
 
     @property
@@ -146,8 +149,13 @@ class RunMonitor(widgets.VBox):
                 self.refresh()
             except MusselToolsError as exc:  # e.g. run.json briefly unreadable: say so, keep polling
                 self.label.value = f"cannot read run {html.escape(self.run.run_id)}: {html.escape(str(exc))}"
-            if ended or self._ended() and self.handle is None:
-                return
+            with self._lock:  # stop, unless a resume came meanwhile (run_started then starts no thread)
+                if self._restarted:
+                    self._restarted = False
+                    continue
+                if ended or self._ended() and self.handle is None:
+                    self._thread = None
+                    return
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from .progress import (
     cap_hit_message,
     phase_before_inference,
     progress_summary,
+    show_in_notebook,
     write_progress,
 )
 from .run import Run
@@ -122,8 +124,6 @@ class RunHandle:
     def start(self, job: _Job) -> None:
         """Execute ``job`` in a daemon thread; its exception is kept for :meth:`wait`."""
 
-        import time
-
         def target() -> None:
             try:
                 job.execute()
@@ -143,11 +143,12 @@ class RunHandle:
         self._thread = threading.Thread(target=target, name=f"musseltools-run-{self.run_id}", daemon=True)
         self._thread.start()
 
-    def __repr__(self) -> str:
-        """The handle's state (not ``run.json``'s status, which holds the last call's until this one starts)."""
+    def __repr__(self) -> str:  # the handle's state, not run.json's status (the last call's till this one starts)
         p = self.run.progress
         state = f"done ({p.get('status')})" if self.done() else "running"
         return f"<RunHandle {self.run_id} {state}: {progress_summary(p)}>"
+
+    _ipython_display_ = show_in_notebook  # a notebook shows the run's progress where the handle is shown
 
 
 #: Background runs executing in this process, by (store folder, inference key): a second ``run()`` of
@@ -161,11 +162,12 @@ def _running_slot(job: _Job) -> tuple[str, str]:
 
 
 def _already_running(job: _Job, background: bool) -> RunHandle | None:
-    """The handle of this run when it already runs in this process (``background``); else a plain error."""
-    import time
-
+    """The handle of this run when it already runs in this process (``background``); else a plain error.
+    A run being cancelled is waited for (a batch at most): this call then resumes it."""
     with _RUNNING_LOCK:
         handle = _RUNNING.get(_running_slot(job))
+    if handle is not None and handle._cancel.is_set():
+        handle._ended.wait()
     if handle is None or handle.done():
         return None
     if background and handle.run_id == job.run_id:

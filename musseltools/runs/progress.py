@@ -6,12 +6,14 @@
 - :func:`cap_hit_message`: which images reached the detection cap, and what to do about it;
 - :func:`progress_summary`: a run's images done, of which before this call, and its counts, in a line;
 - :func:`on_start` / :func:`announce_start`: displays (a notebook's ``RunMonitor``) follow a run id
-  through resumes: a call of ``run()`` in this process tells them it started.
+  through resumes: a call of ``run()`` in this process tells them it started;
+- :func:`show_in_notebook`: a background run's handle shown in a notebook shows its run's progress there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +24,11 @@ from ..executors.task import RunTask
 from ..store.store import Store, utcnow
 
 __all__ = ["InferredCounter", "announce_start", "cap_hit_message", "on_start", "phase_before_inference",
-           "progress_summary", "write_progress"]
+           "progress_summary", "show_in_notebook", "write_progress"]
+
+#: What a background run's handle shows in a notebook, as "module:callable", imported when first shown (this
+#: layer never imports musseltools.jupyter): called with the handle, it returns a widget following the run.
+NOTEBOOK_DISPLAY = "musseltools.jupyter.monitor:RunMonitor"
 
 #: Who follows which run: (store location, run id) -> callbacks(handle or None), held weakly.
 _FOLLOWERS: dict[tuple[str, str], weakref.WeakSet] = {}
@@ -41,11 +47,33 @@ def announce_start(store: Store, run_id: str, handle: Any) -> None:
         follower.run_started(handle)
 
 
-def progress_summary(p: dict[str, Any]) -> str:
-    """``90/120 images (60 before this call), 2 failed; live 310, dead 42`` from ``run.progress``."""
+def show_in_notebook(handle: Any) -> None:
+    """``RunHandle._ipython_display_``: a handle shown in a notebook (a cell's last line, ``display(handle)``)
+    shows its run's progress in that output area: one widget per handle (``handle.progress_display``), made
+    by :data:`NOTEBOOK_DISPLAY` when first shown, following the run through resumes. Text without ipywidgets."""
+    from IPython.display import display
+
+    widget = getattr(handle, "progress_display", None)
+    if widget is None:
+        module, _, name = NOTEBOOK_DISPLAY.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except ImportError:  # ipywidgets missing: the handle's state, as text
+            display({"text/plain": repr(handle)}, raw=True)
+            return
+        widget = handle.progress_display = factory(handle)
+    display(widget)
+
+
+def progress_summary(p: dict[str, Any], saved: int | None = None) -> str:
+    """``90/120 images (60 before this call), 2 failed; live 310, dead 42`` from ``run.progress``; given
+    ``saved`` (images committed) under the images done, ``90/120 images, 80 of them saved (60 before …``."""
     total = int(p.get("total_images") or 0)
     done = int(p.get("inferred_count") or p.get("processed_count") or 0)
-    text = f"{min(done, total) if total else done}/{total} images"
+    done = min(done, total) if total else done
+    text = f"{done}/{total} images"
+    if saved is not None and saved < done:
+        text += f", {saved} of them saved"
     before = p.get("processed_before_call")
     if before:
         text += f" ({before} before this call)"
