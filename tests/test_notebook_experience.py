@@ -252,8 +252,8 @@ def test_one_colour_blind_safe_palette_everywhere(survey):
     assert CorrectionEditor(survey).canvas.colours == {"live": "#0072B2", "dead": "#E69F00"}
     script = (ROOT / "scripts" / "annotate_demo.py").read_text()
     assert "plots.class_colours(" in script and "#1f77b4" not in script
-    for path in ("musseltools/widgets.py", "musseltools/quadrats.py", "musseltools/editor.py",
-                 "musseltools/reports.py"):
+    for path in ("musseltools/jupyter/widgets.py", "musseltools/jupyter/quadrats.py", "musseltools/jupyter/editor.py",
+                 "musseltools/reports/report.py", "musseltools/plots/labels.py"):
         text = (ROOT / path).read_text()
         assert "#2ca02c" not in text and "#d62728" not in text, path
 
