@@ -253,7 +253,7 @@ def test_one_colour_blind_safe_palette_everywhere(survey):
     script = (ROOT / "scripts" / "annotate_demo.py").read_text()
     assert "plots.class_colours(" in script and "#1f77b4" not in script
     for path in ("musseltools/jupyter/widgets.py", "musseltools/jupyter/quadrats.py", "musseltools/jupyter/editor.py",
-                 "musseltools/reports/report.py"):
+                 "musseltools/reports/report.py", "musseltools/plots/labels.py"):
         text = (ROOT / path).read_text()
         assert "#2ca02c" not in text and "#d62728" not in text, path
 

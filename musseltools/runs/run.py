@@ -165,11 +165,12 @@ class Run:
 
     @property
     def progress(self) -> dict[str, Any]:
-        """``status, total_images, processed_count, failed_count``, timestamps; while running, also
+        """``status, total_images, processed_count, failed_count``, ``processed_before_call`` (images done
+        before the last call of ``run()``), ``counts`` (at the thresholds in effect), timestamps; while running, also
         ``inferred_count`` (images inferred, committed or not) and ``phase`` (what the run is doing)."""
         m = self.meta
         keys = ("status", "total_images", "processed_count", "failed_count", "started_at", "updated_at",
-                "finished_at", "error")
+                "finished_at", "error", "processed_before_call", "counts")
         out = {k: m.get(k) for k in keys}
         live = self.store.read_json_cache(f"progress-{self.run_id}.json") if m.get("status") == "running" else {}
         out["inferred_count"] = max(live.get("inferred_count") or 0, m.get("processed_count") or 0) if live else None
