@@ -235,6 +235,15 @@ def _committed_parts(store: Path) -> list[Path]:
     return sorted(store.glob("results/*/images/part-*.parquet"))
 
 
+def _copy_if_still_there(src: str, dst: str) -> None:
+    """Copy a file as ``cp -r`` would during a run: one that vanished since it was listed (a temporary file
+    renamed or removed by the writer) is skipped."""
+    try:
+        shutil.copy2(src, dst)
+    except FileNotFoundError:
+        pass
+
+
 def test_store_copied_mid_run_by_a_backup_tool_is_still_consistent(survey, tiny_model, zygote, baseline, tmp_path):
     """A copy of the store taken while the writer runs (as ``cp -r`` during a run would) holds only whole
     committed units and resumes to the same results. The writer is never paused: each copy starts when
@@ -249,7 +258,7 @@ def test_store_copied_mid_run_by_a_backup_tool_is_still_consistent(survey, tiny_
             parts = len(_committed_parts(store))
             if parts > seen and parts in (1, 3):  # a first unit, then a later one, is on disk: copy now
                 copy = tmp_path / f"copy{len(copies)}"
-                shutil.copytree(store, copy, symlinks=True)
+                shutil.copytree(store, copy, symlinks=True, copy_function=_copy_if_still_there)
                 copies.append((copy, parts))
             seen = max(seen, parts)
             time.sleep(0.002)
