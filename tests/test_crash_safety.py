@@ -31,6 +31,9 @@ from procs import Zygote, descendants, still_alive, wait_gone
 import musseltools as mt
 from musseltools.store.store import IMAGES_SCHEMA, Store
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 SEED = int(os.environ.get("MUSSELTOOLS_CRASH_SEED", "20261125"))
 MIN_RANDOM_KILLS = 20
 KILLS_PER_CHAIN = 5

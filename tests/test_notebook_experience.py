@@ -26,6 +26,9 @@ from musseltools.runs.engine import RunHandle
 from musseltools.store.runmeta import update_run_meta
 from musseltools.store.store import Store, default_store_path
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

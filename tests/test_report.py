@@ -16,6 +16,9 @@ import musseltools as mt
 from musseltools import cli
 from musseltools.reports.report import ReportError, notebook_path
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
