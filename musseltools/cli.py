@@ -303,7 +303,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .evaluation.compare import compare
+    from .evaluation.compare import compare, setting_text
 
     c = compare(args.run_a, args.run_b, store=args.store, threshold_a=args.threshold_a,
                 threshold_b=args.threshold_b, corrected=not args.model_only)
@@ -318,6 +318,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"run A {a['run_id']} ({a['model'].rsplit('/', 1)[-1]}, {a['family']}) against run B {b['run_id']} "
           f"({b['model'].rsplit('/', 1)[-1]}, {b['family']}): {len(c.images)} images with results in both "
           f"({len(c.only_a)} only in A, {len(c.only_b)} only in B); differences are B − A")
+    print(f"thresholds: A {setting_text(a['thresholds'])}, B {setting_text(b['thresholds'])}")
+    diff = c.differences
+    if diff.empty:
+        print("settings: the same weights, settings and thresholds (any difference comes from hand corrections)")
+    else:
+        print("\nwhat differs besides the counts (counts of the two runs mix these effects)")
+        print(diff.rename(columns={"a": f"A {a['run_id']}", "b": f"B {b['run_id']}"}).to_string())
     fmt = {"float_format": lambda v: f"{v:.2f}"}
     print(f"\nagreement per image ({c.level:.0%} limits of agreement)")
     print(c.agreement.to_string(**fmt))

@@ -13,15 +13,6 @@
 #     name: python3
 # ---
 
-# %% [markdown]
-# # Mussel survey report
-#
-# This notebook runs (or resumes) a musseltools survey run and reports its counts. Execute it with
-# `musseltools report IMAGES --model WEIGHTS --out reports/NAME` or `mt.report(...)`, which fill in the
-# parameters below (papermill) and render `report.html`; or open it in JupyterLab and edit them.
-#
-# Only images without a stored result are inferred: a report of a finished run is quick.
-
 # %% tags=["parameters"]
 images = "../data/demo/images"  # folder of survey photographs (or one image)
 model = "../data/models/mussel-demo.pt"  # weights: Ultralytics YOLO (.pt) or a torchvision Faster R-CNN checkpoint
@@ -56,7 +47,7 @@ import platform
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 import musseltools as mt
 from musseltools import plots
@@ -64,7 +55,26 @@ from musseltools import plots
 plots.show_alt_text()  # figures show as PNG images with a text alternative (alt) in the report
 pd.set_option("display.max_rows", 500)
 pd.set_option("display.max_colwidth", 120)
+display(HTML("""<style>
+.jp-RenderedHTMLCommon table { font-size: 0.85em; max-width: 100%; }
+.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 0.2em 0.5em; }
+.jp-OutputArea-output img { max-width: 100%; height: auto; }
+@media print { body { font-size: 10pt; } .jp-RenderedHTMLCommon table { font-size: 8pt; }
+  .jp-Cell, img, table { break-inside: avoid; } }
+</style>"""))
 display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
+
+
+def n_of(n: int, word: str, plural: str | None = None) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def shown(value) -> str:
+    """A timestamp as a reader reads it: ``2025-05-14 09:31 UTC``."""
+    if not value:
+        return "not recorded"
+    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 # %% [markdown]
 # ## Run
@@ -82,7 +92,7 @@ t = run.thresholds  # saved per-class thresholds, else the run's threshold
 per_image = run.per_image(t)
 detections = run.detections(t)
 display(Markdown(
-    f"Run `{run.run_id}`: **{meta['status']}**, {meta['total_images']} images "
+    f"Run `{run.run_id}`: **{meta['status']}**, {n_of(meta['total_images'], 'image')} "
     f"({meta['failed_count']} failed, {meta.get('inferred_this_call', 0)} inferred for this report), "
     f"threshold {plots.threshold_label(t)}."
 ))
@@ -91,7 +101,7 @@ display(Markdown(
 # ## Settings
 #
 # Each setting of the run and where it came from: given to the run, recommended by the card beside the
-# weights (with how it was found), or musseltools' default.
+# weights (with how it was found), musseltools' default, or, for thresholds, saved by hand after the run.
 
 # %%
 display(run.settings_table())
@@ -156,52 +166,56 @@ else:
 
 # %%
 if truth is None:
-    display(Markdown("No labels were given (`truth`), so there is no evaluation."))
+    display(Markdown("No labelled images were given (`truth`), so this report has no evaluation."))
 else:
     ev = mt.evaluate(run, truth, threshold=t)
-    display(Markdown(f"Labels: `{truth}`"))
-    display(ev.metrics.set_index("class"))
+    display(Markdown(f"Labels: `{truth}`. Every metric per class is in the appendix."))
+    metrics = ev.metrics.set_index("class")
+    brief = ["threshold", "precision", "recall", "ap50", "count_mae", "count_bias", "predicted_total", "true_total"]
+    display(metrics[brief].dropna(axis=1, how="all").astype(float).round(2))
     for fig in (plots.plot_pr(ev), plots.plot_count_error(ev, chosen=t), plots.plot_pred_vs_true(ev)):
         display(fig)  # figures outside pyplot: each is shown once
     if ev.unmatched_images:
-        display(Markdown(f"{len(ev.unmatched_images)} images have no labels: {', '.join(map(str, ev.unmatched_images[:20]))}"))
+        n = len(ev.unmatched_images)
+        display(Markdown(f"{n_of(n, 'image')} {'has' if n == 1 else 'have'} no labels: "
+                         f"{', '.join(map(str, ev.unmatched_images[:20]))}"))
     if ev.unmatched_labels:
-        display(Markdown(f"{len(ev.unmatched_labels)} labels have no image: {', '.join(map(str, ev.unmatched_labels[:20]))}"))
-
-# %% [markdown]
-# ## Comparison with a second model
-#
-# With `compare_model` (`musseltools report ... --compare-model W2`), the second model runs on the same images
-# with the same options (except `imgsz`, which it takes from its own family unless both models are of one
-# family), and the two runs are compared: run A is this report's, run B the second model's, and every difference
-# is B − A. Per category: the mean difference of the counts per image and its 95 % limits of agreement (the
-# Bland-Altman plot), survey totals with bootstrap intervals, and the images where the two disagree most. Those
-# head run A's review queue given run B (`run.review_queue(other=other)`, and the correction editor with
-# `other=other`).
+        n = len(ev.unmatched_labels)
+        display(Markdown(f"{n_of(n, 'label')} {'has' if n == 1 else 'have'} no image: "
+                         f"{', '.join(map(str, ev.unmatched_labels[:20]))}"))
 
 # %%
-if compare_model is None:
-    display(Markdown("No second model was given (`compare_model`), so there is no comparison."))
-else:
+if compare_model is not None:
     from musseltools.models import detect_family
+    from musseltools.models.card import read_card, settings_after
     from musseltools.plots import compare as compare_plots
 
-    first_family = meta["model"].get("family", "ultralytics")
-    same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == first_family
+    display(Markdown(
+        "## Comparison with a second model\n\n"
+        f"The second model (`{Path(compare_model).name}`) ran on the same images with this run's settings, except "
+        "those its own card recommends; its thresholds are its card's, else this run's. Run A is this report's, "
+        "run B the second model's, and every difference is B − A. Settings that differ between the two runs "
+        "change the counts too: they are listed first."
+    ))
+    same_family = detect_family(Path(compare_model).read_bytes(), Path(compare_model).name) == \
+        meta["model"].get("family", "ultralytics")
     other = mt.run(
-        images, model=compare_model, trust_pickle=trust_pickle, threshold=threshold, store=store,
-        class_map=class_map, tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge,
-        imgsz=imgsz if same_family else None,
-        conf_floor=conf_floor, iou=iou, max_det=max_det, batch_size=batch_size, commit_every=commit_every,
-        name=name, device=device, wait=wait, workers=workers, scheduler=scheduler, scheduler_file=scheduler_file,
-        quiet=False,
+        images, model=compare_model, trust_pickle=trust_pickle, store=store, class_map=class_map,
+        **settings_after(meta["settings"], t, read_card(compare_model), same_family=same_family),
+        batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
+        scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,
     )
     cmp = mt.compare(run, other)
     a, b = cmp.run_a, cmp.run_b
     display(Markdown(
         f"Run A `{a['run_id']}` ({Path(a['model']).name}, {a['family']}) against run B `{b['run_id']}` "
-        f"({Path(b['model']).name}, {b['family']}): {len(cmp.images)} images with results in both."
+        f"({Path(b['model']).name}, {b['family']}): {n_of(len(cmp.images), 'image')} with results in both."
     ))
+    if cmp.differences.empty:
+        display(Markdown("**Settings**: both runs used the same weights, settings and thresholds."))
+    else:
+        display(Markdown("**What differs between the two runs** besides their counts:"))
+        display(cmp.differences.rename(columns={"a": f"A {a['run_id']}", "b": f"B {b['run_id']}"}))
     display(Markdown("**Agreement per image** (B − A; limits of agreement at 95 %):"))
     display(cmp.agreement.round(2))
     display(compare_plots.bland_altman(cmp))
@@ -211,7 +225,8 @@ else:
     if top.empty:
         display(Markdown("The two runs count every image alike."))
     else:
-        display(Markdown("**Images where the two disagree most** (the head of the review queue given run B):"))
+        display(Markdown("**Images where the two disagree most** (the head of the review queue given run B, "
+                         "`run.review_queue(other=other)`):"))
         cols = [f"{c}_{s}" for c in cmp.categories for s in ("a", "b")]
         display(top.assign(image=top["path"].map(lambda p: Path(p).name))[["image", *cols, "disagreement"]]
                 .set_index("image"))
@@ -236,19 +251,22 @@ verified_images = run.verified_images()
 if verified_images.empty:
     display(Markdown("No image has been verified by hand yet."))
 else:
-    display(Markdown(f"**{len(verified_images)} images verified by hand** (their corrected counts):"))
+    display(Markdown(f"**{n_of(len(verified_images), 'image')} verified by hand** (their corrected counts):"))
     display(verified_images.assign(image=verified_images["path"].map(lambda p: Path(p).name))
             [["image", *run.categories]].set_index("image"))
 not_applied = run.corrections_report()
 if len(not_applied):
-    display(Markdown(f"{len(not_applied)} corrections of these images do not apply to this run (made on other "
-                     "results):"))
+    display(Markdown(f"{n_of(len(not_applied), 'correction')} of these images "
+                     f"{'does' if len(not_applied) == 1 else 'do'} not apply to this run (made on other results):"))
     display(not_applied[["kind", "path", "detection_id", "reason"]])
 queue = run.review_queue(n=10, threshold=t)
-display(Markdown("**Review queue** (least certain first; score = how much the count moves within ±0.05 of "
-                 "the threshold):"))
-display(queue.assign(image=queue["path"].map(lambda p: Path(p).name))
-        [["image", "score", "near_threshold", "count_swing", *run.categories]].set_index("image"))
+if queue.empty:
+    display(Markdown("**Review queue**: no image is left to check."))
+else:
+    display(Markdown("**Review queue** (least certain first; score = how much the count moves within ±0.05 of "
+                     "the threshold; a column that is the same for every image is left out):"))
+    varying = [c for c in ("score", "near_threshold", "count_swing", *run.categories) if queue[c].nunique() > 1]
+    display(queue.assign(image=queue["path"].map(lambda p: Path(p).name))[["image", *varying]].set_index("image"))
 
 # %% [markdown]
 # ## Provenance
@@ -272,8 +290,15 @@ provenance = {
     "torch": versions.get("torch", "?"),
     "torchvision": versions.get("torchvision", "?"),
     "python": platform.python_version(),
-    "run created": meta.get("created_at"),
-    "run finished": meta.get("finished_at"),
-    "report date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    "run created": shown(meta.get("created_at")),
+    "inference finished": shown(meta.get("inference_finished_at") or meta.get("finished_at")),
+    "thresholds saved": shown(meta["thresholds_saved_at"]) if meta.get("thresholds_saved_at") else "never",
+    "report date": shown(dt.datetime.now(dt.timezone.utc).isoformat()),
 }
 display(pd.DataFrame({"value": [str(v) for v in provenance.values()]}, index=pd.Index(provenance, name="")))
+
+# %%
+if truth is not None:
+    display(Markdown("## Appendix: every evaluation metric\n\nOne column per class; counts are per image "
+                     "(`count_mae`, `count_rmse`, `count_bias`) or over the survey (`*_total`)."))
+    display(metrics.T.map(lambda v: round(v, 3) if isinstance(v, float) else v))

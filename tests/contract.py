@@ -114,10 +114,14 @@ def _match_one_way(a: dict[str, Any], b: dict[str, Any], floor: float, what: str
         same_class = np.flatnonzero(b["class_id"] == a["class_id"][i])
         free = [j for j in same_class if j not in used]
         assert free, f"{what}: detection {a['xyxy'][i]} ({a['confidence'][i]:.6f}) has no counterpart"
-        dist = [float(np.abs(b["xyxy"][j] - a["xyxy"][i]).max()) for j in free]
-        j = free[int(np.argmin(dist))]
+        dist = np.array([float(np.abs(b["xyxy"][j] - a["xyxy"][i]).max()) for j in free])
+        near = np.flatnonzero(dist <= BOX_TOL)
+        assert len(near), (f"{what}: box {a['xyxy'][i]} has none within {BOX_TOL} px in the other run "
+                           f"(nearest {b['xyxy'][free[int(np.argmin(dist))]]})")
+        # boxes at one place (an untrained model stacks them): the counterpart is the one of closest confidence
+        conf_gap = np.abs(b["confidence"][[free[k] for k in near]] - a["confidence"][i])
+        j = free[int(near[int(np.argmin(conf_gap))])]
         used.add(j)
-        assert min(dist) <= BOX_TOL, f"{what}: box {a['xyxy'][i]} against {b['xyxy'][j]} (tolerance {BOX_TOL} px)"
         diff = abs(float(a["confidence"][i]) - float(b["confidence"][j]))
         assert diff <= CONF_TOL, f"{what}: confidence {a['confidence'][i]} against {b['confidence'][j]}"
         gap = _outline_gap(a["polygons"][i], b["polygons"][j])

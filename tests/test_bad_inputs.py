@@ -27,6 +27,9 @@ import musseltools as mt
 from musseltools.executors.task import RunTask
 from musseltools.images.decode import decode_image
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 THRESHOLD = 0.3
 KW = {"imgsz": IMGSZ, "quiet": True, "store": "store", "threshold": THRESHOLD}
 

@@ -8,6 +8,7 @@ as ``test-artifacts/threshold_tuner.png``. Fails (does not skip) when Chromium i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -132,7 +133,7 @@ def _check_monitor(page, total: int) -> None:
     page.wait_for_function(f"() => window.mtStatus.some(t => t.includes('completed') && t.includes('{total}/{total}'))",
                            timeout=120_000)
     texts = page.evaluate("() => window.mtStatus")
-    partial = [t for t in texts if re.search(r"running — [1-9]\d*/\d+ images \(\d+ saved\)", t)]
+    partial = [t for t in texts if re.search(r"running — [1-9]\d*/\d+ images, \d+ of them saved", t)]
     assert partial, texts
     assert any("loading model" in t or "inferring" in t for t in texts), texts
 
@@ -154,6 +155,25 @@ def _check_browser(page, before_name: str) -> None:
     page.locator(".mt-quadrat-nav input[type=checkbox]").first.click(force=True)
     page.wait_for_function("(s) => document.querySelector('.mt-quadrat-image')?.src !== s", arg=src2, timeout=30_000)
     assert "image 2 of" in position.inner_text() and before_name
+    _check_labels(page)
+
+
+def _check_labels(page) -> None:
+    """Point 6: on screen, each confidence label is at least 10 px tall and none overlaps another: the page's
+    image size against the JPEG's, and the labels' plates and digit height in the JPEG (the note's data)."""
+    page.wait_for_function("() => document.querySelector('.mt-labels')", timeout=30_000)
+    m = page.evaluate("""() => { const img = document.querySelector('.mt-quadrat-image');
+        const r = img.getBoundingClientRect(); const note = document.querySelector('.mt-labels');
+        return {w: r.width, h: r.height, nw: img.naturalWidth, nh: img.naturalHeight, text: note.innerText,
+                dw: +note.dataset.width, th: +note.dataset.textHeight, boxes: JSON.parse(note.dataset.boxes)}; }""")
+    assert m["nw"] == m["dw"] and m["nw"] > 0, m  # the note describes the image shown
+    k = m["w"] / m["nw"]
+    assert abs(m["h"] / m["nh"] - k) < 0.01, m  # not squeezed
+    assert m["boxes"] and m["th"] * k >= 10, m  # readable: at least 10 px tall on screen
+    boxes = [[v * k for v in b] for b in m["boxes"]]
+    assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+               for i, a in enumerate(boxes) for b in boxes[i + 1:]), m
+    assert f"confidence shown on {len(boxes)} of" in m["text"], m
 
 
 def _check_curve_whole(page) -> None:
@@ -273,3 +293,95 @@ def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _jupyterlab(root: Path, tmp_path: Path):
+    """JupyterLab serving ``root`` on a free port with a token: yields its base URL and the token."""
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k != "MUSSELTOOLS_STORE"}
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "MUSSELTOOLS_BATCH_SIZE": "1"})
+    log = tmp_path / "jupyterlab.log"
+    with open(log, "wb") as log_file:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
+             f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+             "--LabApp.news_url=", "--ServerApp.open_browser=False"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(f"{base}/api/status?token={token}", server, log)
+        yield base, token
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+
+
+def test_progress_display_of_a_background_run_through_cancel_and_resume(tmp_path, tiny_model):
+    """Point 7 in a real notebook: the cell that starts a background run shows one progress display (the
+    handle's own); a later cell cancels the run and the display says so; a third resumes it and the same
+    display, in the first cell's output area, counts the run's images to the end, with those done before
+    the resume. No other cell shows a progress bar."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing — install Debian's chromium (make dev does)"
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "lab"
+    write_images(root / "images", 6, seed=19)
+    kw = f"model={str(tiny_model)!r}, imgsz={IMGSZ}, store='store', commit_every=2, batch_size=1"
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell(SLOW + "\nimport musseltools as mt"),
+        nbformat.v4.new_code_cell(f"handle = mt.run('images', {kw}, background=True)\nhandle"),
+        nbformat.v4.new_code_cell("while (handle.run.meta.get('processed_count') or 0) < 2:\n    time.sleep(0.1)\n"
+                                  "handle.cancel()\nprint('cancel asked')"),
+        nbformat.v4.new_code_cell("time.sleep(3)  # the display shows the cancel\n"
+                                  f"resumed = mt.run('images', {kw}, background=True)\nresumed.wait()\n"
+                                  "print('resumed:', resumed.run.status, resumed.run.meta['processed_before_call'])"),
+    ]
+    nbformat.write(nb, root / "progress.ipynb")
+    artifact = ARTIFACT.with_name("progress-cancel-resume.png")
+    with _jupyterlab(root, tmp_path) as (base, token), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(f"{base}/lab/tree/progress.ipynb?token={token}", timeout=120_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            _wait_for_idle_kernel(page, timeout=180)
+            page.evaluate(WATCH_STATUS)
+            page.get_by_role("menuitem", name="Run").first.click(force=True)
+            page.get_by_role("menuitem", name="Run All Cells").first.click(force=True)
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output')]"
+                                   ".some(e => e.innerText.includes('resumed:'))", timeout=240_000)
+            page.wait_for_function("() => window.mtStatus.some(t => t.includes('completed'))", timeout=60_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+            assert not errors.count(), errors.first.inner_text()
+            cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
+            monitors = page.locator(".mt-run-monitor")
+            assert monitors.count() == 1 and cells.nth(1).locator(".mt-run-monitor").count() == 1
+            before = int(re.search(r"resumed: completed (\d+)", cells.nth(3).inner_text()).group(1))
+            texts = page.evaluate("() => window.mtStatus")
+            assert any("cancelled" in t for t in texts), texts
+            first_cancel = next(i for i, t in enumerate(texts) if "cancelled" in t)
+            assert any("running" in t for t in texts[first_cancel:]), texts  # it came back to life
+            final = monitors.first.inner_text()
+            assert "completed" in final and f"6/6 images ({before} before this call)" in final, final
+            assert 2 <= before < 6, final
+            for k in (0, 2, 3):  # no progress bar in the other cells (one display per run)
+                assert "img" not in cells.nth(k).locator(".jp-OutputArea").inner_text(), cells.nth(k).inner_text()
+            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+            monitors.first.screenshot(path=str(artifact))
+        except BaseException:
+            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(artifact.with_name("progress-cancel-resume-failure.png")), full_page=True)
+            raise
+        finally:
+            browser.close()

@@ -7,6 +7,7 @@ totals with bootstrap intervals, the images where they disagree most (the head o
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import math
 import re
@@ -100,7 +101,8 @@ def test_yolo_against_faster_rcnn_and_figures(runs):
     _, _, v1, _, rcnn = runs
     c = mt.compare(v1, rcnn)
     assert (c.run_a["family"], c.run_b["family"]) == ("ultralytics", "torchvision")
-    assert c.run_a["inference_key"] != c.run_b["inference_key"] and c.labels == ("A: tiny-detect-0.pt", "B: frcnn.pt")
+    assert c.run_a["inference_key"] != c.run_b["inference_key"] and c.labels == (f"A: tiny-detect-0.pt (run {v1.run_id})",
+                                                                                 f"B: frcnn.pt (run {rcnn.run_id})")
     assert len(c.images) == 8
     fig = bland_altman(c)
     panels = [ax for ax in fig.axes if ax.get_title()]
@@ -110,7 +112,7 @@ def test_yolo_against_faster_rcnn_and_figures(runs):
     assert {round(row[k], 6) for k in ("mean_difference", "loa_low", "loa_high")} <= lines
     assert "difference of counts (B − A)" in alt_text(fig) and "mean of the two counts per image" in alt_text(fig)
     assert len(panels[0].collections[0].get_offsets()) == 8  # one point per image
-    assert "count by A: tiny-detect-0.pt" in alt_text(count_scatter(c))
+    assert f"count by A: tiny-detect-0.pt (run {v1.run_id})" in alt_text(count_scatter(c))
 
 
 def test_runs_without_common_images_or_categories_are_refused(runs, model_factory, tmp_path):
@@ -141,9 +143,11 @@ def test_compare_command_prints_a_summary_and_one_json_object(runs, capsys, tmp_
     assert main(["compare", v1.run_id, v2.run_id, "--store", store, "--json", "--top", "3"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"run_a", "run_b", "difference", "categories", "images_compared", "only_in_a", "only_in_b",
-                        "level", "n_boot", "agreement", "totals", "disagreements", "images"}
+                        "level", "n_boot", "agreement", "totals", "disagreements", "images", "settings_differ"}
     assert doc["difference"] == "b - a" and doc["images_compared"] == len(doc["images"]) == 8
-    assert set(doc["run_a"]) == {"run_id", "model", "family", "fingerprint", "inference_key", "thresholds"}
+    assert set(doc["run_a"]) == {"run_id", "model", "family", "fingerprint", "inference_key", "thresholds",
+                                 "settings"}
+    assert set(doc["settings_differ"]) == {"weights"}  # two versions of one model, run alike
     assert set(doc["agreement"]["live"]) == {"n", "mean_a", "mean_b", "mean_difference", "sd_difference", "loa_low",
                                              "loa_high", "mean_abs_difference"}
     assert doc["agreement"]["live"]["n"] == 8 and isinstance(doc["totals"]["live"]["a"], int)
@@ -161,15 +165,72 @@ def test_report_compares_a_second_model(runs, model_factory, frcnn, tmp_path):
     root, folder, v1, _, rcnn = runs
     html = mt.report(folder, model=model_factory("detect", 0), compare_model=frcnn, imgsz=IMGSZ, threshold=T,
                      store=root / "store", out=tmp_path / "out", n_samples=1, batch_size=1).read_text()
-    text = re.sub(r"<[^>]+>", "", html)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", html))
     assert "Comparison with a second model" in text and "Agreement per image" in text
-    assert f"Run A {v1.run_id}" in text and f"run B {rcnn.run_id}" in text  # the runs made above: nothing inferred
+    other = mt.list_runs(store=root / "store").query("run_id not in @known", local_dict={
+        "known": {r.run_id for r in runs[2:]}})
+    b = mt.open_run(next(i for i in other.run_id if mt.open_run(i, store=root / "store").meta["model"]["family"]
+                         == "torchvision"), store=root / "store")
+    # B ran with A's settings (the Faster R-CNN has no card): A's NMS IoU, not its family's own 0.5
+    assert b.meta["settings"]["iou"] == v1.meta["settings"]["iou"] == 0.7 and b.thresholds == T
+    assert rcnn.meta["settings"]["iou"] == 0.5
+    assert f"Run A {v1.run_id}" in text and f"run B {b.run_id}" in text
     assert "torchvision" in text and "Images where the two disagree most" in text
-    assert 'alt="Figure: Agreement per image, 8 images' in html
+    differ = text.index("What differs between the two runs")  # every setting that differs, before any figure
+    assert differ < text.index("Agreement per image") and differ < html_lib.unescape(html).index("<img")
+    assert re.search(r"<th>family</th>\s*<td>ultralytics</td>\s*<td>torchvision</td>", html)
+    assert 'alt="Figure: Agreement per image, 8 images' in html and f"(run {b.run_id})" in html_lib.unescape(html)
     plain = mt.report(folder, model=model_factory("detect", 0), imgsz=IMGSZ, threshold=T, store=root / "store",
                       out=tmp_path / "plain", n_samples=1, batch_size=1).read_text()
-    assert "No second model was given" in plain
+    assert "Comparison" not in plain and "second model" not in plain  # no comparison text without one
     assert np.isfinite(mt.compare(v1, rcnn).agreement["mean_difference"]).all()
+
+
+def test_the_same_weights_under_another_name_differ_by_zero(model_factory, tmp_path, capsys):
+    """`report --compare-model` with a copy of A's weights without its card: B runs with A's settings and
+    thresholds (A's came from A's card), so every difference is zero and no setting differs."""
+    import shutil
+
+    from musseltools.models.card import read_card, settings_after
+
+    folder = tmp_path / "images"
+    write_images(folder, 4, seed=23)
+    a_weights = tmp_path / "mussel.pt"
+    shutil.copy(model_factory("detect", 0), a_weights)
+    a_weights.with_suffix(".yaml").write_text(
+        "recommended:\n  threshold: {live: 0.2, dead: 0.4}\n  iou: 0.5\n  tile_overlap: 0.1\n"
+        "how:\n  threshold: tuned on held-out frames\n")
+    b_weights = tmp_path / "mussel-v2.pt"
+    shutil.copy(a_weights, b_weights)  # same bytes, no card
+    kw = {"store": tmp_path / "store", "quiet": True, "batch_size": 1}
+    a = mt.run(folder, model=a_weights, imgsz=IMGSZ, **kw)
+    assert a.meta["settings"]["iou"] == 0.5 and a.thresholds == {"live": 0.2, "dead": 0.4}
+    options = settings_after(a.meta["settings"], a.thresholds, read_card(b_weights), same_family=True)
+    b = mt.run(folder, model=b_weights, **options, **kw)
+    assert b.meta["settings"] == a.meta["settings"] and b.thresholds == a.thresholds
+    c = mt.compare(a, b)
+    assert c.differences.empty and (c.images[[f"{k}_diff" for k in c.categories]] == 0).all().all()
+    assert sum(a.counts().values()) > 0  # zero differences of real counts
+    assert main(["compare", a.run_id, b.run_id, "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "thresholds: A live=0.2, dead=0.4, B live=0.2, dead=0.4" in out and "the same weights, settings" in out
+    # a card on B's weights sets B's thresholds and iou: those, and only those, differ, and are shown
+    b_weights.with_suffix(".yaml").write_text("recommended:\n  threshold: 0.6\n  iou: 0.7\n")
+    options = settings_after(a.meta["settings"], a.thresholds, read_card(b_weights), same_family=True)
+    b2 = mt.run(folder, model=b_weights, **options, **kw)
+    c2 = mt.compare(a, b2)
+    assert c2.differences.to_dict(orient="index") == {"thresholds": {"a": "live=0.2, dead=0.4", "b": "0.6"},
+                                                      "iou": {"a": "0.5", "b": "0.7"}}
+    assert main(["compare", a.run_id, b2.run_id, "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert out.index("what differs besides the counts") < out.index("agreement per image")
+    assert re.search(r"thresholds\s+live=0.2, dead=0.4\s+0.6", out) and re.search(r"iou\s+0.5\s+0.7", out)
+    assert f"A {a.run_id}" in out and f"B {b2.run_id}" in out
+    heading = alt_text(bland_altman(c2))
+    for shown in (f"A: mussel.pt (run {a.run_id})", f"B: mussel-v2.pt (run {b2.run_id})", "thresholds 0.6",
+                  "thresholds live=0.2, dead=0.4", "iou: A 0.5, B 0.7"):
+        assert shown in heading, shown
+    assert "B: mussel-v2.pt minus" not in heading
 
 
 def test_total_intervals_are_a_paired_bootstrap_over_images(runs):

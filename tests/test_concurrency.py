@@ -20,6 +20,9 @@ from procs import Zygote
 import musseltools as mt
 from musseltools.store.store import Store
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 COMMIT_EVERY = 2
 N_IMAGES = 14
 

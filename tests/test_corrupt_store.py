@@ -19,6 +19,9 @@ from contract import assert_same_results
 
 import musseltools as mt
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 KW = {"imgsz": IMGSZ, "quiet": True, "commit_every": 3}
 
 

@@ -22,6 +22,9 @@ import musseltools as mt
 from musseltools import cli
 from musseltools.jupyter.widgets import ThresholdTuner
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 RUN_THRESHOLD = 0.4
 CLASS_MAPS = [None, {"live": "mussel", "dead": "mussel"}, {"dead": "shell"}]
 

@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from musseltools import synth
+
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "mussel-demo.pt"
 HELD_OUT_SEED = 90210  # not used for training (1), validation (11) or the model card's test set (21)

@@ -65,8 +65,8 @@ def test_a_rejected_edit_says_why_and_saves_nothing(run):
 def test_the_canvas_is_an_anywidget_with_its_module_shipped():
     from pathlib import Path
 
-    import musseltools
+    import musseltools.jupyter.editor
 
-    js = Path(musseltools.__file__).parent / "jupyter" / "static" / "editor.js"
+    js = Path(musseltools.jupyter.editor.__file__).with_name("static") / "editor.js"  # shipped beside the editor
     assert js.exists() and "export default { render }" in js.read_text()
     assert issubclass(EditorCanvas, __import__("anywidget").AnyWidget)

@@ -1,7 +1,8 @@
 """The correction editor in a real JupyterLab, driven by headless Chromium (Playwright).
 
-A notebook opens the editor on a small survey of demo images counted by the demo detector; the test
-clicks a box (live -> dead), deletes another with the ``d`` key, draws a box with the mouse, marks the
+A notebook opens the editor on a small survey of demo images counted by the demo detector, a 4000x3000
+quadrat first: it opens zoomed so that the median box is at least 20 px on screen, and zooms and pans
+with keys. At that zoom the test clicks a box (live -> dead), deletes another with the ``d`` key, draws a box with the mouse, marks the
 image verified with ``v`` and goes to the next image with the right arrow. After each, the stored
 corrections (read from the store by this process) and the counts the editor shows have changed with it,
 and JupyterLab's own shortcuts did not fire (the notebook keeps its cells). The screenshot is kept as
@@ -83,9 +84,47 @@ def _point(page, kind: str, box_id: str = "") -> tuple[float, float]:
     return pt[0], pt[1]
 
 
+#: JavaScript: the zoom, the viewBox, and the median of the boxes' smaller side on screen (pixels)
+SHOWN = """() => {
+  const svg = document.querySelector('.mt-correction-editor svg.mt-editor-svg');
+  const sides = [...svg.querySelectorAll('rect.mt-box')].map((r) => {
+    const b = r.getBoundingClientRect(); return Math.min(b.width, b.height); }).sort((a, b) => a - b);
+  return {zoom: Number(svg.getAttribute('data-zoom')), viewBox: svg.getAttribute('viewBox').split(' ').map(Number),
+          median: sides[Math.floor(sides.length / 2)], n: sides.length};
+}"""
+
+
+def _zoom_and_pan(page, run: mt.Run) -> None:
+    """Issue 22, point 5: a 4000x3000 quadrat opens zoomed so its median box is at least 20 px on screen;
+    +, -, 0 and Shift+arrows zoom and pan the view only (nothing is saved)."""
+    first = run.per_image().sort_values("path").iloc[0]
+    assert (first["width"], first["height"]) == (4000, 3000)
+    shown = page.evaluate(SHOWN)
+    print(f"editor: quadrat of {shown['n']} boxes opens at zoom {shown['zoom']}x, median box {shown['median']:.1f} px")
+    assert shown["n"] >= 200 and shown["zoom"] > 1 and shown["median"] >= 20, shown
+    assert shown["viewBox"][:2] == [0, 0] and shown["viewBox"][2] == pytest.approx(4000 / shown["zoom"])
+    page.mouse.move(*_point(page, "image"))
+    page.keyboard.press("0")  # the whole image: the boxes the researcher could not use
+    assert page.evaluate(SHOWN)["zoom"] == 1 and page.evaluate(SHOWN)["median"] < 20
+    page.keyboard.press("+")
+    page.keyboard.press("+")
+    assert page.evaluate(SHOWN)["zoom"] == 4
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    x, y, w, _h = page.evaluate(SHOWN)["viewBox"]
+    assert x > 0 and y > 0 and w == pytest.approx(1000), (x, y, w)
+    page.keyboard.press("-")
+    assert page.evaluate(SHOWN)["zoom"] == 2
+    assert "image 1 of" in page.locator(".mt-editor-title").first.inner_text()  # Shift+arrow did not move on
+    assert read_corrections(run.store).empty  # the view only: nothing saved
+    page.keyboard.press("+")
+    page.keyboard.press("+")  # the edits below are made at 8x
+
+
 def _edit_in_the_browser(page, run: mt.Run) -> list[float]:
     """Click, delete, draw, verify and move on; returns the seconds each edit took to show."""
     seconds = []
+    _zoom_and_pan(page, run)
     boxes = page.locator(".mt-correction-editor rect.mt-box")
     before = _counts(page)
     assert before == run.counts(), (before, run.counts())
@@ -126,10 +165,15 @@ def _edit_in_the_browser(page, run: mt.Run) -> list[float]:
     assert run.verified_images()["path"].tolist() == [sorted(run.per_image()["path"])[0]]
     page.keyboard.press("ArrowRight")
     seconds.append(_wait_for(lambda: "image 2 of" in title.inner_text(), what="the next image"))
-    # the next image has another size: the picture and the boxes share its pixel coordinates
+    # the next image has another size: the picture and the boxes share its pixel coordinates, and the
+    # view is chosen again for it (from its top-left corner)
     second = run.per_image().sort_values("path").iloc[1]
-    page.wait_for_function(f"() => document.querySelector('.mt-editor-svg').getAttribute('viewBox') === "
-                           f"'0 0 {second['width']} {second['height']}'", timeout=10_000)
+    page.wait_for_function(f"() => {{ const v = document.querySelector('.mt-editor-svg').getAttribute('viewBox')"
+                           f".split(' ').map(Number); const z = Number(document.querySelector('.mt-editor-svg')"
+                           f".getAttribute('data-zoom')); return v[0] === 0 && v[1] === 0 && "
+                           f"Math.abs(v[2] * z - {second['width']}) < 1e-6 && Math.abs(v[3] * z - {second['height']}) < 1e-6; }}",
+                           timeout=10_000)
+    assert page.evaluate(SHOWN)["median"] >= 20
     size = page.evaluate("() => { const i = document.querySelector('.mt-editor-image'); "
                          "return [i.getAttribute('width'), i.getAttribute('height')]; }")
     assert size == [str(second["width"]), str(second["height"])]
@@ -143,7 +187,7 @@ def test_correction_editor_in_jupyterlab(tmp_path):
     root = tmp_path / "lab"
     folder = root / "images"
     folder.mkdir(parents=True)
-    for name in ("survey_0000.jpg", "survey_0001.jpg", "survey_0002.jpg"):
+    for name in ("quadrat_0037.jpg", "survey_0000.jpg", "survey_0001.jpg"):  # a 4000x3000 quadrat first
         shutil.copy(DEMO / name, folder / name)
     run = mt.run(folder, model=MODEL, store=root / "store", quiet=True, threshold=0.5, iou=0.5)
     _notebook(root, run)
@@ -187,6 +231,10 @@ def test_correction_editor_in_jupyterlab(tmp_path):
                     close.click(force=True)
                 ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(ARTIFACT), full_page=False)
+                page.mouse.move(*_point(page, "image"))  # the editor takes the keys while the pointer is on it
+                page.keyboard.press("ArrowLeft")  # back to the quadrat, as the researcher sees it
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(ARTIFACT.with_name("correction_editor-quadrat.png")), full_page=False)
             except BaseException:
                 ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(ARTIFACT.with_name("correction_editor-failure.png")), full_page=True)

@@ -26,6 +26,9 @@ from musseltools.runs.engine import RunHandle
 from musseltools.store.runmeta import update_run_meta
 from musseltools.store.store import Store, default_store_path
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -253,7 +256,7 @@ def test_one_colour_blind_safe_palette_everywhere(survey):
     script = (ROOT / "scripts" / "annotate_demo.py").read_text()
     assert "plots.class_colours(" in script and "#1f77b4" not in script
     for path in ("musseltools/jupyter/widgets.py", "musseltools/jupyter/quadrats.py", "musseltools/jupyter/editor.py",
-                 "musseltools/reports/report.py"):
+                 "musseltools/reports/report.py", "musseltools/plots/labels.py"):
         text = (ROOT / path).read_text()
         assert "#2ca02c" not in text and "#d62728" not in text, path
 

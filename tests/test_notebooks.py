@@ -19,6 +19,9 @@ from contract import comparable
 
 import musseltools as mt
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("survey_report", "threshold_tuning")

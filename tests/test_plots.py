@@ -130,3 +130,79 @@ def test_sample_grid_draws_processed_images_with_legend(survey):
     # asking for more samples than there are processed images shows each once
     many = plots.sample_grid(table, dets, n=20, categories=survey.categories)
     assert len([ax for ax in many.axes if ax.images]) == int(table["error"].isna().sum()) == 6
+
+
+def _colour(c) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(c).upper()
+
+
+def test_report_figures_keep_one_palette(survey, tmp_path):
+    """Issue 22, point 8: live is blue and dead orange in every figure; other series take other Okabe-Ito
+    colours, and no two series differ by colour alone."""
+    from test_evaluate import write_labels, yolo_line
+
+    t = 0.3
+    dets = survey.detections(t)
+    table = survey.per_image(t).dropna(subset=["processed_at"])
+    labels = {}
+    for row in table.itertuples():
+        d = dets[(dets["image_id"] == row.image_id) & (dets["confidence"] >= 0.5)]
+        labels[row.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]] = [
+            yolo_line(int(r.class_id), (r.x1, r.y1, r.x2, r.y2), row.width, row.height) for r in d.itertuples()]
+    ev = mt.evaluate(survey, write_labels(tmp_path / "labels", labels), threshold=t)
+    palette = plots.class_colours(survey.categories)
+    classes = {palette["live"], palette["dead"]}
+    okabe_ito = {v.upper() for v in plots.OKABE_ITO.values()}
+
+    pr = plots.plot_pr(ev).axes[0]
+    curves = [ln for ln in pr.lines if not ln.get_label().startswith("_")]
+    assert len(curves) == len(ev.classes)
+    for line in curves:  # "live (AP50 …)" in live's colour; the threshold points in the classes' colours
+        assert _colour(line.get_color()) == palette[line.get_label().split(" ")[0]], line.get_label()
+    assert {_colour(ln.get_color()) for ln in pr.lines} == {palette[c] for c in ev.classes}
+    for ax in plots.plot_count_error(ev, chosen=t).axes:
+        series = [ln for ln in ax.lines if not ln.get_label().startswith("_")]
+        names = [ln.get_label().split(" ")[0] for ln in series]
+        assert names == ["MAE", "bias", "chosen", "calibrated", "best"], names
+        colours = [_colour(ln.get_color()) for ln in series]
+        assert set(colours) <= okabe_ito - classes, colours  # blue and orange mean live and dead only
+        assert len(set(colours)) == len(series), colours
+        assert all(ln.get_marker() not in (None, "None", "") for ln in series), "a series without a marker"
+        assert len({(ln.get_marker(), ln.get_linestyle()) for ln in series}) == len(series)  # not colour alone
+    pvt = plots.plot_pred_vs_true(ev)
+    for ax, c in zip(pvt.axes, ev.classes):
+        assert {_colour(f) for f in ax.collections[0].get_facecolors()} == {palette[c]}
+        assert all(_colour(ln.get_color()) in okabe_ito for ln in ax.lines)
+
+
+def test_sample_grid_boxes_are_two_pixels_wide_with_a_dark_outline(tmp_path):
+    """Issue 22, point 8: in the saved figure a box is a 2-pixel coloured line between dark ones, so it
+    stays visible on sand (and under deuteranopia), and the image is not shrunk further when saved."""
+    import cv2
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    big = tmp_path / "quadrat.jpg"  # a 4000x3000 quadrat, as in the survey
+    cv2.imwrite(str(big), np.full((3000, 4000, 3), (128, 178, 194), np.uint8))
+    per_image = pd.DataFrame({"image_id": list("abc"), "path": [str(big)] * 3, "error": [None] * 3,
+                              "live": [0] * 3, "dead": [1] * 3})
+    dets = pd.DataFrame({"image_id": list("abc"), "class_name": ["dead"] * 3, "x1": [1000.0] * 3,
+                         "y1": [1000.0] * 3, "x2": [1060.0] * 3, "y2": [1050.0] * 3, "polygon": [None] * 3})
+    fig = plots.sample_grid(per_image, dets, n=3, categories=["live", "dead"], ncols=3)
+    FigureCanvasAgg(fig).draw()
+    shown = [a for a in fig.axes if a.images]
+    assert len(shown) == 3
+    for ax in shown:
+        arr = np.asarray(ax.images[0].get_array())
+        box = ax.get_window_extent()  # pixels at the figure's dpi (as saved)
+        assert arr.shape[1] <= box.width * 1.1 and arr.shape[0] <= box.height * 1.1, (arr.shape, box)
+    sand = np.full((40, 60, 3), (194, 178, 128), np.uint8)
+    box = pd.DataFrame({"class_name": ["dead"], "x1": [10.0], "y1": [10.0], "x2": [50.0], "y2": [30.0],
+                        "polygon": [None]})
+    out = plots.draw_detections(sand, box, plots.class_colours(["live", "dead"]), thickness=2, outline=True)
+    column = out[5:16, 30].astype(int)  # across the top edge, from sand to inside
+    orange = [i for i, px in enumerate(column) if tuple(px) == (230, 159, 0)]
+    assert len(orange) >= 2, column.tolist()
+    dark = [i for i, px in enumerate(column) if px.sum() < 120]
+    assert dark and min(dark) < min(orange) and max(dark) > max(orange), column.tolist()  # dark on both sides

@@ -18,6 +18,9 @@ from conftest import IMGSZ, write_images
 
 import musseltools as mt
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def _read_only(store: Path, code: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run Python ``code`` (argv: store, *args) with ``store`` mounted read-only for that process alone."""

@@ -8,12 +8,16 @@ import subprocess
 import sys
 
 import nbformat
+import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
 from musseltools import cli
 from musseltools.reports.report import ReportError, notebook_path
+
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,10 @@ def test_report_embeds_figures_and_hides_code(default_report, collection):
                                    ("tile_merge", "edge", "default")):  # each setting and where it came from
         assert re.search(rf"<th>{setting}</th>\s*<td>{value}</td>\s*<td>{origin}</td>", html), setting
     assert "Mussel survey: quadrats" in html  # default title from the folder
+    text = _text(html)
+    assert "This notebook" not in text and "parameters below" not in text  # no template instructions
+    assert "Comparison" not in text and "second model" not in text  # no comparison section without one
+    assert "5 images (1 failed" in text and "1 images" not in text  # counted words agree with their numbers
     run = mt.list_runs(store=root / "store").iloc[0]
     r = mt.open_run(run.run_id, store=root / "store")
     assert r.meta["threshold"] == 0.3
@@ -158,5 +166,28 @@ def test_exports_and_reports_use_saved_thresholds(default_report, collection, ti
         for cat, n in want.items():
             assert re.search(rf"<th>{cat}</th>\s*<td>{n}</td>", html), (cat, n)
         assert "0.05" in _text(html) and "0.9" in _text(html)  # the thresholds shown are the saved ones
+        saved_on = mt.open_run(r.run_id, store=root / "store").meta["thresholds_saved_at"][:10]
+        # where the thresholds came from: saved by hand on that date, without the "how" of thresholds not used
+        assert re.search(rf"<th>threshold</th>\s*<td>[^<]*0.05[^<]*</td>\s*<td>saved by hand, {saved_on}</td>"
+                         r"\s*<td></td>", html)
+        # the run finished inferring when the first report ran; this resume inferred nothing
+        meta = mt.open_run(r.run_id, store=root / "store").meta
+        assert meta["inference_finished_at"] < meta["finished_at"]
+        first = re.search(r"<th>inference finished</th>\s*<td>([^<]+)</td>", html).group(1)
+        assert first == pd.Timestamp(meta["inference_finished_at"]).strftime("%Y-%m-%d %H:%M UTC")
     finally:
         r.save_thresholds(0.3)  # leave the shared run as it was
+
+
+def test_rendered_report_has_no_stderr_blocks(tmp_path):
+    """Log lines and warnings a kernel writes to stderr are the kernel's diagnostics, not the reader's."""
+    from musseltools.reports.report import render_html
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("run = mt.run(...)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="INFO [run 1a2b] 4 images to process\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="Run 1a2b completed\n")]
+    nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "report.ipynb")
+    html = render_html(tmp_path / "report.ipynb", tmp_path / "report.html").read_text()
+    assert "Run 1a2b completed" in _text(html) and "4 images to process" not in _text(html)

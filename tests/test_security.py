@@ -16,6 +16,9 @@ from conftest import IMGSZ, write_images
 import musseltools as mt
 from musseltools.cli import main
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 KW = {"imgsz": IMGSZ, "quiet": True, "store": "store"}
 
 

@@ -33,6 +33,9 @@ import musseltools as mt
 from musseltools.models import YoloPredictor
 from musseltools.store.store import Store
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 COMMIT_EVERY = 2
 THRESHOLDS = [0.2, 0.35, 0.5, 0.7]
 ACTIONS = ["run-interrupted", "add", "modify", "run", "delete", "threshold"]

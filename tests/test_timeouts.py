@@ -8,6 +8,11 @@ import sys
 import textwrap
 import time
 
+import pytest
+
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def test_a_default_timeout_is_configured(pytestconfig):
     timeout = pytestconfig.getini("timeout")

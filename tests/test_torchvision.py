@@ -30,6 +30,9 @@ from musseltools.models import (
 from musseltools.models.base import Prepared
 from musseltools.models.torchvision import parse_sidecar, recognise_architecture, transform_sizes
 
+#: starts processes, kernels or models: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 FLOOR = 0.05
 THRESHOLDS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
 ARCH_YAML = f"architecture: {SMALL}\n"

@@ -12,7 +12,7 @@ import pytest
 from conftest import IMGSZ, write_images
 
 import musseltools as mt
-from musseltools import cli
+from musseltools import cli, plots
 from musseltools.jupyter.widgets import RunMonitor, ThresholdTuner
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -211,3 +211,161 @@ def test_tuner_starts_on_an_image_with_results(survey):
     tuner = ThresholdTuner(survey)
     assert not isinstance(tuner.table.loc[tuner.picker.value, "error"], str)
     assert bytes(tuner.image.value).startswith(JPEG)
+
+
+def test_one_monitor_follows_its_run_through_a_resume(tmp_path, tiny_model, capsys):
+    """Issue 22, point 7: a monitor made before a resume follows the resumed call to its end, counting the
+    run's images (with those done before this call) and its counts; a background call prints no bar into
+    the running cell; the handle's repr says the handle's state, not the last call's status."""
+    folder = tmp_path / "grow"
+    write_images(folder, 4, seed=31)
+    run = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2)
+    monitor = RunMonitor(run, interval=0.05)
+    assert not monitor.polling and "4/4 images" in monitor.label.value
+    write_images(folder, 4, seed=32, start=4)  # the run grows to 8: a resume infers the 4 new images
+    capsys.readouterr()
+    handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", commit_every=2, background=True)
+    assert "cancelled" not in repr(handle) and "completed" not in repr(handle)  # this call's state
+    assert monitor.polling  # the old monitor woke up for the new call
+    deadline = time.monotonic() + 120
+    while monitor.polling and time.monotonic() < deadline:
+        time.sleep(0.02)
+    handle.wait(timeout=60)
+    assert not monitor.polling
+    counts = handle.run.counts()
+    assert (monitor.bar.value, monitor.bar.max, monitor.bar.bar_style) == (8, 8, "success")
+    text = monitor.label.value
+    assert "completed" in text and "8/8 images (4 before this call)" in text, text
+    assert f"live {counts['live']}, dead {counts['dead']}" in text, text
+    assert repr(handle).startswith(f"<RunHandle {run.run_id} done (completed): 8/8 images")
+    assert "img" not in capsys.readouterr().err  # no tqdm bar from the background thread
+    # a call in the foreground shows one bar over the run's images: 8 done before, 10 in all
+    write_images(folder, 2, seed=33, start=8)
+    mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", commit_every=2)
+    bar = capsys.readouterr().err
+    assert "10/10" in bar and "/2 " not in bar and " 8/10" in bar, bar
+
+
+def test_confidence_labels_are_drawn_at_the_size_shown_and_never_overlap(survey):
+    """Issue 22, point 6: the preview is drawn at the size the page shows it (its CSS width is the JPEG's
+    width), each confidence label is at least 10 px tall there, no two overlap, and the note under the
+    image says how many were left out (the labels drawn plus those left out are the boxes in view)."""
+    import re
+
+    import cv2
+    import numpy as np
+
+    tuner = ThresholdTuner(survey, display_side=480)
+    for s in tuner.sliders.values():
+        s.value = 0.01  # every stored box: crowded, so some labels must be left out
+    tuner.nav.confidences.value = True
+    shown = cv2.imdecode(np.frombuffer(bytes(tuner.image.value), np.uint8), cv2.IMREAD_COLOR)
+    assert max(shown.shape[:2]) == 480 and tuner.image.layout.width == f"{shown.shape[1]}px"
+    note = tuner.labels_html.value
+    boxes = json.loads(re.search(r"data-boxes='([^']*)'", note).group(1))
+    height = int(re.search(r"data-text-height='(\d+)'", note).group(1))
+    assert boxes and height >= 10, note
+    assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+               for i, a in enumerate(boxes) for b in boxes[i + 1:]), boxes
+    assert all(0 <= x0 < x1 <= shown.shape[1] and 0 <= y0 < y1 <= shown.shape[0] for x0, y0, x1, y1 in boxes)
+    in_view = sum(tuner.image_counts.values())
+    m = re.search(r"confidence shown on (\d+) of (\d+) boxes(; (\d+) left out)?", note)
+    assert (int(m.group(1)), int(m.group(2))) == (len(boxes), in_view), note
+    assert len(boxes) < in_view and "zoom in" in note  # crowded at 0.01: the rest are left out, not piled up
+    colours = [np.array(plots.colour_of(c, plots.class_colours(tuner.categories))[::-1]) for c in tuner.categories]
+    for x0, y0, x1, y1 in boxes:  # a plate in a class colour is drawn where each label is said to be (BGR, JPEG)
+        plate = shown[y0 + 1:y1 - 1, x0 + 1:x1 - 1].astype(int)
+        assert max((np.abs(plate - c).max(axis=2) < 40).mean() for c in colours) > 0.4
+    tuner.nav.confidences.value = False
+    assert tuner.labels_html.value == ""
+
+
+def _slow_local_executor(monkeypatch, seconds: float) -> None:
+    """Test-only: the local executor sleeps after each image, so a run can be cancelled part way. (Undo
+    with a ``monkeypatch.context()``: ``monkeypatch.undo()`` would also undo the test's chdir.)"""
+    import musseltools.executors.local as local_executor
+
+    original = local_executor.LocalExecutor.process
+
+    def slow_process(self, task, units, *, cancel, on_progress=lambda n: None):
+        def slow(n):
+            on_progress(n)
+            time.sleep(seconds * n)
+        return original(self, task, units, cancel=cancel, on_progress=slow)
+
+    monkeypatch.setattr(local_executor.LocalExecutor, "process", slow_process)
+
+
+def _wait(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_a_handle_shows_its_monitor_which_follows_a_cancel_and_the_resume(tmp_path, tiny_model, monkeypatch):
+    """Issue 22, point 7: a background handle shown in a notebook shows one progress display of its own
+    (the same widget each time it is shown); cancelled, the display says so; the run resumed by a new
+    call, that same display follows it to the end, counting the images done before the resume."""
+    import IPython.display
+
+    folder = tmp_path / "cancel"
+    write_images(folder, 8, seed=41)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    with monkeypatch.context() as slow:
+        _slow_local_executor(slow, 0.3)
+        handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                        batch_size=1, background=True)
+        handle._ipython_display_()  # what the cell does with `handle` as its last line
+        handle._ipython_display_()
+        monitor = shown[0]
+        assert isinstance(monitor, RunMonitor) and shown == [monitor, monitor] and monitor.handle is handle
+        monitor.interval = 0.05
+        _wait(lambda: (handle.run.meta.get("processed_count") or 0) >= 2)
+        handle.cancel()
+        handle.wait(timeout=60)
+    _wait(lambda: not monitor.polling)
+    saved = handle.run.meta["processed_count"]
+    assert handle.run.status == "cancelled" and 2 <= saved < 8
+    assert "cancelled" in monitor.label.value and monitor.bar.bar_style == "warning", monitor.label.value
+    resumed = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                     background=True)
+    assert resumed is not handle
+    resumed.wait(timeout=120)
+    _wait(lambda: not monitor.polling)
+    text = monitor.label.value
+    assert "completed" in text and f"8/8 images ({saved} before this call)" in text, text
+    assert (monitor.bar.value, monitor.bar.max, monitor.bar.bar_style) == (8, 8, "success")
+
+
+def test_a_resume_right_after_a_cancel_resumes(tmp_path, tiny_model, monkeypatch):
+    """Cells run back to back (Run All): ``handle.cancel()`` then ``mt.run(..., background=True)`` at once
+    gets a new call that resumes the run once the cancelled one has stopped, not the cancelled handle."""
+    folder = tmp_path / "again"
+    write_images(folder, 8, seed=43)
+    with monkeypatch.context() as slow:
+        _slow_local_executor(slow, 0.3)
+        handle = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                        batch_size=1, background=True)
+        _wait(lambda: (handle.run.meta.get("processed_count") or 0) >= 2)
+        handle.cancel()
+        resumed = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store="store", quiet=True, commit_every=2,
+                         background=True)
+        assert resumed is not handle and handle.done()
+    run = resumed.wait(timeout=120)
+    assert run.status == "completed" and run.meta["processed_count"] == 8
+    assert 2 <= run.meta["processed_before_call"] < 8
+
+
+def test_the_status_line_names_the_images_inferred_and_those_saved():
+    """The bar shows images inferred; the line says the same number, then how many of them are saved."""
+    from musseltools.jupyter.monitor import progress_text
+
+    done, total, text = progress_text("r1", {"status": "running", "total_images": 9, "processed_count": 6,
+                                             "inferred_count": 7, "processed_before_call": 5})
+    assert (done, total) == (7, 9)
+    assert "7/9 images, 6 of them saved (5 before this call)" in text, text
+    done, _, text = progress_text("r1", {"status": "cancelled", "total_images": 9, "processed_count": 6,
+                                         "inferred_count": 7})
+    assert done == 6 and "6/9 images" in text and "saved" not in text, text  # ended: what is kept

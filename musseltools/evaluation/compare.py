@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -45,7 +46,7 @@ from ..runs.run import Run
 from ..store.store import Store
 from .calibration import bootstrap_sums
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "compare", "setting_text"]
 
 
 @dataclass
@@ -55,7 +56,8 @@ class Comparison:
     Attributes
     ----------
     run_a, run_b : dict
-        What was compared: ``run_id, model, family, fingerprint, inference_key, thresholds`` of each run.
+        What was compared: ``run_id, model, family, fingerprint, inference_key, thresholds, settings`` of
+        each run (``settings``: its inference settings, as recorded in ``run.json``).
     categories : list of str
         The categories both runs count.
     images : pandas.DataFrame
@@ -89,8 +91,29 @@ class Comparison:
 
     @property
     def labels(self) -> tuple[str, str]:
-        """Short names of the two runs for figures: ``A: model.pt``, ``B: other.pt``."""
-        return tuple(f"{k}: {Path(r['model']).name}" for k, r in (("A", self.run_a), ("B", self.run_b)))  # type: ignore[return-value]
+        """Short names of the two runs for figures: ``A: model.pt (run 5f42afff1ce4)``, ``B: ...``."""
+        return tuple(f"{k}: {Path(r['model']).name} (run {r['run_id']})"  # type: ignore[return-value]
+                     for k, r in (("A", self.run_a), ("B", self.run_b)))
+
+    @property
+    def differences(self) -> pd.DataFrame:
+        """What differs between the two runs besides their counts: one row per setting (``weights``,
+        ``family``, ``thresholds`` and each inference setting) whose values differ, indexed by ``setting``,
+        with columns ``a`` and ``b`` (as text). Empty when both ran the same weights the same way: then
+        every difference of counts is zero, unless hand corrections differ."""
+        return _differences(self.run_a, self.run_b)
+
+    def describe(self) -> str:
+        """Both runs (run id, weights, family, thresholds) and each setting that differs, as lines of text:
+        what a reader needs before any figure of the comparison."""
+        lines = [f"{label}, {r['family']}, thresholds {setting_text(r['thresholds'])}"
+                 for label, r in zip(self.labels, (self.run_a, self.run_b))]
+        diff = self.differences
+        if diff.empty:
+            lines.append("same weights, settings and thresholds")
+        else:
+            lines.append("differ in " + "; ".join(f"{k}: A {row['a']}, B {row['b']}" for k, row in diff.iterrows()))
+        return "\n".join(lines)
 
     def disagreements(self, n: int | None = 10) -> pd.DataFrame:
         """The images where the two runs disagree (``disagreement > 0``), most first (ties by path); ``n`` of them."""
@@ -103,8 +126,8 @@ class Comparison:
 
         Keys: ``run_a, run_b, difference ("b - a"), categories, images_compared, only_in_a, only_in_b,
         level, n_boot, agreement`` (by category), ``totals`` (by category), ``disagreements`` (the ``top``
-        images, most first) and ``images`` (every compared image); an image is ``{image_id, path,
-        counts_a, counts_b, disagreement}``.
+        images, most first), ``images`` (every compared image) and ``settings_differ`` (``{setting: {a, b}}``
+        of :attr:`differences`); an image is ``{image_id, path, counts_a, counts_b, disagreement}``.
         """
         return {
             "run_a": self.run_a, "run_b": self.run_b, "difference": "b - a", "categories": list(self.categories),
@@ -114,6 +137,7 @@ class Comparison:
             "totals": {c: _plain(row) for c, row in self.totals.to_dict(orient="index").items()},
             "disagreements": [self._image(r) for r in self.disagreements(top).to_dict(orient="records")],
             "images": [self._image(r) for r in self.images.to_dict(orient="records")],
+            "settings_differ": self.differences.to_dict(orient="index"),
         }
 
     def _image(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +163,30 @@ def _describe(run: Run, threshold: Any) -> dict[str, Any]:
     m = run.meta
     return {"run_id": run.run_id, "model": m["model"]["path"], "family": m["model"].get("family", "ultralytics"),
             "fingerprint": m["model"]["fingerprint"], "inference_key": m["inference_key"],
-            "thresholds": run.rule(threshold).to_json(run.class_names)}
+            "thresholds": run.rule(threshold).to_json(run.class_names), "settings": dict(m["settings"])}
+
+
+def setting_text(value: Any) -> str:
+    """A setting as shown: ``0.35``, ``live=0.35, dead=0.23``, ``none`` for None."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={setting_text(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    if a["fingerprint"] != b["fingerprint"]:
+        rows.append({"setting": "weights", "a": f"{Path(a['model']).name} (SHA-256 {a['fingerprint'][:12]})",
+                     "b": f"{Path(b['model']).name} (SHA-256 {b['fingerprint'][:12]})"})
+    pairs = {"family": (a["family"], b["family"]), "thresholds": (a["thresholds"], b["thresholds"])}
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    pairs |= {k: (sa.get(k), sb.get(k)) for k in dict.fromkeys([*sa, *sb])}
+    for name, (va, vb) in pairs.items():
+        if va != vb:
+            rows.append({"setting": name, "a": setting_text(va), "b": setting_text(vb)})
+    return pd.DataFrame(rows, columns=["setting", "a", "b"]).set_index("setting")
 
 
 def _shared_categories(a: Run, b: Run) -> list[str]:

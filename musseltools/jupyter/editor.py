@@ -12,7 +12,11 @@ Mouse and keys (while the pointer is over the image)
 - drag on the image: add a box of the chosen category (``1``-``9`` choose it);
 - ``v``: mark the image verified (again: take the mark back);
 - right arrow or ``n``: next image; left arrow or ``p``: previous;
-- ``u`` or Ctrl+Z: undo this editor's last edit (a later correction: nothing is erased).
+- ``u`` or Ctrl+Z: undo this editor's last edit (a later correction: nothing is erased);
+- ``+``/``-`` or Ctrl+wheel: zoom (``0``: the whole image); Shift+arrows, Shift-drag or a middle-button
+  drag: pan. An image opens zoomed so that its median box is at least 20 screen pixels (a 4000x3000
+  quadrat of 600 mussels opens at 4x or 8x, from its top-left corner); every key and click works the
+  same at any zoom.
 
 The front end is an `anywidget <https://anywidget.dev>`_ module (``musseltools/static/editor.js``):
 an SVG image with one rectangle per detection, in the image's own pixel coordinates.
@@ -51,7 +55,8 @@ log = logging.getLogger(__name__)
 
 HELP = ("click a box: live &harr; dead &nbsp;·&nbsp; <b>d</b>/Del: delete the box under the pointer &nbsp;·&nbsp; "
         "drag: add a box (<b>1</b>-<b>9</b>: its class) &nbsp;·&nbsp; <b>v</b>: verified &nbsp;·&nbsp; "
-        "&rarr;/<b>n</b>, &larr;/<b>p</b>: next, previous &nbsp;·&nbsp; <b>u</b>/Ctrl+Z: undo")
+        "&rarr;/<b>n</b>, &larr;/<b>p</b>: next, previous &nbsp;·&nbsp; <b>u</b>/Ctrl+Z: undo &nbsp;·&nbsp; "
+        "<b>+</b>/<b>-</b>/Ctrl+wheel: zoom, <b>0</b>: whole image, Shift+arrows/Shift-drag: pan")
 
 
 class EditorCanvas(anywidget.AnyWidget):

@@ -1,8 +1,10 @@
 """Follow a run from a notebook: :class:`RunMonitor` polls the run's ``run.json``.
 
 It works across processes (a run started with ``musseltools run`` in a terminal) and, given a
-:class:`~musseltools.runs.engine.RunHandle`, follows that handle until its thread ends, so a monitor made
-straight after resuming a cancelled or failed run never stops on the old status.
+:class:`~musseltools.runs.handle.RunHandle`, follows that handle until its thread ends, so a monitor made
+straight after resuming a cancelled or failed run never stops on the old status. A monitor follows its
+run id through resumes: when ``run()`` starts the run again in this process, a monitor that had stopped
+polls again (with the new call's handle), counting the run's images, those before this call included.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import MusselToolsError
+from ..runs.progress import on_start, progress_summary
 from ..runs.run import TERMINAL, Run
 from ..store.store import Store
 
@@ -30,12 +33,9 @@ def progress_text(run_id: str, p: dict[str, Any]) -> tuple[int, int, str]:
     status = p.get("status") or "unknown"
     inferred = int(p.get("inferred_count") or 0) if status == "running" else 0
     done = min(max(committed, inferred), total) if total else max(committed, inferred)
-    text = f"run <code>{html.escape(run_id)}</code>: <b>{html.escape(status)}</b> — {done}/{total} images"
-    if done > committed:
-        text += f" ({committed} saved)"
-    failed = int(p.get("failed_count") or 0)
-    if failed:
-        text += f", {failed} failed"
+    text = (f"run <code>{html.escape(run_id)}</code>: <b>{html.escape(status)}</b> — "
+            f"<span class='mt-run-progress'>{html.escape(progress_summary({**p, 'inferred_count': done}, committed))}"
+            "</span>")
     if status == "running" and p.get("phase"):
         text += f" — <i>{html.escape(str(p['phase']))}</i>"
     if p.get("error"):
@@ -51,7 +51,7 @@ class RunMonitor(widgets.VBox):
     "loading model", "measuring batch size", "starting 2 worker processes", "inferring").
 
     Polling runs in a daemon thread every ``interval`` seconds. Given a
-    :class:`~musseltools.runs.engine.RunHandle`, it follows that handle until the handle's thread ends
+    :class:`~musseltools.runs.handle.RunHandle`, it follows that handle until the handle's thread ends
     (whatever status ``run.json`` still holds from an earlier call); given a run or a run id, until
     the run ends (completed, failed or cancelled). :meth:`stop` stops it, :meth:`refresh` updates once.
 
@@ -92,12 +92,32 @@ class RunMonitor(widgets.VBox):
         self.add_class("mt-run-monitor")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._old_start: Any = None  # run.json's started_at of a call that has ended before a resume
+        self._restarted = False  # run_started() came while the polling thread was deciding to stop
         self.last: dict[str, Any] = {}
         self.refresh()
+        on_start(self.run.store, self.run.run_id, self)
         if start and not self._ended():
+            self._start_polling()
+
+    def _start_polling(self) -> None:
+        with self._lock:
+            if self.polling:  # a polling thread sees a resume's _restarted and goes on
+                return
+            self._restarted = False
+            self._stop.clear()
             self._thread = threading.Thread(target=self._poll, name=f"musseltools-monitor-{self.run.run_id}",
                                             daemon=True)
             self._thread.start()
+
+    def run_started(self, handle: Any) -> None:
+        """``run()`` starts this monitor's run again (a resume): follow the new call (its handle, if any)."""
+        with self._lock:
+            self._old_start = self.last.get("started_at")
+            self.handle = handle
+            self._restarted = True
+        self._start_polling()
 
     @property
     def polling(self) -> bool:
@@ -108,7 +128,7 @@ class RunMonitor(widgets.VBox):
         """A handle's run has ended when its thread has; another run when ``run.json`` says so."""
         if self.handle is not None:
             return bool(self.handle.done())
-        return self.last.get("status") in TERMINAL
+        return self.last.get("status") in TERMINAL and self.last.get("started_at") != self._old_start
 
     def refresh(self) -> dict[str, Any]:
         """Read the run's progress once and update the widget; returns ``run.progress``."""
@@ -129,8 +149,13 @@ class RunMonitor(widgets.VBox):
                 self.refresh()
             except MusselToolsError as exc:  # e.g. run.json briefly unreadable: say so, keep polling
                 self.label.value = f"cannot read run {html.escape(self.run.run_id)}: {html.escape(str(exc))}"
-            if ended or self._ended() and self.handle is None:
-                return
+            with self._lock:  # stop, unless a resume came meanwhile (run_started then starts no thread)
+                if self._restarted:
+                    self._restarted = False
+                    continue
+                if ended or self._ended() and self.handle is None:
+                    self._thread = None
+                    return
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

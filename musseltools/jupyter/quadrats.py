@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..plots import survey as plots
+from ..plots.labels import Label, draw_labels, place_labels
 
-__all__ = ["QuadratNavigator", "render_quadrat", "SORTS", "ZOOMS"]
+__all__ = ["QuadratNavigator", "label_note", "render_quadrat", "render_quadrat_labelled", "SORTS", "ZOOMS"]
 
 #: Sort orders of the images: label -> key (see :meth:`QuadratNavigator.sort_order`).
 SORTS = {"file name": "name", "most mussels first": "most", "fewest mussels first": "fewest",
@@ -52,25 +53,29 @@ def _window(shape: tuple[int, ...], scale: float, zoom: int, pan: tuple[float, f
     return x0, y0, x0 + cw, y0 + ch
 
 
-def _draw_confidences(out: np.ndarray, rows: pd.DataFrame, colours: Mapping[str, str], scale: float) -> None:
-    import cv2
+def _confidence_labels(rows: pd.DataFrame, colours: Mapping[str, str], scale: float, shape: tuple[int, ...],
+                       min_height: int, avoid: Sequence[tuple[int, int, int, int]]) -> tuple[list[Label], int]:
+    """Labels with each box's confidence, highest first, placed so none overlaps another nor ``avoid``."""
+    names = rows["category"] if "category" in rows else rows["class_name"]
+    order = np.argsort(-rows["confidence"].to_numpy(np.float64), kind="stable")
+    boxes = (rows[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) * scale)[order]
+    texts = [f"{c:.2f}" for c in rows["confidence"].to_numpy()[order]]
+    cols = [plots.colour_of(str(n), colours) for n in names.to_numpy()[order]]
+    return place_labels([tuple(b) for b in boxes], texts, shape, min_height=min_height, colours=cols, avoid=avoid)
 
-    size = max(0.35, out.shape[1] / 2000)
-    labels = rows["category"] if "category" in rows else rows["class_name"]
-    for label, x1, y1, conf in zip(labels, rows["x1"], rows["y1"], rows["confidence"]):
-        org = (int(x1 * scale), max(10, int(y1 * scale) - 3))
-        cv2.putText(out, f"{conf:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, size, (255, 255, 255), 3, cv2.LINE_AA)
-        cv2.putText(out, f"{conf:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, size, plots.colour_of(str(label), colours),
-                    1, cv2.LINE_AA)
+
+def _legend_layout(shape: tuple[int, ...], counts: Mapping[str, int], note: str) -> tuple[float, int, list[str], int]:
+    """The legend's font size, line height, lines and width (pixels) on an image of ``shape``."""
+    size = max(0.45, shape[1] / 1600)
+    line = int(24 * size / 0.45)
+    texts = [f"{k} {int(v)}" for k, v in counts.items()] + ([note] if note else [])
+    return size, line, texts, int(max(len(t) for t in texts) * 11 * size / 0.45) + line + 12
 
 
 def _draw_legend(out: np.ndarray, counts: Mapping[str, int], colours: Mapping[str, str], note: str) -> None:
     import cv2
 
-    size = max(0.45, out.shape[1] / 1600)
-    line = int(24 * size / 0.45)
-    texts = [f"{k} {int(v)}" for k, v in counts.items()] + ([note] if note else [])
-    width = int(max(len(t) for t in texts) * 11 * size / 0.45) + line + 12
+    size, line, texts, width = _legend_layout(out.shape, counts, note)
     cv2.rectangle(out, (4, 4), (4 + width, 8 + line * len(texts)), (255, 255, 255), -1)
     for j, (k, text) in enumerate(zip([*counts, None], texts)):
         y = 6 + line * j
@@ -80,29 +85,65 @@ def _draw_legend(out: np.ndarray, counts: Mapping[str, int], colours: Mapping[st
                     size, (20, 20, 20), 1, cv2.LINE_AA)
 
 
+def label_note(placed: Sequence[Label], hidden: int, shape: tuple[int, ...]) -> str:
+    """A line under the image: how many confidences are shown, how many were left out and what to do.
+
+    Its ``data-*`` attributes give the drawn image's width and each label's plate and digit height (pixels
+    of the drawn image), so a page can check the labels' size on screen against the image's."""
+    import json
+
+    boxes = [[p.x0, p.y0, p.x1, p.y1] for p in placed]
+    heights = sorted({p.text_height for p in placed})
+    text = f"confidence shown on {len(placed)} of {len(placed) + hidden} boxes"
+    if hidden:
+        text += f"; {hidden} left out where labels would overlap: zoom in to read them"
+    return (f"<span class='mt-labels' data-width='{shape[1]}' data-height='{shape[0]}' "
+            f"data-text-height='{min(heights) if heights else 0}' data-boxes='{json.dumps(boxes)}'>{text}</span>")
+
+
 def render_quadrat(rgb: np.ndarray, scale: float, rows: pd.DataFrame, colours: Mapping[str, str], *,
                    counts: Mapping[str, int], zoom: int = 1, pan: tuple[float, float] = (0.5, 0.5),
                    confidences: bool = False, out_side: int = 1024) -> np.ndarray:
     """The part of an image in view with its detections, their confidences on demand, and a legend.
 
     ``rgb`` is the image at ``scale`` of the detections' coordinates; ``zoom`` shows ``1/zoom`` of it
-    around ``pan`` (fractions of width and height). The legend names each colour with ``counts``.
+    around ``pan`` (fractions of width and height), drawn with its longer side ``out_side`` pixels:
+    show it at that size (see :func:`render_quadrat_labelled`). The legend names each colour with ``counts``.
+    """
+    return render_quadrat_labelled(rgb, scale, rows, colours, counts=counts, zoom=zoom, pan=pan,
+                                   confidences=confidences, out_side=out_side)[0]
+
+
+def render_quadrat_labelled(rgb: np.ndarray, scale: float, rows: pd.DataFrame, colours: Mapping[str, str], *,
+                            counts: Mapping[str, int], zoom: int = 1, pan: tuple[float, float] = (0.5, 0.5),
+                            confidences: bool = False, out_side: int = 1024,
+                            label_height: int = 12) -> tuple[np.ndarray, list[Label], int]:
+    """:func:`render_quadrat`, and its confidence labels: those drawn and how many were left out.
+
+    Labels are ``label_height`` pixels tall (digits) and never overlap: a label that would is left out,
+    highest confidences first in, so zooming in shows the rest. The image is drawn at ``out_side`` (its
+    longer side) whatever the image's size, so shown at that size a label is ``label_height`` px tall.
     """
     import cv2
 
     x0, y0, x1, y1 = _window(rgb.shape, scale, zoom, pan)
     crop = rgb[y0:y1, x0:x1]
     rows = _visible(rows, (x0 / scale, y0 / scale, x1 / scale, y1 / scale))
-    factor = out_side / max(crop.shape[:2])  # zoomed: enlarged to the view's size; whole: never enlarged
-    factor = min(1.0, factor) if zoom == 1 else factor
+    factor = out_side / max(crop.shape[:2])  # drawn at the size it is shown, smaller or larger
     if factor != 1.0:
-        crop = cv2.resize(crop, (round(crop.shape[1] * factor), round(crop.shape[0] * factor)),
-                          interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_NEAREST)
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor))),
+                          interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
     out = plots.draw_detections(crop, rows, colours, scale=scale * factor)
+    placed: list[Label] = []
+    hidden = 0
+    note = f"zoom {zoom}x" if zoom > 1 else ""
     if confidences and len(rows):
-        _draw_confidences(out, rows, colours, scale * factor)
-    _draw_legend(out, counts, colours, f"zoom {zoom}x" if zoom > 1 else "")
-    return out
+        _, line, texts, width = _legend_layout(out.shape, counts, note)
+        legend = (0, 0, 4 + width + 2, 8 + line * len(texts) + 2)
+        placed, hidden = _confidence_labels(rows, colours, scale * factor, out.shape, label_height, [legend])
+        draw_labels(out, placed)
+    _draw_legend(out, counts, colours, note)
+    return out, placed, hidden
 
 
 class QuadratNavigator(widgets.VBox):

@@ -25,7 +25,7 @@ from ..errors import MusselToolsError
 from ..plots import survey as plots
 from ..runs.run import Run
 from .monitor import RunMonitor
-from .quadrats import SORTS, QuadratNavigator, render_quadrat
+from .quadrats import SORTS, QuadratNavigator, label_note, render_quadrat_labelled
 
 __all__ = ["ThresholdTuner", "RunMonitor"]
 
@@ -78,7 +78,13 @@ class ThresholdTuner(widgets.VBox):
         Labels to score against (see :func:`musseltools.evaluation.evaluate`): precision, recall and
         count error are shown live.
     max_side : int
-        Longer side in pixels of the image preview (large quadrats are shrunk once, when picked).
+        Longer side in pixels of the image read for the preview (large quadrats are shrunk once, when
+        picked); zoomed in, ``zoom`` times that.
+    display_side : int
+        Longer side in pixels of the image as drawn and shown: the widget shows it at that size (no
+        smaller unless the page is narrower), so confidence labels are as tall on screen as drawn
+        (:attr:`label_height`, at least 10 px) and never overlap; :attr:`labels_html` says how many
+        were left out where they would have, and that zooming in shows them.
 
     Examples
     --------
@@ -89,10 +95,14 @@ class ThresholdTuner(widgets.VBox):
     {'live': 1190, 'dead': 205}
     """
 
-    def __init__(self, run: Run, truth: Any = None, *, max_side: int = 1024) -> None:
+    #: Height in pixels of the digits of a confidence label, drawn and shown.
+    label_height = 12
+
+    def __init__(self, run: Run, truth: Any = None, *, max_side: int = 1024, display_side: int = 560) -> None:
         t0 = time.perf_counter()
         self.run = run
         self.max_side = max_side
+        self.display_side = display_side
         self.class_names = run.class_names
         self.categories = run.categories
         self.classes = run.classes
@@ -136,9 +146,7 @@ class ThresholdTuner(widgets.VBox):
 
         self.nav = self._navigator()
         self.picker = self.nav.picker
-        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(
-            width="55%", max_width="720px", height="auto", object_fit="contain", align_self="flex-start"))
-        self.image.add_class("mt-quadrat-image")
+        self.image, self.labels_html = self._image_widgets(display_side)
         self.image_counts_html = widgets.HTML()
         self.image_counts_html.add_class("mt-image-counts")
         self.survey_counts_html = widgets.HTML()
@@ -162,11 +170,22 @@ class ThresholdTuner(widgets.VBox):
         super().__init__([
             self.source_html,
             widgets.HBox([controls, counts]),
-            widgets.HBox([self.image, widgets.VBox([self.nav, self.plot], layout=widgets.Layout(width="45%"))]),
+            widgets.HBox([widgets.VBox([self.image, self.labels_html]),
+                          widgets.VBox([self.nav, self.plot], layout=widgets.Layout(flex="1 1 0", min_width="0"))]),
         ])
         self.add_class("mt-threshold-tuner")
         self._update()
         log.debug("ThresholdTuner for run %s ready in %.2f s", run.run_id, time.perf_counter() - t0)
+
+    @staticmethod
+    def _image_widgets(side: int) -> tuple[widgets.Image, widgets.HTML]:
+        """The image (its CSS width the drawn one's, set per image) and the note on its labels under it."""
+        image = widgets.Image(format="jpeg", layout=widgets.Layout(width=f"{side}px", max_width="100%", height="auto",
+                              object_fit="contain", align_self="flex-start", flex="0 0 auto"))
+        image.add_class("mt-quadrat-image")
+        note = widgets.HTML()
+        note.add_class("mt-label-note")
+        return image, note
 
     # ------------------------------------------------------------------ state
     def _evaluation(self, truth: Any) -> Any:
@@ -333,10 +352,13 @@ class ThresholdTuner(widgets.VBox):
         if zoom > 1:
             prev = self._preview(i, zoom)
             rgb, scale = prev if not isinstance(prev, str) else (rgb, scale)
-        self.image.value = _jpeg(render_quadrat(
+        out, placed, hidden = render_quadrat_labelled(
             rgb, scale, rows, self._colours, counts=self.image_counts, zoom=zoom,
             pan=(float(self.nav.pan_x.value), float(self.nav.pan_y.value)),
-            confidences=bool(self.nav.confidences.value), out_side=self.max_side))
+            confidences=bool(self.nav.confidences.value), out_side=self.display_side, label_height=self.label_height)
+        self.image.layout.width = f"{out.shape[1]}px"  # shown at the size drawn: 1 image pixel, 1 CSS pixel
+        self.image.value = _jpeg(out)
+        self.labels_html.value = label_note(placed, hidden, out.shape) if self.nav.confidences.value else ""
 
     def _on_change(self, _change: Any = None) -> None:
         self._update()

@@ -48,7 +48,8 @@ from ..core.options import NO_TILES, OPTIONS
 from ..core.thresholds import Thresholds
 from ..errors import ModelLoadError, ThresholdError
 
-__all__ = ["CARD_SETTINGS", "WeightsCard", "Resolved", "card_names", "parse_card", "read_card", "resolve_settings"]
+__all__ = ["CARD_SETTINGS", "WeightsCard", "Resolved", "card_names", "parse_card", "read_card", "resolve_settings",
+           "settings_after"]
 
 #: The settings a card may recommend (options whose default is None, so that "not given" is visible).
 CARD_SETTINGS = ("threshold", "iou", "imgsz", "tile", "tile_overlap", "tile_merge")
@@ -174,3 +175,32 @@ def resolve_settings(options: Mapping[str, Any], card: WeightsCard | None, *, de
         values[name] = value
         origins[name] = {"value": value, **origin}
     return Resolved(values, origins)
+
+
+def settings_after(first: Mapping[str, Any], thresholds: Any, card: WeightsCard | None, *,
+                   same_family: bool) -> dict[str, Any]:
+    """The run options of a second model compared with a first run (``report --compare-model``).
+
+    The rule: the second model runs with the first run's settings (``first``: its ``meta["settings"]``),
+    except those the second model's card recommends; its thresholds are its card's, else the first run's
+    thresholds in effect (``thresholds``). ``imgsz`` is taken from the first run only when both models are
+    of one family (else the second model's own training size). A setting left to the card is None here
+    (not given), so that the run records it as the card's.
+
+    >>> card = parse_card({"recommended": {"iou": 0.4}}, "b.yaml")
+    >>> o = settings_after({"iou": 0.7, "tile": None, "imgsz": 320}, {"live": 0.6, "dead": 0.3}, card,
+    ...                    same_family=True)
+    >>> o["iou"], o["tile"], o["imgsz"], o["threshold"]
+    (None, 'none', 320, {'live': 0.6, 'dead': 0.3})
+    """
+    recommended = card.recommended if card is not None else {}
+    out: dict[str, Any] = {}
+    for name, value in first.items():
+        if name in recommended or (name == "imgsz" and not same_family):
+            out[name] = None
+        elif name == "tile" and value is None:
+            out[name] = NO_TILES  # whole images, given: not the card's or the default
+        else:
+            out[name] = value
+    out["threshold"] = None if "threshold" in recommended else thresholds
+    return out

@@ -31,6 +31,11 @@ def _panels(cmp: Comparison, height: float) -> tuple[Figure, list]:
     return fig, list(np.atleast_1d(fig.subplots(1, k, squeeze=False)[0]))
 
 
+def _heading(cmp: Comparison, what: str) -> str:
+    """A figure's title: what it shows, then both runs with their thresholds, then what else differs."""
+    return f"{what}\n" + "\n".join(cmp.describe().splitlines())
+
+
 def bland_altman(cmp: Comparison) -> Figure:
     """A Bland-Altman plot per category: each image's difference of counts (B − A) against their mean, with
     the mean difference (solid) and the limits of agreement (dashed).
@@ -39,9 +44,8 @@ def bland_altman(cmp: Comparison) -> Figure:
     --------
     >>> fig = bland_altman(mt.compare(run_a, run_b))                                 # doctest: +SKIP
     """
-    fig, axes = _panels(cmp, 4.0)
+    fig, axes = _panels(cmp, 4.6)
     colours = class_colours(cmp.categories)
-    label_a, label_b = cmp.labels
     rng = np.random.default_rng(0)
     for ax, c in zip(axes, cmp.categories):
         a, b = cmp.images[f"{c}_a"].to_numpy(float), cmp.images[f"{c}_b"].to_numpy(float)
@@ -55,10 +59,11 @@ def bland_altman(cmp: Comparison) -> Figure:
                 ax.axhline(row[key], color="black", lw=1, ls="--",
                            label=f"{cmp.level:.0%} limits of agreement" if key == "loa_low" else None)
         ax.axhline(0, color="grey", lw=0.6, ls=":")
-        ax.set(title=f"{c}: {label_b} minus {label_a}", xlabel="mean of the two counts per image",
+        ax.set(title=f"{c}: B minus A", xlabel="mean of the two counts per image",
                ylabel="difference of counts (B − A)")
         ax.legend(fontsize="small", loc="best")
-    fig.suptitle(f"Agreement per image, {len(cmp.images)} images")
+    n = len(cmp.images)
+    fig.suptitle(_heading(cmp, f"Agreement per image, {n} image{'' if n == 1 else 's'}"), fontsize="medium")
     return fig
 
 
@@ -69,7 +74,7 @@ def count_scatter(cmp: Comparison) -> Figure:
     --------
     >>> fig = count_scatter(mt.compare(run_a, run_b))                                # doctest: +SKIP
     """
-    fig, axes = _panels(cmp, 4.0)
+    fig, axes = _panels(cmp, 4.6)
     colours = class_colours(cmp.categories)
     label_a, label_b = cmp.labels
     for ax, c in zip(axes, cmp.categories):
@@ -78,5 +83,5 @@ def count_scatter(cmp: Comparison) -> Figure:
         top = max(1.0, float(np.max(a, initial=0)), float(np.max(b, initial=0)))
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
         ax.set(title=f"{c} per image", xlabel=f"count by {label_a}", ylabel=f"count by {label_b}")
-    fig.suptitle("Counts per image by the two runs")
+    fig.suptitle(_heading(cmp, "Counts per image by the two runs"), fontsize="medium")
     return fig

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "OKABE_ITO",
+    "SERIES",
     "LIVE_COLOUR",
     "DEAD_COLOUR",
     "class_colours",
@@ -60,6 +61,12 @@ OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "bluish_green": "#009E73", 
 LIVE_COLOUR, DEAD_COLOUR = OKABE_ITO["blue"], OKABE_ITO["orange"]
 _FIXED = {"live": LIVE_COLOUR, "dead": DEAD_COLOUR}
 _PALETTE = [OKABE_ITO[k] for k in ("bluish_green", "vermillion", "reddish_purple", "sky_blue", "yellow", "black")]
+#: Other series (evaluation figures): Okabe-Ito but for live's and dead's colours, each its marker and style.
+SERIES = {k: dict(color=OKABE_ITO[c], marker=m, ls=ls) for k, c, m, ls in (
+    ("MAE", "reddish_purple", "o", "-"), ("bias", "sky_blue", "s", "-"), ("chosen", "black", "D", "-"),
+    ("calibrated", "vermillion", "v", "--"), ("best F1", "bluish_green", "^", ":"), ("1:1", "black", None, "--"))}
+#: The dark outline around drawn boxes (keeps thin coloured lines visible on sand and in colour-blind sight).
+OUTLINE = (20, 20, 20)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -168,6 +175,7 @@ def draw_detections(
     *,
     scale: float = 1.0,
     thickness: int | None = None,
+    outline: bool = False,
 ) -> np.ndarray:
     """Draw detection outlines (polygons, else boxes) on a copy of an RGB image.
 
@@ -181,6 +189,8 @@ def draw_detections(
         Colour per class (or category) name, e.g. from :func:`class_colours`.
     scale : float
         Factor from detection coordinates to ``image_rgb`` pixels.
+    outline : bool
+        Draw a dark line (:data:`OUTLINE`) one pixel wide on either side of each coloured one.
 
     Examples
     --------
@@ -208,6 +218,8 @@ def draw_detections(
         if pts is None:
             x1, y1, x2, y2 = np.round(box).astype(int)
             pts = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
+        if outline:
+            cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, OUTLINE, t + 2, lineType=cv2.LINE_8)
         cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, colour, t, lineType=cv2.LINE_8)
     return out
 
@@ -427,7 +439,8 @@ def sample_grid(
     max_side: int = 900,
     title: str | None = None,
 ) -> Figure:
-    """A grid of sample images with their detections drawn, coloured by class, with a legend.
+    """A grid of sample images with their detections drawn, coloured by class, with a legend. Images are
+    drawn at the size shown, so a box keeps its 2-pixel line and dark outline in the saved figure.
 
     Parameters
     ----------
@@ -445,6 +458,7 @@ def sample_grid(
     >>> t = run.thresholds                                                              # doctest: +SKIP
     >>> fig = sample_grid(run.per_image(t), run.detections(t), n=6, categories=run.categories)  # doctest: +SKIP
     """
+    import cv2
     from matplotlib.patches import Patch
 
     samples = pick_samples(per_image, n)
@@ -456,19 +470,11 @@ def sample_grid(
     fig = _figure(REPORT_WIDTH, 0.5 + nrows * REPORT_WIDTH / ncols * 0.78)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
-    empty = detections.iloc[:0]
-    for ax in axes:
-        ax.set_axis_off()
     for ax, row in zip(axes, samples.itertuples(index=False)):
-        try:
-            img, scale = read_image_rgb(row.path, max_side)
-        except (OSError, ValueError) as exc:
-            ax.text(0.5, 0.5, f"cannot read image:\n{exc}", ha="center", va="center", transform=ax.transAxes)
-            continue
-        dets = by_image.get(row.image_id, empty)
-        ax.imshow(draw_detections(img, dets, colours, scale=scale))
         counts = ", ".join(f"{c} {int(getattr(row, c, 0))}" for c in cats if c in samples.columns)
         ax.set_title(f"{Path(row.path).name}\n{counts}", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
     if samples.empty:
         axes[0].text(0.5, 0.5, "no processed image to show", ha="center", va="center", transform=axes[0].transAxes)
     handles = [Patch(facecolor="none", edgecolor=colours[c], linewidth=2, label=c) for c in cats]
@@ -476,6 +482,18 @@ def sample_grid(
     fig.suptitle(title or f"Sample images with detections{t}")
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.draw_without_rendering()  # the layout: each panel's size in pixels
+    for ax, row in zip(axes, samples.itertuples(index=False)):
+        try:
+            img, scale = read_image_rgb(row.path, max_side)
+        except (OSError, ValueError) as exc:
+            ax.text(0.5, 0.5, f"cannot read image:\n{exc}", ha="center", va="center", transform=ax.transAxes)
+            continue
+        (h, w), panel = img.shape[:2], ax.get_window_extent()
+        fit = min(1.0, panel.width / w, panel.height / h)  # drawn at the size shown: 2 px stay 2 px
+        img = cv2.resize(img, (max(1, int(w * fit)), max(1, int(h * fit))), interpolation=cv2.INTER_AREA)
+        dets = by_image.get(row.image_id, detections.iloc[:0])
+        ax.imshow(draw_detections(img, dets, colours, scale=scale * img.shape[1] / w, thickness=2, outline=True))
     return fig
 
 
@@ -496,12 +514,13 @@ def plot_pr(ev: Evaluation, *, ax: Any = None) -> Figure:
         fig = ax.figure
     at = ev.at()
     ap50 = ev.metrics.set_index("class")["ap50"]
+    colours = class_colours(list(ev.classes))
     for c in ev.classes:
         pr = ev.precision_recall(c)
         if pr is None:
             continue
-        line, = ax.plot(pr["recall"].to_numpy(), pr["precision"].to_numpy(), label=f"{c} (AP50 {ap50[c]:.3f})")
-        ax.plot(at[c]["recall"], at[c]["precision"], "o", color=line.get_color(), markersize=6)
+        ax.plot(pr["recall"].to_numpy(), pr["precision"].to_numpy(), color=colours[c], label=f"{c} (AP50 {ap50[c]:.3f})")
+        ax.plot(at[c]["recall"], at[c]["precision"], "o", color=colours[c], markersize=6, markeredgecolor="black")
     if not ev.has_boxes:
         ax.text(0.5, 0.5, "no boxes in the truth:\nprecision and recall need boxes", ha="center", va="center",
                 transform=ax.transAxes)
@@ -532,16 +551,17 @@ def plot_count_error(ev: Evaluation, chosen: ThresholdLike | None = None) -> Fig
     curves = ev.curves
     for ax, c in zip(axes[0], ev.classes):
         cv = curves[curves["class"] == c]
-        ax.plot(cv["threshold"], cv["count_mae"], label="MAE per image")
-        ax.plot(cv["threshold"], cv["count_bias"], label="bias per image", alpha=0.8)
+        every = max(1, len(cv) // 12)
+        ax.plot(cv["threshold"], cv["count_mae"], label="MAE per image", markevery=every, **SERIES["MAE"])
+        ax.plot(cv["threshold"], cv["count_bias"], label="bias per image", markevery=every, **SERIES["bias"])
         ax.axhline(0, color="0.6", lw=0.8)
-        ax.axvline(th[c], color="k", lw=1.2, label=f"chosen {th[c]:.3f}")
+        ax.axvline(th[c], lw=1.2, label=f"chosen {th[c]:.3f}", **SERIES["chosen"])
         bc = cal.at[c, "best_threshold_count"]
         if pd.notna(bc):
-            ax.axvline(bc, color="tab:red", ls="--", lw=1.2, label=f"calibrated ({ev.objective}) {bc:.3f}")
+            ax.axvline(bc, lw=1.5, label=f"calibrated ({ev.objective}) {bc:.3f}", **SERIES["calibrated"])
         bf = cal.at[c, "best_threshold_f1"]
         if pd.notna(bf):
-            ax.axvline(bf, color=OKABE_ITO["bluish_green"], ls=":", lw=1.5, label=f"best F1 {bf:.3f}")
+            ax.axvline(bf, lw=1.5, label=f"best F1 {bf:.3f}", **SERIES["best F1"])
         ax.set(title=c, xlabel="confidence threshold", ylabel="count error (detections per image)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -568,8 +588,9 @@ def plot_pred_vs_true(ev: Evaluation, threshold: ThresholdLike | None = None) ->
         t = true[c].to_numpy()
         p = pred[c].to_numpy()
         hi = max(1, int(max(t.max(initial=0), p.max(initial=0)) * 1.05) + 1)
-        ax.plot([0, hi], [0, hi], color="0.5", lw=1, ls="--", label="1:1")
-        ax.scatter(t, p, s=18, alpha=0.75)
+        ax.plot([0, hi], [0, hi], lw=1, label="1:1", **SERIES["1:1"])
+        ax.scatter(t, p, s=18, alpha=0.75, color=class_colours(list(ev.classes))[c], edgecolors="black",
+                   linewidths=0.4)
         mae = float(np.mean(np.abs(p - t))) if len(t) else float("nan")
         ax.set(title=f"{c} at {th[c]:.3f} (MAE {mae:.2f})", xlabel="true count", ylabel="predicted count",
                xlim=(0, hi), ylim=(0, hi), aspect="equal")

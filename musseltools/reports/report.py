@@ -113,11 +113,13 @@ def _images_with_alt(nb: Any) -> None:
 
 
 def _drop_widgets(nb: Any) -> None:
-    """Remove widget outputs (the run's progress bar) and widget state: a static report shows no live
-    widgets, and without them the HTML needs no JavaScript from the network."""
+    """Remove widget outputs (the run's progress bar), stderr streams (log lines, warnings: the kernel's
+    diagnostics, not the reader's) and widget state: a static report shows no live widgets, and without them
+    the HTML needs no JavaScript from the network."""
     for cell in nb.cells:
         if cell.get("cell_type") == "code":
-            cell.outputs = [o for o in cell.get("outputs", []) if _WIDGET not in o.get("data", {})]
+            cell.outputs = [o for o in cell.get("outputs", []) if _WIDGET not in o.get("data", {})
+                            and not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
     nb.metadata.pop("widgets", None)
 
 

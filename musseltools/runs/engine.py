@@ -34,7 +34,6 @@ from ..errors import (
     ModelChangedError,
     MusselToolsError,
     RunCancelled,
-    RunLockedError,
     RunNotFoundError,
 )
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
@@ -45,7 +44,14 @@ from ..models import InferenceSettings, LoadedModel, describe_model, read_card, 
 from ..results.view import results_signature
 from ..store.runmeta import update_run_meta
 from ..store.store import Store, utcnow
-from .progress import InferredCounter, cap_hit_message, phase_before_inference, write_progress
+from .handle import RunHandle, already_running
+from .progress import (
+    InferredCounter,
+    announce_start,
+    cap_hit_message,
+    phase_before_inference,
+    write_progress,
+)
 from .run import Run
 from .tally import Tally
 
@@ -70,102 +76,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
-
-
-# ---------------------------------------------------------------------------------------------- handle
-class RunHandle:
-    """A run executing in a background thread (``mt.run(..., background=True)``).
-
-    The notebook stays responsive; ``handle.cancel()`` stops it after the current batch (committed
-    work is kept), ``handle.wait()`` blocks until it ends and returns the :class:`Run`.
-    """
-
-    def __init__(self, store: Store, run_id: str, cancel: threading.Event) -> None:
-        self.store, self.run_id, self._cancel = store, run_id, cancel
-        self._thread: threading.Thread | None = None
-        # set when the run's thread ends: an interrupted Thread.join() (Ctrl-C in handle.wait()) can leave
-        # is_alive() False and later joins returning at once while the thread still runs
-        self._ended = threading.Event()
-        self.exception: BaseException | None = None
-        self.started: float | None = None  # time.time() when start() was called
-
-    @property
-    def run(self) -> Run:
-        return Run(self.store, self.run_id)
-
-    @property
-    def status(self) -> str:
-        return self.run.status
-
-    def done(self) -> bool:
-        return self._ended.is_set()
-
-    def cancel(self) -> None:
-        """Ask the run to stop after the current batch."""
-        self._cancel.set()
-
-    def wait(self, timeout: float | None = None) -> Run:
-        """Wait for the run to end; re-raises its error (not a cancellation)."""
-        if self._thread is not None:
-            self._ended.wait(timeout)
-        if self.exception is not None and not isinstance(self.exception, RunCancelled):
-            raise self.exception
-        return self.run
-
-    def start(self, job: _Job) -> None:
-        """Execute ``job`` in a daemon thread; its exception is kept for :meth:`wait`."""
-
-        import time
-
-        def target() -> None:
-            try:
-                job.execute()
-            except BaseException as exc:  # noqa: BLE001 - kept on the handle, re-raised by wait()
-                self.exception = exc
-            finally:
-                with _RUNNING_LOCK:
-                    if _RUNNING.get(slot) is self:
-                        del _RUNNING[slot]
-                self._ended.set()
-
-        slot = _running_slot(job)
-        self.started = time.time()
-        with _RUNNING_LOCK:
-            _RUNNING[slot] = self
-        self._thread = threading.Thread(target=target, name=f"musseltools-run-{self.run_id}", daemon=True)
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id} {'done' if self.done() else 'running'}: {self.run!r}>"
-
-
-#: Background runs executing in this process, by (store folder, inference key): a second ``run()`` of
-#: one of them gets its handle (or a plain error) instead of the lock's "held by pid …" of its own kernel.
-_RUNNING: dict[tuple[str, str], RunHandle] = {}
-_RUNNING_LOCK = threading.Lock()
-
-
-def _running_slot(job: _Job) -> tuple[str, str]:
-    return job.store.location, job.key
-
-
-def _already_running(job: _Job, background: bool) -> RunHandle | None:
-    """The handle of this run when it already runs in this process (``background``); else a plain error."""
-    import time
-
-    with _RUNNING_LOCK:
-        handle = _RUNNING.get(_running_slot(job))
-    if handle is None or handle.done():
-        return None
-    if background and handle.run_id == job.run_id:
-        log.info("[run %s] already running in this process; returning its handle", job.run_id)
-        return handle
-    when = time.strftime("%H:%M", time.localtime(handle.started or time.time()))
-    same = "run " + job.run_id if handle.run_id == job.run_id else f"run {handle.run_id} (same model and settings)"
-    raise RunLockedError(
-        f"{same} is already running in this notebook (started {when}) — use the handle it returned: "
-        "handle.wait() for the run, handle.cancel() to stop it; or run again once it has ended"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -245,10 +155,11 @@ def run(
     """
     options = {k: v for k, v in locals().items() if k in OPTIONS}
     job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
-    running = _already_running(job, background)
+    running = already_running(job, background)
     if running is not None:
         return running
     if not background:
+        announce_start(job.store, job.run_id, None)
         return job.execute()
     handle = RunHandle(job.store, job.run_id, job.cancel)
     handle.start(job)
@@ -497,6 +408,7 @@ class _Job:
             finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
             executor=repr(executor), **self.collection_record,
             processed_count=done_before["processed"], failed_count=done_before["failed"],
+            processed_before_call=done_before["processed"],
             counts=done_before["counts"], versions=_versions(), host=socket.gethostname(), pid=os.getpid(),
         )
         n = sum(len(u.images) for u in units)
@@ -539,7 +451,11 @@ class _Job:
                        getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
             return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
 
-        with tqdm(total=n, unit="img", desc=f"run {self.run_id}", disable=self.quiet, leave=True) as bar:
+        # the run's images, with those done before this call (a resume of 60 of 120 starts at 60/120); none
+        # in a background thread, which would print into whatever cell runs (RunMonitor shows that run)
+        quiet = self.quiet or threading.current_thread() is not threading.main_thread()
+        with tqdm(total=total, initial=min(done_before["processed"], total), unit="img", desc=f"run {self.run_id}",
+                  disable=quiet, leave=True) as bar:
             on_progress = InferredCounter(self.store, self.run_id, done_before["processed"], total, bar.update)
             write_progress(self.store, self.run_id, phase=phase_before_inference(executor, task),
                            inferred_count=done_before["processed"])
@@ -584,7 +500,9 @@ class _Job:
             exact = self.tally is not None and status == "completed" and self.tally.still_exact(meta, task)
             state = self.tally.state(self._state_signature(meta)) if exact else self._state(run, meta)
             return {"processed_count": state["processed"], "failed_count": state["failed"], "counts": state["counts"],
-                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"]}
+                    "state_signature": state["signature"], "cap_hit_images": state["cap_hit"],
+                    # when images were last inferred (finished_at is also set by a resume that infers nothing)
+                    **({"inference_finished_at": utcnow().isoformat()} if self.inferred else {})}
 
         meta = update_run_meta(
             self.store, self.run_id, final_state, status=status, error=error, inferred_this_call=self.inferred,

@@ -147,7 +147,8 @@ class Run:
     def settings_table(self) -> pd.DataFrame:
         """Each setting of the run, its value, and where it came from: ``given`` (a keyword or flag),
         ``card`` (recommended by the card beside the weights, :mod:`musseltools.models.card`, with how it
-        was found) or ``default`` (musseltools'). Thresholds saved later show as ``saved``."""
+        was found) or ``default`` (musseltools'). Thresholds saved later show as ``saved by hand, DATE``,
+        without the card's ``how`` (it no longer applies)."""
         meta = self.meta
         recorded = meta.get("settings_from") or {}
         rows = []
@@ -155,7 +156,8 @@ class Run:
             origin = recorded.get(name, {"from": "not recorded (a run made before runs recorded it)"})
             where = origin["from"]
             if name == "threshold" and recorded and value != origin.get("value"):
-                where = "saved (Run.save_thresholds)"
+                when = str(meta.get("thresholds_saved_at") or "")[:10]
+                where, origin = f"saved by hand{', ' + when if when else ''}", {}  # the card's how no longer applies
             elif where == "card":
                 where = f"card ({origin.get('source')})"
             rows.append({"setting": name, "value": value, "from": where, "how": origin.get("how", "")})
@@ -163,11 +165,12 @@ class Run:
 
     @property
     def progress(self) -> dict[str, Any]:
-        """``status, total_images, processed_count, failed_count``, timestamps; while running, also
+        """``status, total_images, processed_count, failed_count``, ``processed_before_call`` (images done
+        before the last call of ``run()``), ``counts`` (at the thresholds in effect), timestamps; while running, also
         ``inferred_count`` (images inferred, committed or not) and ``phase`` (what the run is doing)."""
         m = self.meta
         keys = ("status", "total_images", "processed_count", "failed_count", "started_at", "updated_at",
-                "finished_at", "error")
+                "finished_at", "error", "processed_before_call", "counts")
         out = {k: m.get(k) for k in keys}
         live = self.store.read_json_cache(f"progress-{self.run_id}.json") if m.get("status") == "running" else {}
         out["inferred_count"] = max(live.get("inferred_count") or 0, m.get("processed_count") or 0) if live else None
@@ -191,6 +194,7 @@ class Run:
 
         update_run_meta(self.store, self.run_id, counts_at_new_thresholds,
                         saved_thresholds=plain if isinstance(plain, Mapping) else None,
+                        thresholds_saved_at=utcnow().isoformat(),
                         **({} if isinstance(plain, Mapping) else {"threshold": plain}))
         log.info("[run %s] thresholds saved: %s", self.run_id, t.label(self.class_names))
 

@@ -9,10 +9,16 @@
 //   v                      {type: "verify"}                toggle the image's "verified" mark
 //   ArrowRight / n         {type: "nav", step: 1}          next image (ArrowLeft / p: previous)
 //   u / Ctrl+Z             {type: "undo"}                  undo the last edit of this editor
+// Zoom and pan (the view only, nothing is sent): Ctrl+wheel zooms around the pointer, + and - zoom, 0 fits
+// the whole image, Shift+arrows or a Shift-drag (or a middle-button drag) pan. An image opens at the
+// zoom where its median box is at least MIN_BOX_PX screen pixels (from its top-left corner); every
+// key and click above works the same at any zoom (points are mapped through the SVG's own transform).
 // Keys are handled while the canvas has focus (it takes it when the pointer enters it) and are kept
 // from JupyterLab's own shortcuts.
 
 const SVG = "http://www.w3.org/2000/svg";
+const MIN_BOX_PX = 20;  // the median box's smaller side on screen when an image opens
+const MAX_ZOOM = 64;
 
 function el(name, attrs = {}) {
   const node = document.createElementNS(SVG, name);
@@ -33,20 +39,82 @@ function render({ model, el: host }) {
   const draft = el("rect", { class: "mt-editor-draft", fill: "none", stroke: "#fff", "stroke-dasharray": "4 3",
                              "stroke-width": 2, "vector-effect": "non-scaling-stroke", visibility: "hidden" });
   svg.append(image, layer, draft);
-  root.append(svg);
+  const bar = document.createElement("div");
+  bar.className = "mt-editor-zoombar";
+  bar.style.cssText = "display: flex; gap: 0.4em; align-items: center; margin: 2px 0; font-size: 12px;";
+  const zoomText = document.createElement("span");
+  zoomText.className = "mt-editor-zoom";
+  const buttons = [["\u2212", "zoom out (-)", () => zoomBy(0.5)], ["+", "zoom in (+)", () => zoomBy(2)],
+                   ["fit", "whole image (0)", () => setView(1)]].map(([text, title, act]) => {
+    const b = document.createElement("button");
+    b.textContent = text;
+    b.title = title;
+    b.className = "jupyter-button mt-editor-zoom-button";
+    b.style.cssText = "width: 3em; height: 1.8em;";
+    b.addEventListener("click", (e) => { e.preventDefault(); act(); root.focus({ preventScroll: true }); });
+    return b;
+  });
+  bar.append(...buttons, zoomText);
+  root.append(bar, svg);
   host.append(root);
 
   let url = null;
   let hovered = null;
   let selected = null;
   let drag = null;
+  let pan = null;
+  let view = { x: 0, y: 0, zoom: 1 };  // the window in image pixels: top-left corner and zoom
+  let autoZoom = true;  // choose the zoom when the view has a size (a new image)
 
-  function sizeImage() {  // the viewBox is the image's own pixels: boxes need no scaling
+  function setView(zoom, x = view.x, y = view.y) {  // the viewBox is the window: boxes need no scaling
+    const W = model.get("width") || 1;
+    const H = model.get("height") || 1;
+    const z = Math.min(Math.max(zoom, 1), MAX_ZOOM);
+    const w = W / z;
+    const h = H / z;
+    view = { zoom: z, x: Math.min(Math.max(x, 0), W - w), y: Math.min(Math.max(y, 0), H - h) };
+    svg.setAttribute("viewBox", `${view.x} ${view.y} ${w} ${h}`);
+    svg.setAttribute("data-zoom", String(z));
+    zoomText.textContent = z > 1 ? `zoom ${Math.round(z * 10) / 10}x \u2014 Shift+arrows or Shift-drag: pan`
+                                 : "whole image \u2014 + or Ctrl+wheel: zoom";
+  }
+
+  function zoomBy(factor, cx, cy) {  // around an image point (default: the view's centre)
+    const W = model.get("width") || 1;
+    const H = model.get("height") || 1;
+    const w = W / view.zoom;
+    const h = H / view.zoom;
+    const px = cx ?? view.x + w / 2;
+    const py = cy ?? view.y + h / 2;
+    const z = Math.min(Math.max(view.zoom * factor, 1), MAX_ZOOM);
+    const fx = (px - view.x) / w;
+    const fy = (py - view.y) / h;
+    setView(z, px - fx * (W / z), py - fy * (H / z));
+  }
+
+  function chooseZoom() {  // the zoom where the median box's smaller side is MIN_BOX_PX on screen
+    const shown = svg.clientWidth;
+    if (!shown) return;  // not laid out yet: the ResizeObserver calls again
+    autoZoom = false;
+    const sides = (model.get("boxes") || []).map((b) => Math.min(b.x2 - b.x1, b.y2 - b.y1)).sort((a, b) => a - b);
+    const W = model.get("width") || 1;
+    let z = 1;
+    if (sides.length) {
+      const median = sides[Math.floor(sides.length / 2)];
+      const px = median * shown / W;
+      while (px * z < MIN_BOX_PX && z < MAX_ZOOM) z *= 2;
+    }
+    setView(z, 0, 0);
+  }
+
+  function sizeImage() {
     const w = model.get("width") || 1;
     const h = model.get("height") || 1;
-    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
     image.setAttribute("width", w);
     image.setAttribute("height", h);
+    autoZoom = true;
+    setView(1, 0, 0);
+    chooseZoom();
   }
 
   function drawImage() {
@@ -93,13 +161,30 @@ function render({ model, el: host }) {
   }
 
   svg.addEventListener("mousedown", (e) => {
+    if (e.button === 1 || (e.button === 0 && e.shiftKey)) {  // pan
+      root.focus({ preventScroll: true });
+      pan = { sx: e.clientX, sy: e.clientY, x: view.x, y: view.y };
+      e.preventDefault();
+      return;
+    }
     if (e.button !== 0) return;
     root.focus({ preventScroll: true });
     const box = e.target.closest ? e.target.closest("rect.mt-box") : null;
     drag = { start: toImage(e), box: box ? box.getAttribute("data-id") : null };
     e.preventDefault();
   });
+  svg.addEventListener("wheel", (e) => {  // Ctrl+wheel (or a pinch): plain wheel scrolls the notebook
+    if (!e.ctrlKey && !e.metaKey) return;
+    e.preventDefault();
+    const p = toImage(e);
+    zoomBy(e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y);
+  }, { passive: false });
   const onMove = (e) => {
+    if (pan) {
+      const perPx = (model.get("width") || 1) / view.zoom / (svg.clientWidth || 1);
+      setView(view.zoom, pan.x - (e.clientX - pan.sx) * perPx, pan.y - (e.clientY - pan.sy) * perPx);
+      return;
+    }
     if (!drag) return;
     const [x1, y1, x2, y2] = boxOf(drag.start, toImage(e));
     draft.setAttribute("x", x1);
@@ -109,6 +194,10 @@ function render({ model, el: host }) {
     draft.setAttribute("visibility", "visible");
   };
   const onUp = (e) => {
+    if (pan) {
+      pan = null;
+      return;
+    }
     if (!drag) return;
     const end = toImage(e);
     const { start, box: clicked } = drag;
@@ -132,7 +221,16 @@ function render({ model, el: host }) {
   root.addEventListener("keydown", (e) => {
     const k = e.key;
     let handled = true;
-    if (k === "ArrowRight" || k === "n") model.send({ type: "nav", step: 1 });
+    const W = model.get("width") || 1;
+    const H = model.get("height") || 1;
+    const step = [W / view.zoom / 3, H / view.zoom / 3];
+    if (e.shiftKey && k.startsWith("Arrow")) {
+      const [dx, dy] = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[k];
+      setView(view.zoom, view.x + dx * step[0], view.y + dy * step[1]);
+    } else if (k === "+" || k === "=") zoomBy(2);
+    else if (k === "-") zoomBy(0.5);
+    else if (k === "0") setView(1, 0, 0);
+    else if (k === "ArrowRight" || k === "n") model.send({ type: "nav", step: 1 });
     else if (k === "ArrowLeft" || k === "p") model.send({ type: "nav", step: -1 });
     else if (k === "d" || k === "Delete" || k === "Backspace") {
       const id = hovered || selected;
@@ -154,15 +252,19 @@ function render({ model, el: host }) {
     }
   });
 
-  model.on("change:image", drawImage);
+  model.on("change:image", () => { drawImage(); autoZoom = true; chooseZoom(); });  // a new image
   model.on("change:width", sizeImage);
   model.on("change:height", sizeImage);
-  model.on("change:boxes", drawBoxes);
+  model.on("change:boxes", () => { drawBoxes(); if (autoZoom) chooseZoom(); });
   model.on("change:colours", drawBoxes);
+  const resized = new ResizeObserver(() => { if (autoZoom) chooseZoom(); else setView(view.zoom); });
+  resized.observe(svg);
   sizeImage();
   drawImage();
   drawBoxes();
+  chooseZoom();
   return () => {
+    resized.disconnect();
     window.removeEventListener("mousemove", onMove);
     window.removeEventListener("mouseup", onUp);
     if (url) URL.revokeObjectURL(url);
