@@ -606,3 +606,80 @@ def test_hand_built_log_names_a_damaged_file_reads_new_saves_and_records_who_and
     assert msg.startswith(f"corrections file {str(bad)!r} is damaged (ArrowInvalid: ") and msg.endswith(
         "— corrections are saved atomically, so it was changed by hand or by a disk fault — restore it from a "
         "backup, or move it aside to drop its corrections")
+
+
+def test_hand_built_log_refuses_stores_it_cannot_write_and_a_killed_save_leaves_nothing(tmp_path, monkeypatch):
+    from musseltools.errors import ReadOnlyStoreError, StoreError
+    from musseltools.store import corrections_log as cl
+    from musseltools.store.store import Store
+
+    remote = Store("memory://mutation-test/s")
+    with pytest.raises(StoreError) as err:
+        cl.write_corrections(remote, [cl.correction_row("delete", image_id="a", detection_id="d")])
+    assert str(err.value) == ("corrections cannot be saved to an object store yet (memory:///mutation-test/s) — "
+                              "use a local store")
+    assert read_corrections(remote).empty and cl.corrections_signature(remote) == cl.NO_CORRECTIONS
+
+    store = Store(tmp_path / "s")
+    store.root.mkdir()
+    with monkeypatch.context() as m:  # a read-only mount (the tests run as root, who may write anywhere)
+        m.setattr(Store, "read_only", property(lambda self: True))
+        with pytest.raises(ReadOnlyStoreError, match=r"is read-only — cannot save 2 corrections — copy the store"):
+            cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id=d) for d in "de"])
+    assert not cl.corrections_dir(store).exists()
+
+    kept = cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id="d1")])
+    code = ("import sys; from musseltools.store.store import Store; from musseltools.store import corrections_log as cl; "
+            "cl.write_corrections(Store(sys.argv[1]), [cl.correction_row('delete', image_id='a', detection_id='d2')])")
+    package_root = os.path.dirname(os.path.dirname(mt.__file__))  # the musseltools this test imported
+    env = dict(os.environ, MUSSELTOOLS_FAILPOINTS="correction-written", PYTHONPATH=package_root)
+    proc = subprocess.run([sys.executable, "-c", code, str(store.root)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr  # killed between writing the temporary and renaming it
+    folder = cl.corrections_dir(store)
+    assert [p.name for p in folder.glob("corr-*")] == [kept.name] and [p for p in folder.iterdir() if p != kept]
+    assert read_corrections(store)["detection_id"].tolist() == ["d1"]  # the killed save left nothing to read
+    cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id="d3")])
+    assert len([p for p in folder.iterdir() if not p.name.startswith("corr-")]) == 0  # the dead temporary is gone
+    assert read_corrections(store)["detection_id"].tolist() == ["d1", "d3"]
+
+
+def test_hand_built_log_readers_see_saves_and_compactions_of_other_processes(tmp_path, monkeypatch):
+    from musseltools.store import corrections_log as cl
+    from musseltools.store.store import Store
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "other-mount").symlink_to(tmp_path / "s")
+    mine, theirs = Store(tmp_path / "s"), Store(tmp_path / "other-mount")  # one store, two processes' paths
+    t = pd.Timestamp("2026-05-01 08:00", tz="UTC")
+
+    def one(cid):  # rows that differ only by id: files of the same size
+        return [cl.correction_row("delete", image_id="a", detection_id="d", correction_id=cid, created_at=t,
+                                  author="ann")]
+
+    cl.write_corrections(mine, one("k1"))
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1"]
+    cl.write_corrections(theirs, one("k2"))
+    assert read_corrections(theirs)["correction_id"].tolist() == ["k1", "k2"]
+    merged = cl.compact_corrections(theirs)  # one file again, as many files as this reader saw last
+    assert [p.name for p in cl.corrections_dir(mine).iterdir()] == [merged.name]
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1", "k2"]
+
+    cl.write_corrections(mine, one("k3"))
+    listed = cl.corrections_dir(mine) / "corr-0-merged-away.parquet"  # listed, then removed by a compaction
+    files = cl._files
+    monkeypatch.setattr(cl, "_files", lambda store: sorted([*files(store), listed]))
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1", "k2", "k3"]
+    monkeypatch.undo()
+
+    write = cl.write_corrections
+
+    def racing_write(store, rows):  # another compaction removes an old file while this one merges
+        out = write(store, rows)
+        (cl.corrections_dir(store) / merged.name).unlink()
+        return out
+
+    monkeypatch.setattr(cl, "write_corrections", racing_write)
+    again = cl.compact_corrections(mine)
+    assert [p.name for p in cl.corrections_dir(mine).iterdir()] == [again.name]
+    assert read_corrections(theirs)["correction_id"].tolist() == ["k1", "k2", "k3"]
