@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,3 +186,210 @@ def test_hand_built_polygon_document_holds_the_counted_outlines_counts_threshold
                      "image_height": None}
     unknown = views.polygon_document(dets[:0], thresholds=th, classes=cm, width=None, height=None)
     assert (unknown["image_width"], unknown["image_height"]) == (None, None)
+
+
+# The results view over a hand-built store (no model): results/view.py's joins, reasons, corrections and caches.
+def _hb_store(tmp_path, status="completed"):
+    from hand_built_store import commit, detections_part, images_part, write_run
+
+    from musseltools.store.store import Store
+
+    store = Store(tmp_path / "store")
+    coll = pd.DataFrame({"image_id": ["a", "b", "c", "a"], "path": ["/s/a.jpg", "/s/b.jpg", "/s/c.jpg", "/s/a2.jpg"],
+                         "width": [64, 30, 20, 64], "height": [48, 40, None, 48],
+                         "error": [None, None, "unreadable", None]})
+    meta = write_run(store, "r1", "k1", coll, status=status)
+    commit(store, "k1", "u1", images_part(["a"], n=[2]),
+           detections_part([("a", 0, "mussel", 0.9, 1.0), ("a", 1, "gaping", 0.3, 10.0)]))
+    commit(store, "k1", "u2", images_part(["z"], n=[1]), detections_part([("z", 0, "mussel", 0.9, 1.0)]))
+    return store, meta
+
+
+def test_hand_built_results_view_joins_the_collection_says_why_images_lack_results_and_applies_corrections(tmp_path):
+    from hand_built_store import commit, detections_part, images_part
+
+    from musseltools.core.detections import detection_ids
+    from musseltools.results import view
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, meta = _hb_store(tmp_path)
+    res = view.load_results(store, "r1")
+    im = res.images
+    assert im["image_id"].tolist() == ["a", "b", "c"]  # the collection's images, each once, in its order
+    assert im["path"].tolist() == ["/s/a.jpg", "/s/b.jpg", "/s/c.jpg"]  # paths as last scanned
+    assert im["width"].tolist() == [64, 30, 20] and im["height"].tolist()[:2] == [48, 40] and pd.isna(im.loc[2, "height"])
+    assert str(im["width"].dtype) == "Int64" and str(im["height"].dtype) == "Int64"
+    assert pd.isna(im.loc[1, "error"]) and im.loc[2, "error"] == "unreadable"  # b: not processed yet, no error
+    assert im["verified"].tolist() == [False] * 3 and res.corrected and res.conf_floor == 0.05
+    d = res.detections
+    assert list(d.columns[:2]) == ["image_id", "path"] and d["path"].tolist() == ["/s/a.jpg"] * 2  # z is no image of it
+    assert d["detection_id"].tolist() == list(detection_ids(["a", "a"], "k1", ["mussel", "gaping"],
+                                                            np.array([[1, 1, 6, 6], [10, 1, 15, 6]]), [0.9, 0.3]))
+    assert res.classes.categories == ["live", "dead"] and view.load_results(store, "r1") is res  # cached
+    assert view.load_counting(store, "r1") is res  # the whole results, held already
+
+    gone = d["detection_id"].iat[1]
+    write_corrections(store, [correction_row("delete", image_id="a", detection_id=gone, inference_key="k1"),
+                              correction_row("verify", image_id="a", inference_key="k1", thresholds="0.5")])
+    res = view.load_results(store, "r1")
+    assert res.detections["detection_id"].tolist() == [d["detection_id"].iat[0]] and res.removed["detection_id"].tolist() == [gone]
+    assert res.images["n_detections"].tolist()[0] == 1 and res.images["verified"].tolist() == [True, False, False]
+    assert len(res.applied) == 2 and res.unapplied.empty and res.verified["image_id"].tolist() == ["a"]
+    model = view.load_results(store, "r1", corrected=False)
+    assert not model.corrected and model.detections["detection_id"].tolist() == d["detection_id"].tolist()
+    assert model.detections["source"].eq("model").all() and model.images["verified"].tolist() == [True, False, False]
+    assert model.removed.empty and model.applied.empty and model.verified["image_id"].tolist() == ["a"]
+    assert view.load_counting(store, "r1") is view.load_results(store, "r1")  # corrections need the whole results
+    one = view.load_results(store, "r1", image_ids=["a"])
+    assert one.images["image_id"].tolist() == ["a"] and len(one.detections) == 1
+
+    commit(store, "k1", "u3", images_part(["b"], n=[1]), detections_part([("b", 2, "shell", 0.7, 3.0)]))
+    again = view.load_results(store, "r1")
+    assert again.images["n_detections"].tolist()[:2] == [1, 1]  # a new part is read, corrections still applied
+    assert again.detections["image_id"].tolist() == ["a", "b"] and again.detections["path"].tolist()[1] == "/s/b.jpg"
+
+
+def test_hand_built_counting_tables_hold_three_detection_columns_without_corrections(tmp_path):
+    from musseltools.results import view
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, meta = _hb_store(tmp_path)
+    images, dets = view.counting_tables(store, "r1")
+    assert list(dets.columns) == ["image_id", "class_name", "confidence"] and dets["image_id"].tolist() == ["a", "a"]
+    assert images["image_id"].tolist() == ["a", "b", "c"] and not images["verified"].any()
+    lean = view.load_counting(store, "r1", meta)
+    assert list(lean.detections.columns) == ["image_id", "class_name", "confidence"] and lean.corrected
+    assert lean.conf_floor == 0.05 and list(lean.classes.names) == ["mussel", "gaping", "shell"]
+    assert view.load_counting(store, "r1") is lean
+    write_corrections(store, [correction_row("undo", image_id="a", target="x")])
+    assert view.counting_tables(store, "r1") is None
+    assert "detection_id" in view.load_counting(store, "r1").detections
+
+
+def test_hand_built_results_signature_changes_with_parts_collection_and_corrections(tmp_path):
+    from hand_built_store import commit, detections_part, images_part
+
+    from musseltools.results import view
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, meta = _hb_store(tmp_path)
+    first = view.results_signature(store, "r1", meta)
+    assert first == view.results_signature(store, "r1", meta) and len(first) == 16
+    commit(store, "k1", "u3", images_part(["b"]), detections_part([]))
+    second = view.results_signature(store, "r1", meta)
+    store.write_collection("r1", pd.DataFrame({"image_id": ["a"], "path": ["/t/a.jpg"]}))
+    third = view.results_signature(store, "r1", meta)
+    write_corrections(store, [correction_row("undo", image_id="a", target="x")])
+    fourth = view.results_signature(store, "r1", meta)
+    none = view.results_signature(store, "r1", {**meta, "inference_key": "never-run"})
+    assert len({first, second, third, fourth, none}) == 5
+
+
+def test_hand_built_results_view_names_images_lost_to_a_quarantined_part(tmp_path, caplog):
+    from musseltools.results import view
+
+    store, meta = _hb_store(tmp_path)
+    q = store.results_dir("k1") / "quarantine"
+    q.mkdir()
+    (q / "part-u9.parquet").write_bytes(b"damaged")
+    with caplog.at_level("WARNING", logger=view.__name__):
+        im = view.load_results(store, "r1").images
+    assert im.loc[1, "error"] == (f"no stored result: it was in a damaged results part, moved to {str(q)!r} — run "
+                                  "the same run again to process this image again")
+    assert im.loc[2, "error"] == "unreadable" and pd.isna(im.loc[0, "error"])  # the scan's reason stays
+    assert "images lost their results to damaged parts (quarantined in " + str(q) + "); run again" in caplog.text
+    running, _ = _hb_store(tmp_path / "running", status="running")
+    (running.results_dir("k1") / "quarantine").mkdir()
+    (running.results_dir("k1") / "quarantine" / "x").write_bytes(b"")
+    assert pd.isna(view.load_results(running, "r1").images.loc[1, "error"])  # a run still going: b is to come
+
+
+def test_hand_built_classes_and_thresholds_of_a_run_come_from_its_metadata():
+    from musseltools.results import view
+
+    meta = {"threshold": 0.4, "settings": {"conf_floor": 0.1},
+            "model": {"names": {"10": "k", "2": "b", "0": "a"}, "class_map": {"a": "live", "b": "dead", "k": "dead"}}}
+    cm = view.class_map_of(meta)
+    assert list(cm.names) == ["a", "b", "k"] and cm.categories == ["live", "dead"]  # by class id as a number
+    assert view.class_map_of({"model": {"names": {"0": "a"}}}).categories == ["a"]
+    assert view.thresholds_of(meta).to_json(cm) == 0.4
+    assert view.thresholds_of({**meta, "saved_thresholds": {"a": 0.6}}).by_class(cm) == {"a": 0.6, "b": 0.4, "k": 0.4}
+    assert view.thresholds_of({**meta, "saved_thresholds": {"a": 0.6}}, {"dead": 0.2}).by_class(cm) == {
+        "a": 0.4, "b": 0.2, "k": 0.2}
+    with pytest.raises(ValueError, match="below the confidence floor 0.1"):
+        view.thresholds_of(meta, 0.05)
+
+
+def test_hand_built_corrections_that_cannot_apply_are_said_once_per_run_and_new_ones_again(tmp_path, caplog, monkeypatch):
+    from musseltools.results import view
+    from musseltools.store.corrections_log import correction_row, write_corrections
+    from musseltools.store.store import Store
+
+    store, _ = _hb_store(tmp_path)
+    other = "made on the results of other inference settings or another model (key OTHER): its detection does not exist in this run"
+    write_corrections(store, [correction_row("reclassify", image_id="a", path="/s/a.jpg", detection_id="d1", inference_key="OTHER",
+                                             class_name="dead", correction_id="u1")])
+
+    def said():
+        out = [r.getMessage() for r in caplog.records if r.name == view.__name__ and r.levelname == "WARNING"]
+        caplog.clear()
+        return out
+
+    with caplog.at_level("DEBUG", logger=view.__name__):
+        assert view.load_results(store, "r1").unapplied["correction_id"].tolist() == ["u1"]
+        assert said() == [f"[run r1] 1 corrections of its images cannot be applied to this run, e.g. reclassify of "
+                          f"/s/a.jpg: {other} — list them with `musseltools corrections report r1` "
+                          "(run.corrections_report()); said once per run"]
+        assert store.read_json_cache("unapplied-r1.json") == {"said": ["u1"]}
+        view.load_results(store, "r1", image_ids=["a"])
+        assert said() == []  # said once in this process
+        (tmp_path / "mount").symlink_to(tmp_path / "store")
+        view.load_results(Store(tmp_path / "mount"), "r1", image_ids=["a"])
+        assert said() == []  # and the next command on the run (recorded in the store) does not say it again
+        write_corrections(store, [correction_row("delete", image_id="a", path="/s/a.jpg", detection_id="d9", inference_key="k1",
+                                                 correction_id="u2")])
+        view.load_results(store, "r1", image_ids=["a"])
+        assert said() == ["[run r1] 2 corrections of its images cannot be applied to this run (1 of them new), e.g. "
+                          "delete of /s/a.jpg: no detection with this id in this run's results — list them with "
+                          "`musseltools corrections report r1` (run.corrections_report()); said once per run"]
+        assert store.read_json_cache("unapplied-r1.json") == {"said": ["u1", "u2"]}
+
+        def refuse(name, data):
+            raise PermissionError("read-only")
+
+        write_corrections(store, [correction_row("delete", image_id="a", path="/s/a.jpg", detection_id="d8", inference_key="k1",
+                                                 correction_id="u3")])
+        monkeypatch.setattr(store, "write_json_cache", refuse)
+        view.load_results(store, "r1", image_ids=["a"])  # a store it cannot write to: said, not recorded
+        assert "[run r1] could not record the warning in the store (read-only)" in caplog.messages
+        assert said()[0].startswith("[run r1] 3 corrections of its images cannot be applied to this run (1 of them new)")
+
+
+def test_hand_built_count_index_is_computed_once_per_results_object(tmp_path):
+    from musseltools.results import view
+
+    store, _ = _hb_store(tmp_path)
+    res = view.load_results(store, "r1")
+    index = view.count_index(res)
+    assert sorted(index) == ["gaping", "mussel"] and index["mussel"].tolist() == pytest.approx([0.9])
+    assert view.count_index(res) is index
+    fewer = view.RunResults(res.images, res.detections[:1], res.classes, res.conf_floor)
+    assert list(view.count_index(fewer)) == ["mussel"] and view.count_index(res) is not index
+
+
+def test_hand_built_results_signature_of_an_object_store_changes_with_its_parts(tmp_path):
+    from hand_built_store import commit, detections_part, images_part, write_run
+
+    from musseltools.results import view
+    from musseltools.store.store import Store
+
+    store = Store(f"memory://views-{uuid.uuid4().hex}/store")  # memory stores live as long as the process
+    meta = write_run(store, "r1", "k1", pd.DataFrame({"image_id": ["a", "b"], "path": ["/s/a.jpg", "/s/b.jpg"]}))
+    empty = view.results_signature(store, "r1", meta)
+    commit(store, "k1", "u1", images_part(["a"], n=[1]), detections_part([("a", 0, "mussel", 0.9, 1.0)]))
+    one = view.results_signature(store, "r1", meta)
+    assert one == view.results_signature(store, "r1", meta)
+    commit(store, "k1", "u2", images_part(["b"]), detections_part([]))
+    two = view.results_signature(store, "r1", meta)
+    assert len({empty, one, two}) == 3
+    assert view.load_results(store, "r1").images["processed_at"].notna().tolist() == [True, True]
