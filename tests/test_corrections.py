@@ -606,3 +606,219 @@ def test_hand_built_log_names_a_damaged_file_reads_new_saves_and_records_who_and
     assert msg.startswith(f"corrections file {str(bad)!r} is damaged (ArrowInvalid: ") and msg.endswith(
         "— corrections are saved atomically, so it was changed by hand or by a disk fault — restore it from a "
         "backup, or move it aside to drop its corrections")
+
+
+def test_hand_built_log_refuses_stores_it_cannot_write_and_a_killed_save_leaves_nothing(tmp_path, monkeypatch):
+    from musseltools.errors import ReadOnlyStoreError, StoreError
+    from musseltools.store import corrections_log as cl
+    from musseltools.store.store import Store
+
+    remote = Store("memory://mutation-test/s")
+    with pytest.raises(StoreError) as err:
+        cl.write_corrections(remote, [cl.correction_row("delete", image_id="a", detection_id="d")])
+    assert str(err.value) == ("corrections cannot be saved to an object store yet (memory:///mutation-test/s) — "
+                              "use a local store")
+    assert read_corrections(remote).empty and cl.corrections_signature(remote) == cl.NO_CORRECTIONS
+
+    store = Store(tmp_path / "s")
+    store.root.mkdir()
+    with monkeypatch.context() as m:  # a read-only mount (the tests run as root, who may write anywhere)
+        m.setattr(Store, "read_only", property(lambda self: True))
+        with pytest.raises(ReadOnlyStoreError, match=r"is read-only — cannot save 2 corrections — copy the store"):
+            cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id=d) for d in "de"])
+    assert not cl.corrections_dir(store).exists()
+
+    kept = cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id="d1")])
+    code = ("import sys; from musseltools.store.store import Store; from musseltools.store import corrections_log as cl; "
+            "cl.write_corrections(Store(sys.argv[1]), [cl.correction_row('delete', image_id='a', detection_id='d2')])")
+    package_root = os.path.dirname(os.path.dirname(mt.__file__))  # the musseltools this test imported
+    env = dict(os.environ, MUSSELTOOLS_FAILPOINTS="correction-written", PYTHONPATH=package_root)
+    proc = subprocess.run([sys.executable, "-c", code, str(store.root)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr  # killed between writing the temporary and renaming it
+    folder = cl.corrections_dir(store)
+    assert [p.name for p in folder.glob("corr-*")] == [kept.name] and [p for p in folder.iterdir() if p != kept]
+    assert read_corrections(store)["detection_id"].tolist() == ["d1"]  # the killed save left nothing to read
+    cl.write_corrections(store, [cl.correction_row("delete", image_id="a", detection_id="d3")])
+    assert len([p for p in folder.iterdir() if not p.name.startswith("corr-")]) == 0  # the dead temporary is gone
+    assert read_corrections(store)["detection_id"].tolist() == ["d1", "d3"]
+
+
+def test_hand_built_log_readers_see_saves_and_compactions_of_other_processes(tmp_path, monkeypatch):
+    from musseltools.store import corrections_log as cl
+    from musseltools.store.store import Store
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "other-mount").symlink_to(tmp_path / "s")
+    mine, theirs = Store(tmp_path / "s"), Store(tmp_path / "other-mount")  # one store, two processes' paths
+    t = pd.Timestamp("2026-05-01 08:00", tz="UTC")
+
+    def one(cid):  # rows that differ only by id: files of the same size
+        return [cl.correction_row("delete", image_id="a", detection_id="d", correction_id=cid, created_at=t,
+                                  author="ann")]
+
+    cl.write_corrections(mine, one("k1"))
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1"]
+    cl.write_corrections(theirs, one("k2"))
+    assert read_corrections(theirs)["correction_id"].tolist() == ["k1", "k2"]
+    merged = cl.compact_corrections(theirs)  # one file again, as many files as this reader saw last
+    assert [p.name for p in cl.corrections_dir(mine).iterdir()] == [merged.name]
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1", "k2"]
+
+    cl.write_corrections(mine, one("k3"))
+    listed = cl.corrections_dir(mine) / "corr-0-merged-away.parquet"  # listed, then removed by a compaction
+    files = cl._files
+    monkeypatch.setattr(cl, "_files", lambda store: sorted([*files(store), listed]))
+    assert read_corrections(mine)["correction_id"].tolist() == ["k1", "k2", "k3"]
+    monkeypatch.undo()
+
+    write = cl.write_corrections
+
+    def racing_write(store, rows):  # another compaction removes an old file while this one merges
+        out = write(store, rows)
+        (cl.corrections_dir(store) / merged.name).unlink()
+        return out
+
+    monkeypatch.setattr(cl, "write_corrections", racing_write)
+    again = cl.compact_corrections(mine)
+    assert [p.name for p in cl.corrections_dir(mine).iterdir()] == [again.name]
+    assert read_corrections(theirs)["correction_id"].tolist() == ["k1", "k2", "k3"]
+
+
+# New corrections checked against a hand-built run (no model): what corrections/check.py accepts and refuses.
+def _hb_context(**kw):
+    from musseltools.corrections.check import RunContext
+
+    images, dets = _hb_tables()
+    images["path"] = ["/survey/x/a.jpg", "/survey/b.jpg", "c.jpg"]
+    images["width"], images["height"] = [100, np.nan, 50], [80, np.nan, 100]
+    more = pd.DataFrame({"image_id": ["d", "e", "b"], "path": ["d.jpg", "e.jpg", "/survey/b.jpg"],
+                         "n_detections": [0, 0, 1], "processed_at": images["processed_at"][:3].tolist(),
+                         "width": [np.nan, 100, 7], "height": [40, np.nan, 7]})  # b twice: an earlier attempt's row
+    images = pd.concat([images, more], ignore_index=True)
+    dets["path"] = dets["image_id"].map(dict(zip(images["image_id"], images["path"])))
+    removed = dets.iloc[[3, 0]].reset_index(drop=True)  # d1 also as removed, in another class: one detection
+    removed.loc[0, ["detection_id", "image_id", "path"]] = ["d5", "c", "c.jpg"]
+    removed.loc[1, "class_name"] = "gaping"
+
+    def rule(given):
+        if given == "bad":
+            raise ValueError("threshold bad is not a number")
+        return f"rule({given})"
+
+    args = dict(run_id="R", inference_key="K", classes=_hb_classes(), images=images, detections=dets,
+                removed=removed, thresholds="0.5", root="/survey", known_ids=frozenset({"old"}), rule=rule)
+    return RunContext(**{**args, **kw})
+
+
+def test_hand_built_check_turns_each_kind_of_spec_into_a_log_row():
+    from musseltools.corrections.check import check_corrections
+
+    t = pd.Timestamp("2026-04-01 09:00", tz="UTC")
+    rows = check_corrections([
+        {"kind": "reclassify", "image": "x/a.jpg", "detection_id": " d1 ", "class": "dead", "note": "  ",
+         "author": "ann", "created_at": t, "correction_id": "r1"},
+        {"action": " Delete ", "detection_id": "d5", "note": "gone", "author": float("nan")},
+        {"kind": "add", "image": "b", "class_name": "live", "box": [1, 2, 300, 400], "polygon": [[1, 2], [3, 4], [5, 6]]},
+        {"kind": "add", "image": "c.jpg", "class": "shell", "x1": 0, "y1": 0, "x2": 50, "y2": 100, "polygon": float("nan")},
+        {"kind": "verify", "image": "/survey/x/a.jpg", "thresholds": "live=0.4"},
+        {"kind": "unverify", "image": "a", "thresholds": " "},
+        {"kind": "undo", "image": "a", "target": "old"},
+        {"kind": "undo", "image": "a", "target": "r1"},  # a correction of the same batch
+        {"kind": "reclassify", "detection_id": "d2", "class_name": "shell", "class": "crab"},
+        {"kind": "add", "image": "c", "class": "live", "box": [1, 60, 3, 70]},  # y beyond the width, inside the height
+        {"kind": "add", "image": "d", "class": "live", "box": [0, 0, 500, 40]},  # no width known
+        {"kind": "add", "image": "e", "class": "live", "box": [0, 0, 100, 500]},  # no height known
+    ], _hb_context())
+    assert [r["kind"] for r in rows] == ["reclassify", "delete", "add", "add", "verify", "unverify", "undo", "undo",
+                                         "reclassify", "add", "add", "add"]
+    assert rows[8]["class_name"] == "shell" and [r["image_id"] for r in rows[9:]] == ["c", "d", "e"]
+    r = rows[0]
+    assert (r["image_id"], r["path"], r["detection_id"], r["inference_key"], r["class_name"], r["run_id"]) == (
+        "a", "/survey/x/a.jpg", "d1", "K", "dead", "R")
+    assert (r["note"], r["author"], r["created_at"], r["correction_id"]) == (None, "ann", t, "r1")
+    d = rows[1]
+    assert (d["image_id"], d["path"], d["detection_id"], d["class_name"], d["note"]) == ("c", "c.jpg", "d5", None, "gone")
+    assert d["author"] not in (None, "", "nan") and len(d["correction_id"]) == 16  # the OS user, a new id
+    a = rows[2]
+    assert (a["image_id"], a["path"], a["class_name"], a["inference_key"], a["detection_id"]) == (
+        "b", "/survey/b.jpg", "live", "K", None)
+    assert [a[k] for k in ("x1", "y1", "x2", "y2")] == [1, 2, 300, 400] and a["polygon"] == [[1, 2], [3, 4], [5, 6]]
+    c = rows[3]
+    assert (c["image_id"], c["class_name"], c["polygon"]) == ("c", "shell", None)
+    assert [c[k] for k in ("x1", "y1", "x2", "y2")] == [0, 0, 50, 100]  # the image's own edges are inside it
+    assert (rows[4]["image_id"], rows[4]["thresholds"], rows[4]["inference_key"]) == ("a", "rule(live=0.4)", "K")
+    assert (rows[5]["thresholds"], rows[5]["run_id"]) == ("0.5", "R")  # none given: the run's
+    assert [(u["target"], u["image_id"], u["path"]) for u in rows[6:8]] == [("old", "a", "/survey/x/a.jpg"),
+                                                                         ("r1", "a", "/survey/x/a.jpg")]
+    assert check_corrections([], _hb_context()) == []
+    no_rule = check_corrections([{"kind": "verify", "image": "b", "thresholds": "live=0.4"}], _hb_context(rule=None))
+    assert no_rule[0]["thresholds"] == "0.5"
+
+
+def test_hand_built_check_names_every_bad_spec_and_saves_none():
+    from musseltools.corrections.check import check_corrections
+
+    specs = [
+        {"kind": "move", "image": "a"},
+        {"image": "a"},
+        {"kind": "delete", "image": "nowhere.jpg", "detection_id": "d1"},
+        {"kind": "delete", "image": "a", "detection_id": " "},
+        {"kind": "reclassify", "detection_id": "d9", "class": "dead"},
+        {"kind": "delete", "image": "b", "detection_id": "d1"},
+        {"kind": "reclassify", "detection_id": "d1", "class": "crab"},
+        {"kind": "add", "class": "live", "box": [1, 2, 3, 4]},
+        {"kind": "add", "image": "a", "class": None, "box": [1, 2, 3, 4]},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, "two", 3, 4]},
+        {"kind": "add", "image": "a", "class": "live", "x1": 3, "y1": 1, "x2": 3, "y2": 4},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, 2, 3]},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, 2, float("inf"), 4]},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, 4, 3, 4]},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, 2, 101, 4]},
+        {"kind": "add", "image": "a", "class": "live", "box": [1, 2, 3, 81]},
+        {"kind": "add", "image": "b", "class": "live", "box": [-1, 2, 3, 4]},
+        {"kind": "verify", "image": "a", "thresholds": "bad"},
+        {"kind": "undo", "image": "a"},
+        {"kind": "undo", "image": "a", "target": "c404"},
+    ]
+    with pytest.raises(CorrectionError) as err:
+        check_corrections(specs, _hb_context(), labels=[f"row {i + 2}" for i in range(len(specs))])
+    assert str(err.value).split("\n  ") == [
+        "20 of 20 corrections are not valid for run R — nothing was saved — fix them and try again:",
+        "row 2: action 'move' is not one of reclassify, delete, add, verify, unverify, undo",
+        "row 3: action None is not one of reclassify, delete, add, verify, unverify, undo",
+        "row 4: image 'nowhere.jpg' is not an image of run R — give its path as in the run, or its image id",
+        "row 5: delete needs a detection_id (the detection_id column of run.detections())",
+        "row 6: detection 'd9' is not a detection of run R — take ids from run.detections()",
+        "row 7: detection 'd1' belongs to image '/survey/x/a.jpg', not to 'b'",
+        "row 8: class 'crab' is neither a class of the model ['mussel', 'gaping', 'shell'] nor a category "
+        "['live', 'dead']",
+        "row 9: add needs an image (its path as in the run, or its image id)",
+        "row 10: class None is neither a class of the model ['mussel', 'gaping', 'shell'] nor a category "
+        "['live', 'dead']",
+        "row 11: box [1, 'two', 3, 4] is not four numbers — give x1, y1, x2, y2 in pixels",
+        "row 12: box [3, 1, 3, 4] is not a box — expected finite x1 < x2 and y1 < y2 in pixels",
+        "row 13: box [1, 2, 3] is not a box — expected finite x1 < x2 and y1 < y2 in pixels",
+        "row 14: box [1, 2, inf, 4] is not a box — expected finite x1 < x2 and y1 < y2 in pixels",
+        "row 15: box [1, 4, 3, 4] is not a box — expected finite x1 < x2 and y1 < y2 in pixels",
+        "row 16: box [1.0, 2.0, 101.0, 4.0] lies outside the image (100 x 80 pixels) — give pixel coordinates "
+        "inside it",
+        "row 17: box [1.0, 2.0, 3.0, 81.0] lies outside the image (100 x 80 pixels) — give pixel coordinates "
+        "inside it",
+        "row 18: box [-1.0, 2.0, 3.0, 4.0] lies outside the image — give pixel coordinates inside it",
+        "row 19: thresholds 'bad' do not fit run R: threshold bad is not a number",
+        "row 20: undo needs target: the correction_id of an earlier correction (None is none)",
+        "row 21: undo needs target: the correction_id of an earlier correction ('c404' is none)",
+    ]
+    many = [{"kind": "add", "image": "e", "class": "live", "box": [0, 0, 101, 5]},  # no height known, width known
+            {"kind": "add", "image": "d", "class": "live", "box": [0, 0, 5, 41]},  # the other way round
+            *({"kind": "delete", "detection_id": f"x{i}"} for i in range(19)), {"kind": "delete", "detection_id": "d1"}]
+    with pytest.raises(CorrectionError) as err:
+        check_corrections(many, _hb_context())
+    lines = str(err.value).split("\n  ")
+    assert lines[0] == ("21 of 22 corrections are not valid for run R (and 1 more) — nothing was saved — fix them "
+                        "and try again:")
+    assert lines[1:3] == [
+        "correction 1: box [0.0, 0.0, 101.0, 5.0] lies outside the image — give pixel coordinates inside it",
+        "correction 2: box [0.0, 0.0, 5.0, 41.0] lies outside the image — give pixel coordinates inside it"]
+    assert len(lines) == 21 and lines[-1].startswith("correction 20: detection 'x17'")
