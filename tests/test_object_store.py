@@ -15,9 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from conftest import IMGSZ, write_images
 from contract import assert_same_results, comparable
+from procs import still_alive
 
 import musseltools as mt
 from musseltools.store.runmeta import update_run_meta
@@ -153,12 +155,17 @@ def test_the_command_line_runs_and_counts_on_s3(s3, s3_images, folder, tiny_mode
 def test_a_worker_killed_mid_run_on_s3_costs_nothing(s3, s3_images, folder, tiny_model, tmp_path, monkeypatch):
     local = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", workers=1, quiet=True)
     url = f"s3://{BUCKET}/stores/killed"
+    kills = tmp_path / "kills.log"
     monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "image-read@3")  # each first worker dies on its third image
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS_LOG", str(kills))  # each kill is logged: name, pid, image
     handle = mt.run(s3_images, model=tiny_model, imgsz=IMGSZ, store=url, workers=2, commit_every=2, quiet=True,
                     background=True)
     threading.Event().wait(0.5)
     monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")  # workers started after that are left alone
     remote = handle.wait(timeout=240)
+    killed = [int(line.split()[1]) for line in kills.read_text().splitlines() if line.startswith("image-read ")]
+    assert killed, "no worker was killed: the test proved nothing"
+    assert not still_alive([psutil.Process(pid) for pid in killed if psutil.pid_exists(pid)])
     assert remote.status == "completed" and remote.meta["failed_count"] == 0
     assert_same_results(remote, local, by_name=True)  # nothing lost, no image twice
 
