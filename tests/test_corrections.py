@@ -822,3 +822,164 @@ def test_hand_built_check_names_every_bad_spec_and_saves_none():
         "correction 1: box [0.0, 0.0, 101.0, 5.0] lies outside the image — give pixel coordinates inside it",
         "correction 2: box [0.0, 0.0, 5.0, 41.0] lies outside the image — give pixel coordinates inside it"]
     assert len(lines) == 21 and lines[-1].startswith("correction 20: detection 'x17'")
+
+
+# The review queue and the verified labels over a hand-built store (no model): the tests that judge
+# corrections/review.py in mutation testing (`-k hand_built`, docs/testing.md). Confidences are exact in float32.
+def _hb_review_run(tmp_path):
+    from hand_built_store import commit, detections_part, images_part, write_run
+
+    from musseltools.store.store import Store
+
+    store = Store(tmp_path / "store")
+    ids = list("abcdefg")
+    paths = ["/s/a.jpg", "/s/b.jpg", "/s/c.jpg", "/s/d.jpg", "/s/e.jpg", "/s/f.jpg", "/s/0g.jpg"]
+    write_run(store, "r1", "k1", pd.DataFrame({"image_id": ids, "path": paths}))
+    done = [i for i in ids if i != "f"]  # f: not processed yet; e: unreadable
+    commit(store, "k1", "u1", images_part(done, n=[4, 2, 0, 1, 0, 0], error=[None] * 4 + ["broken", None]),
+           detections_part([("a", 0, "mussel", 0.25, 1.0), ("a", 0, "mussel", 0.875, 2.0), ("a", 1, "gaping", 0.75, 3.0),
+                            ("a", 2, "shell", 0.125, 4.0), ("b", 0, "mussel", 0.5, 1.0), ("b", 2, "shell", 0.5, 2.0),
+                            ("d", 0, "mussel", 0.5, 1.0)]))
+    return store, mt.open_run("r1", store=store.root)
+
+
+class _OtherRun:
+    """A second run whose per-image counts are a table."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def per_image(self):
+        return pd.DataFrame([{"image_id": i, "live": live, "dead": dead, "error": None, "processed_at": 1}
+                             for i, (live, dead) in self.counts.items()])
+
+
+def test_hand_built_review_queue_ranks_by_count_swing_within_the_window_then_relative_swing_then_path(tmp_path):
+    from musseltools.corrections.review import review_queue
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, run = _hb_review_run(tmp_path)
+    q = review_queue(run, n=None, window=0.25)
+    assert list(q.columns) == ["image_id", "path", "score", "near_threshold", "count_swing", "relative_swing",
+                               "disagreement", "verified", "live", "dead"]
+    assert q["image_id"].tolist() == ["b", "d", "a", "g", "c"]  # e (an error) and f (not processed) left out
+    assert q["near_threshold"].tolist() == [2, 1, 2, 0, 0]  # a: 0.25 and 0.75 at the window's edges
+    assert q["count_swing"].tolist() == [2, 1, 1, 0, 0]  # a: 0.25 moves, 0.75 stays counted at 0.75
+    assert q["score"].tolist() == [2, 1, 1, 0, 0] and q["disagreement"].tolist() == [0] * 5
+    assert q["relative_swing"].tolist() == [1.0, 1.0, 0.5, 0.0, 0.0]  # by the count, at least 1
+    assert q["live"].tolist() == [1, 1, 1, 0, 0] and q["dead"].tolist() == [1, 0, 1, 0, 0]
+    assert q["path"].tolist()[3:] == ["/s/0g.jpg", "/s/c.jpg"] and not q["verified"].any()
+    assert q.index.tolist() == list(range(5)) and q["score"].dtype == np.int64
+    assert q["near_threshold"].dtype == np.int64 and q["count_swing"].dtype == np.int64
+    narrow = review_queue(run, n=None)  # window 0.05: only the detections at 0.5
+    assert narrow["image_id"].tolist() == ["b", "d", "g", "a", "c"] and narrow["near_threshold"].tolist() == [2, 1, 0, 0, 0]
+    assert narrow["count_swing"].tolist() == [2, 1, 0, 0, 0]
+    low = review_queue(run, n=None, threshold=0.25, window=0.125)  # at 0.25: a's 0.25 and 0.125
+    assert low.set_index("image_id").loc["a", ["near_threshold", "count_swing", "live", "dead"]].tolist() == [2, 2, 2, 1]
+    assert review_queue(run, n=2, window=0.25)["image_id"].tolist() == ["b", "d"]
+    assert len(review_queue(run, window=0.25)) == 5 and len(review_queue(run, n=2.0, window=0.25)) == 2
+
+    write_corrections(store, [correction_row("verify", image_id="d", inference_key="k1", thresholds="0.5"),
+                              correction_row("add", image_id="g", inference_key="k1", class_name="mussel",
+                                             box=[1, 1, 5, 5])])
+    q = review_queue(run, n=None, window=0.25)
+    assert q["image_id"].tolist() == ["b", "a", "g", "c"]  # verified d left out; g's added box is no model's
+    assert q.set_index("image_id").loc["g", ["near_threshold", "count_swing", "live"]].tolist() == [0, 0, 1]
+    every = review_queue(run, n=None, window=0.25, include_verified=True)
+    assert every["image_id"].tolist() == ["b", "d", "a", "g", "c"] and every["verified"].tolist() == [False, True, False, False, False]
+
+
+def test_hand_built_review_queue_with_another_run_puts_where_they_disagree_first(tmp_path):
+    from musseltools.corrections.review import review_queue
+
+    _, run = _hb_review_run(tmp_path)
+    other = _OtherRun({"a": (3, 1), "b": (1, 1), "c": (1, 0), "d": (1, 0), "g": (0, 5), "x": (9, 9)})
+    q = review_queue(run, n=None, other=other, window=0.25)
+    assert q["image_id"].tolist() == ["g", "a", "c", "b", "d"]  # c (disagreement 1) before b (score 2, agreeing)
+    assert q["disagreement"].tolist() == [5, 2, 1, 0, 0] and q["score"].tolist() == [5, 3, 1, 2, 1]
+    partial = review_queue(run, n=None, other=_OtherRun({"g": (0, 1)}), window=0.25)  # no result for the others
+    assert partial["image_id"].tolist() == ["g", "b", "d", "a", "c"] and partial["disagreement"].tolist() == [1, 0, 0, 0, 0]
+    same = review_queue(run, n=None, other=_OtherRun({"a": (1, 1), "b": (1, 1), "d": (1, 0)}), window=0.25)
+    assert same["image_id"].tolist() == ["b", "d", "a", "g", "c"]  # no disagreement: by score as without
+
+
+@pytest.mark.parametrize("window", [0, 1, -0.1, 1.5])
+def test_hand_built_review_queue_refuses_a_window_that_is_no_confidence_distance(tmp_path, window):
+    from musseltools.corrections.review import review_queue
+
+    _, run = _hb_review_run(tmp_path)
+    with pytest.raises(ValueError, match=rf"^window {window!r} is not a confidence distance — expected a number in "
+                                         r"\(0, 1\), e\.g\. 0\.05$"):
+        review_queue(run, window=window)
+
+
+def test_hand_built_verified_labels_are_the_boxes_counted_at_the_thresholds_of_each_mark(tmp_path):
+    from musseltools.corrections.review import verified_labels
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, run = _hb_review_run(tmp_path)
+    images, boxes = verified_labels(run)
+    assert images.empty and boxes.empty
+    assert list(images.columns) == ["image_id", "path", "width", "height", "verified_at", "verified_by", "thresholds"]
+    cols = ["image_id", "path", "class_id", "class_name", "x1", "y1", "x2", "y2", "polygon", "detection_id", "source"]
+    assert list(boxes.columns) == cols
+    t0 = pd.Timestamp("2026-02-01", tz="UTC")
+    write_corrections(store, [
+        correction_row("verify", image_id="b", inference_key="k1", thresholds="0.9", author="ann", created_at=t0),
+        correction_row("verify", image_id="b", inference_key="k1", thresholds=json.dumps({"mussel": 0.5, "gaping": 0.75,
+                       "shell": 0.75}), author="bo", created_at=t0 + pd.Timedelta(hours=1)),  # the last mark counts
+        correction_row("verify", image_id="a", inference_key="k1", thresholds="", author="ann", created_at=t0),
+        correction_row("verify", image_id="d", inference_key="k1", thresholds="0.75", author="ann", created_at=t0),
+        correction_row("verify", image_id="f", inference_key="k1", thresholds="0.5", author="ann", created_at=t0),
+        correction_row("add", image_id="d", inference_key="k1", class_name="shell", box=[2, 2, 9, 9], created_at=t0)])
+    images, boxes = verified_labels(run)
+    assert images["image_id"].tolist() == ["a", "b", "d"] and images.index.tolist() == [0, 1, 2]  # f: no result
+    assert images["path"].tolist() == ["/s/a.jpg", "/s/b.jpg", "/s/d.jpg"] and images["width"].tolist() == [64] * 3
+    assert images["verified_by"].tolist() == ["ann", "bo", "ann"]
+    assert images["verified_at"].tolist()[1] == t0 + pd.Timedelta(hours=1) and images["thresholds"].tolist()[2] == "0.75"
+    assert list(boxes.columns) == cols and boxes.index.tolist() == list(range(len(boxes)))
+    # a: the run's 0.5 (no thresholds recorded); b: mussel at 0.5, shell not at 0.75; d: 0.5 below 0.75, the added box
+    assert list(zip(boxes["image_id"], boxes["class_name"], boxes["source"])) == [
+        ("a", "mussel", "model"), ("a", "gaping", "model"), ("b", "mussel", "model"), ("d", "shell", "added")]
+    assert boxes["x1"].tolist()[:3] == [2.0, 3.0, 1.0] and boxes["path"].tolist()[0] == "/s/a.jpg"
+    gone = boxes["detection_id"].iat[0]
+    write_corrections(store, [correction_row("delete", image_id="a", detection_id=gone, inference_key="k1")])
+    assert gone not in set(verified_labels(run)[1]["detection_id"])  # a later correction changes the truth
+
+
+def test_hand_built_review_queue_holds_twenty_images_by_default(tmp_path):
+    from hand_built_store import commit, detections_part, images_part, write_run
+
+    from musseltools.corrections.review import review_queue
+    from musseltools.store.store import Store
+
+    store = Store(tmp_path / "store")
+    ids = [f"i{k:02d}" for k in range(22)]
+    write_run(store, "r1", "k1", pd.DataFrame({"image_id": ids, "path": [f"/s/{i}.jpg" for i in ids]}))
+    commit(store, "k1", "u1", images_part(ids), detections_part([]))
+    q = review_queue(mt.open_run("r1", store=store.root))
+    assert q["image_id"].tolist() == ids[:20]  # no uncertainty anywhere: by path
+
+
+def test_hand_built_verified_labels_take_the_last_mark_of_an_image_a_run_gives_twice(tmp_path):
+    import dataclasses
+
+    from musseltools.corrections.review import verified_labels
+    from musseltools.store.corrections_log import correction_row, write_corrections
+
+    store, run = _hb_review_run(tmp_path)
+    write_corrections(store, [correction_row("verify", image_id="b", inference_key="k1", thresholds="0.25",
+                                             author="bo")])
+    res = run.results()
+    earlier = res.verified.assign(thresholds="0.75", author="ann")
+
+    class TwoMarks:  # a run whose verified table holds an earlier mark of b before its last
+        def results(self):
+            return dataclasses.replace(res, verified=pd.concat([earlier, res.verified], ignore_index=True))
+
+        def rule(self, threshold=None):
+            return run.rule(threshold)
+
+    images, boxes = verified_labels(TwoMarks())
+    assert images["image_id"].tolist() == ["b"] and images["verified_by"].tolist() == ["bo"]
+    assert images["thresholds"].tolist() == ["0.25"] and boxes["class_name"].tolist() == ["mussel", "shell"]
