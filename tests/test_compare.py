@@ -416,9 +416,9 @@ def test_hand_built_disagreements_json_and_what_was_compared():
     a, b = hand_built_pair()
     c = mt.compare(a, b, threshold_a=0.4, threshold_b={"live": 0.6}, n_boot=50)
     assert a.asked == [(0.4, True)] and b.asked == [({"live": 0.6}, True)]
-    assert c.labels == ("A: m.pt", "B: other.pt")
+    assert c.labels == ("A: m.pt (run ra)", "B: other.pt (run rb)")
     assert c.run_a == {"run_id": "ra", "model": "/models/m.pt", "family": "ultralytics", "fingerprint": "fp-ra",
-                       "inference_key": "key-ra", "thresholds": 0.4}
+                       "inference_key": "key-ra", "thresholds": 0.4, "settings": {"conf_floor": 0.01}}
     assert c.run_b["family"] == "torchvision" and c.run_b["thresholds"] == {"live": 0.6, "dead": 0.5, "empty": 0.5}
     top = c.disagreements()
     assert top["path"].tolist() == ["/s/b.jpg", "/s/d.jpg", "/s/a.jpg"]  # 4, 4 (by path), 1; none of 0

@@ -294,7 +294,7 @@ def test_the_report_shows_corrections_before_and_after_and_verified_images(surve
     model, corrected = run.counts(corrected=False), run.counts()
     assert re.search(rf"live {model['live']} {corrected['live']}", text), "counts before and after"
     assert re.search(r"reclassify 1 1 delete 1 1 add 0 0 verify 1 1", text), "corrections of each kind"
-    assert "1 images verified by hand" in text and live.path.rsplit("/", 1)[-1] in text
+    assert "1 image verified by hand" in text and live.path.rsplit("/", 1)[-1] in text
     assert "Review queue" in text
 
 

@@ -104,7 +104,7 @@ def test_progress_by_image_cancel_keeps_inferred_and_a_monitor_follows_the_resum
     running = [p for p in seen if p["status"] == "running"]
     assert running[-1]["inferred_count"] >= 3 and running[-1]["processed_count"] == 0  # one unit: none saved yet
     time.sleep(0.2)
-    assert any(bar > 0 and "(0 saved)" in text for bar, text in shown + [(monitor.bar.value, monitor.label.value)])
+    assert any(bar > 0 and ", 0 of them saved" in text for bar, text in shown + [(monitor.bar.value, monitor.label.value)])
     with caplog.at_level(logging.WARNING, logger="musseltools.runs.engine"):
         handle.cancel()
         run = handle.wait(timeout=60)
