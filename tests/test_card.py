@@ -117,6 +117,7 @@ def test_tile_merge_is_a_flag_and_keys_only_when_it_changes_results(tiny_model, 
     assert "not a tile merge method" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_tile_merge_from_the_keyword_the_flag_and_the_card_changes_the_boxes(tiny_model, images, tmp_path,
                                                                                   capsys):
     """Not only recorded: each way of naming the merge changes the merged detections. On this untrained

@@ -129,6 +129,7 @@ def test_run_errors_are_one_line_and_nonzero(capsys, tmp_path, images):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_console_script(tmp_path, images, tiny_model):
     env = {**os.environ, "MUSSELTOOLS_BATCH_SIZE": "1"}
     proc = subprocess.run(
@@ -155,6 +156,7 @@ def _cli_process(tmp_path, images, model) -> list[str]:
             "--store", str(tmp_path / "s"), "--json"]
 
 
+@pytest.mark.slow
 def test_json_into_a_reader_that_went_away_ends_quietly(tmp_path, images, tiny_model):
     """``musseltools run ... --json | head -1``: no BrokenPipeError traceback, exit 141 (or 0 if it was read)."""
     env = {**os.environ, "MUSSELTOOLS_BATCH_SIZE": "1"}
@@ -166,6 +168,7 @@ def test_json_into_a_reader_that_went_away_ends_quietly(tmp_path, images, tiny_m
     assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err, err
 
 
+@pytest.mark.slow
 def test_a_fresh_machine_prints_no_ultralytics_settings_banner(tmp_path, images, tiny_model):
     """Ultralytics announces the settings file it creates on first import (on stdout); it must not break
     ``--json`` or clutter ``make demo``."""

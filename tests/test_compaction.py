@@ -46,6 +46,7 @@ def test_compact_merges_parts_and_changes_no_result(run, capsys):
     assert fresh.counts() == run.counts()
 
 
+@pytest.mark.slow
 def test_readers_never_see_an_image_missing_or_doubled_during_compaction(run):
     key = run.meta["inference_key"]
     seen, stop = [], threading.Event()
@@ -78,6 +79,7 @@ def test_readers_never_see_an_image_missing_or_doubled_during_compaction(run):
     assert all(n >= N for n, _ in seen) and max(n for n, _ in seen) == N + 6
 
 
+@pytest.mark.slow
 def test_a_compaction_killed_in_the_middle_loses_and_doubles_nothing(run, tmp_path):
     before = comparable(run)
     env = {**os.environ, "MUSSELTOOLS_FAILPOINTS": "compaction-merged"}
@@ -98,6 +100,7 @@ def test_compact_needs_a_run_or_all(capsys, tmp_path):
     assert "give a RUN_ID or --all" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_reader_during_the_deletions_of_a_compaction_sees_every_image_once(run):
     """Each moment of the deletions frozen (a compaction killed after removing the k-th old part's images
     part, before its detections), then a reader whose listing is taken just before a compaction deletes

@@ -52,6 +52,7 @@ def runs(tmp_path_factory, model_factory, frcnn):
     return root, folder, v1, v2, rcnn
 
 
+@pytest.mark.slow
 def test_per_image_counts_agreement_and_totals_are_those_of_the_two_runs(runs):
     _, _, v1, v2, _ = runs
     c = mt.compare(v1, v2)
@@ -161,6 +162,7 @@ def test_compare_command_prints_a_summary_and_one_json_object(runs, capsys, tmp_
     assert "nope" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_compares_a_second_model(runs, model_factory, frcnn, tmp_path):
     root, folder, v1, _, rcnn = runs
     html = mt.report(folder, model=model_factory("detect", 0), compare_model=frcnn, imgsz=IMGSZ, threshold=T,

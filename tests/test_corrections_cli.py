@@ -221,6 +221,7 @@ def test_corrections_that_do_not_apply_are_said_once_per_run_and_listed_by_corre
     assert "applies to it" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_dataset_writes_a_yolo_dataset_that_trains(survey, tmp_path, capsys):
     _folder, run = survey
     store = str(run.store.root)

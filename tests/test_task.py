@@ -46,6 +46,7 @@ def _part(store: Store, key: str, unit_key: str) -> tuple[pd.DataFrame, pd.DataF
     return images, dets
 
 
+@pytest.mark.slow
 def test_a_pickled_task_runs_a_unit_in_a_spawned_process_like_an_in_process_run(tmp_path, images, tiny_model):
     run = mt.run(images, model=tiny_model, imgsz=IMGSZ, commit_every=100, store=tmp_path / "a", quiet=True)
     key = run.meta["inference_key"]

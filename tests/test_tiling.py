@@ -329,6 +329,7 @@ def test_merging_is_exact_at_every_threshold(method):
 
 
 # ---------------------------------------------------------------------------------------------- real models
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["detect", "segment", "obb"])
 def test_tile_detections_are_mapped_back_to_the_image(model_factory, task):
     """Without overlap nothing merges: the output is each tile's own detections moved by its offset."""
@@ -413,6 +414,7 @@ def _dets(run):
     return run.detections(0.01)[cols].sort_values(cols).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_tiled_results_do_not_depend_on_the_model_batch_size(tmp_path, large_images, tiny_model, monkeypatch):
     sizes: list[int] = []
     orig = YoloPredictor.predict
@@ -433,6 +435,7 @@ def test_tiled_results_do_not_depend_on_the_model_batch_size(tmp_path, large_ima
         assert a.counts(t) == b.counts(t)
 
 
+@pytest.mark.slow
 def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, monkeypatch):
     orig = TiledPredictor.predict
     n = {"calls": 0}

@@ -158,6 +158,7 @@ def test_run_monitor_follows_a_background_run(tmp_path, tiny_model):
     assert by_id.refresh()["status"] == "completed" and not by_id.polling
 
 
+@pytest.mark.slow
 def test_run_monitor_follows_a_run_in_another_process(tmp_path, tiny_model):
     folder = tmp_path / "survey"
     write_images(folder, 3, seed=21)
