@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -23,6 +26,16 @@ def test_the_bundled_template_is_committed_without_outputs_and_as_its_fingerprin
     now = cells_fingerprint(nb)
     assert now == SHIPPED[notebook_path().name], (
         f"the template's cells changed: put {now!r} in musseltools/reports/templates.py SHIPPED")
+
+
+def test_the_committed_notebooks_are_as_the_git_filter_writes_them():
+    """`make dev` installs nbstripout as the git filter of notebooks: a committed notebook that differs from
+    what the filter writes would show as modified in a fresh clone before anyone opened it."""
+    for nb in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        text = nb.read_text()
+        stripped = subprocess.run([sys.executable, "-m", "nbstripout"], input=text, capture_output=True, text=True,
+                                  check=True, timeout=120).stdout
+        assert stripped == text, f"{nb.name} is not as the nbstripout filter commits it: run nbstripout on it"
 
 
 @pytest.fixture
