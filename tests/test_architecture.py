@@ -104,3 +104,19 @@ def test_module_scoped_fixtures_are_isolated(_where_module_fixtures_run, tmp_pat
     assert cwd.is_relative_to(base), f"a module fixture ran in {cwd}, outside the test's temporary folders"
     assert cache and Path(cache).is_relative_to(base), f"a module fixture saw MUSSELTOOLS_CACHE={cache!r}"
     assert store is None
+
+
+@pytest.mark.parametrize("old, new", [
+    ("widgets", "jupyter.widgets"), ("editor", "jupyter.editor"), ("review", "corrections.review"),
+    ("detections", "core.detections"), ("collection", "images.collection"), ("compare_plots", "plots.compare"),
+])
+def test_old_import_paths_shown_in_the_docs_work_with_a_deprecation_warning(old, new):
+    code = (f"import warnings, importlib; warnings.simplefilter('error', DeprecationWarning)\n"
+            f"try:\n    import musseltools.{old}\nexcept DeprecationWarning as w:\n    print('warned:', w)\n"
+            f"warnings.simplefilter('ignore')\nimport musseltools.{old} as o, musseltools.{new} as n\n"
+            f"print('same' if o is n else 'different')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "YOLO_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"warned: musseltools.{old} moved to musseltools.{new}" in out.stdout, out.stdout
+    assert out.stdout.strip().endswith("same"), out.stdout
