@@ -1,0 +1,95 @@
+"""The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
+
+Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
+``corrections export|import|report``, ``export-dataset``, ``compare``, ``compact``.
+The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
+line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import corrections, evaluation, runs, store
+from .common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    Registrar,
+    add_options,
+    add_run_options,
+    report_kwargs,
+    run_kwargs,
+)
+
+__all__ = ["main", "build_parser", "add_options", "add_run_options", "run_kwargs", "report_kwargs",
+           "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CANCELLED", "EXIT_BROKEN_PIPE"]
+
+
+def _registrars() -> list[Registrar]:
+    """Each module's commands, in the order ``musseltools --help`` lists them. A new command module adds its
+    ``register_*`` here."""
+    return [runs.register_runs, runs.register_report, evaluation.register_evaluate, corrections.register_corrections,
+            evaluation.register_compare, store.register_compact]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="musseltools", description="Count live and dead mussels in survey photographs with YOLO."
+    )
+    parser.add_argument("--version", action="version", version=f"musseltools {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    from ..errors import MusselToolsError
+
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away (| head -1) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        print("musseltools: cancelled; committed work is kept — run again to resume", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MusselToolsError as exc:
+        from ..errors import RunCancelled
+
+        print(f"musseltools: error: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED if isinstance(exc, RunCancelled) else EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        print(f"musseltools: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: end quietly (Python's documented way: point stdout at devnull, so
+    that the flush at exit does not fail again)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
