@@ -121,9 +121,11 @@ def test_a_cancelled_dask_run_keeps_its_finished_parts_and_a_resume_completes(ti
     handle.cancel()
     r = handle.wait(timeout=120)
     assert r.status == "cancelled"
-    deadline = time.monotonic() + 60  # a task already running when cancelled still commits its unit
-    while client.run_on_scheduler(lambda dask_scheduler: any(
-            ts.state == "processing" for ts in dask_scheduler.tasks.values())) and time.monotonic() < deadline:
+    # a task already running (or already handed to a worker) when cancelled still commits its unit: wait
+    # until the scheduler holds no task that could still run
+    deadline = time.monotonic() + 60
+    while (client.run_on_scheduler(_unfinished_tasks) or any(client.run(_executing).values())) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     _key_log(client)
     kept = int(r.per_image()["processed_at"].notna().sum())
@@ -155,6 +157,17 @@ def test_a_dask_worker_killed_mid_run_has_its_unit_run_again(folder, tiny_model,
     assert any(n > 1 for n in sent.values()), sent  # the unit a dying worker held was run again
     assert r.status == "completed" and r.meta["failed_count"] == 0
     assert_same_results(r, reference)  # every image, none twice
+
+
+def _unfinished_tasks(dask_scheduler) -> int:
+    """How many tasks the scheduler could still start."""
+    return sum(ts.state in ("waiting", "no-worker", "queued", "processing") for ts in dask_scheduler.tasks.values())
+
+
+def _executing(dask_worker) -> int:
+    """How many tasks a worker is running: a task cancelled while it runs is released at the scheduler, but its
+    thread goes on (and commits its unit) until the function returns."""
+    return len(dask_worker.state.all_running_tasks)
 
 
 def _pid() -> int:
