@@ -51,6 +51,7 @@ from IPython.display import HTML, Markdown, display
 
 import musseltools as mt
 from musseltools import plots
+from musseltools.reports.report import survey_title
 
 plots.show_alt_text()  # figures show as PNG images with a text alternative (alt) in the report
 pd.set_option("display.max_rows", 500)
@@ -62,7 +63,7 @@ display(HTML("""<style>
 @media print { body { font-size: 10pt; } .jp-RenderedHTMLCommon table { font-size: 8pt; }
   .jp-Cell, img, table { break-inside: avoid; } }
 </style>"""))
-display(Markdown(f"# {title or 'Mussel survey: ' + Path(str(images)).name}"))
+display(Markdown(f"# {title or survey_title(images)}"))
 
 
 def n_of(n: int, word: str, plural: str | None = None) -> str:

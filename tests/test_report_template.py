@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from musseltools.reports.report import notebook_path
+from musseltools.reports.report import notebook_path, survey_title
 from musseltools.reports.templates import SHIPPED, cells_fingerprint, prepare_template
 
 report_module = importlib.import_module("musseltools.reports.report")  # the package exports a function of that name
@@ -89,3 +89,14 @@ def test_a_bundled_template_with_local_edits_is_named_before_it_runs(opened_in_l
     with caplog.at_level(logging.WARNING):
         assert prepare_template(opened_in_lab, tmp_path, bundled=True) == opened_in_lab
     assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize(("images", "title"), [
+    ("data/demo/images", "Mussel survey: demo"),  # the demo: a folder called images is titled by its parent
+    ("surveys/bay4/Photos", "Mussel survey: bay4"),
+    ("s3://archive/site-7/frames", "Mussel survey: site-7"),
+    ("surveys/quadrats", "Mussel survey: quadrats"),  # a folder with a name of its own keeps it
+    (["a.jpg", "b.jpg"], "Mussel survey"),  # a list of images: no folder to name it by
+])
+def test_a_report_is_titled_by_its_survey_not_by_a_generic_folder_name(images, title):
+    assert survey_title(images) == title
