@@ -370,3 +370,35 @@ def test_the_status_line_names_the_images_inferred_and_those_saved():
     done, _, text = progress_text("r1", {"status": "cancelled", "total_images": 9, "processed_count": 6,
                                          "inferred_count": 7})
     assert done == 6 and "6/9 images" in text and "saved" not in text, text  # ended: what is kept
+
+
+def test_a_resume_cell_that_shows_its_handle_takes_over_the_runs_one_live_display(tmp_path, tiny_model, monkeypatch):
+    """Issue 22, point 7: one progress display per run. A resume in a later cell that shows its own handle
+    gets the live display; the first cell's display stops following and says that a later one does."""
+    import IPython.display
+
+    folder = tmp_path / "two-cells"
+    write_images(folder, 6, seed=43)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    kw = {"model": tiny_model, "imgsz": IMGSZ, "store": "store", "quiet": True, "commit_every": 2, "batch_size": 1}
+    with monkeypatch.context() as slow:
+        _slow_local_executor(slow, 0.3)
+        first = mt.run(folder, **kw, background=True)
+        first._ipython_display_()
+        _wait(lambda: (first.run.meta.get("processed_count") or 0) >= 2)
+        first.cancel()
+        first.wait(timeout=60)
+    old = shown[0]
+    _wait(lambda: not old.polling)
+    cancelled_text = old.label.value
+    resumed = mt.run(folder, **kw, background=True)
+    resumed._ipython_display_()  # the resume cell's last line
+    new = shown[1]
+    assert new is not old and old.handed_over and not old.polling
+    assert "cancelled" in old.label.value and "a newer display of this run" in old.label.value
+    resumed.wait(timeout=120)
+    _wait(lambda: not new.polling)
+    assert "completed" in new.label.value and "6/6 images" in new.label.value, new.label.value
+    assert old.label.value.startswith(cancelled_text)  # the old display never came back to life
+    assert old.bar.bar_style == "warning"

@@ -23,7 +23,7 @@ from ..executors import Executor, LocalExecutor, ProcessExecutor
 from ..executors.task import RunTask
 from ..store.store import Store, utcnow
 
-__all__ = ["InferredCounter", "announce_start", "cap_hit_message", "on_start", "phase_before_inference",
+__all__ = ["InferredCounter", "announce_start", "cap_hit_message", "off_start", "on_start", "phase_before_inference",
            "progress_summary", "show_in_notebook", "write_progress"]
 
 #: What a background run's handle shows in a notebook, as "module:callable", imported when first shown (this
@@ -39,6 +39,11 @@ def on_start(store: Store, run_id: str, follower: Any) -> None:
     ``run_id`` (a resume too; ``handle`` is the :class:`~musseltools.runs.handle.RunHandle` of a
     background call, else None). Held weakly: a follower that is garbage collected is forgotten."""
     _FOLLOWERS.setdefault((store.location, run_id), weakref.WeakSet()).add(follower)
+
+
+def off_start(store: Store, run_id: str, follower: Any) -> None:
+    """Stop calling ``follower`` when ``run_id`` starts (see :func:`on_start`)."""
+    _FOLLOWERS.get((store.location, run_id), weakref.WeakSet()).discard(follower)
 
 
 def announce_start(store: Store, run_id: str, handle: Any) -> None:
