@@ -29,9 +29,10 @@ ROWS = [
 
 def build(tmp_path):
     """``(store, run, image folder)``: run ``r1`` of images img0000..img0002 (img0002 has no detection)."""
-    import musseltools as mt
     from conftest import write_images
     from hand_built_store import commit, images_part, write_run
+
+    import musseltools as mt
     from musseltools.store.store import Store
 
     folder = tmp_path / "survey"

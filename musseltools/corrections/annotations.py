@@ -33,7 +33,14 @@ from ..errors import CorrectionError
 from ..results.corrected import resolve_class
 from ..results.views import above_threshold
 from . import api
-from .formats import EXPORT_FORMATS, AnnotatedImage, Annotations, FormatError, load_annotations, save_annotations
+from .formats import (
+    EXPORT_FORMATS,
+    AnnotatedImage,
+    Annotations,
+    FormatError,
+    load_annotations,
+    save_annotations,
+)
 from .formats.base import image_key
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -17,8 +17,16 @@ from typing import Any
 import numpy as np
 
 from ...store.store import atomic_write_bytes
-from .base import AnnotatedImage, Annotations, FormatError, ImageBuilder, box_corners, rotated_box, shape_of, \
-    with_labels
+from .base import (
+    AnnotatedImage,
+    Annotations,
+    FormatError,
+    ImageBuilder,
+    box_corners,
+    rotated_box,
+    shape_of,
+    with_labels,
+)
 
 __all__ = ["load_coco", "save_coco", "save_coco_results", "coco_document"]
 

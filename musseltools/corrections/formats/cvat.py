@@ -18,8 +18,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ...store.store import atomic_write_bytes
-from .base import AnnotatedImage, Annotations, FormatError, ImageBuilder, box_corners, rotated_box, rotated_corners, \
-    shape_of, with_labels
+from .base import (
+    AnnotatedImage,
+    Annotations,
+    FormatError,
+    ImageBuilder,
+    box_corners,
+    rotated_box,
+    rotated_corners,
+    shape_of,
+    with_labels,
+)
 
 __all__ = ["load_cvat", "save_cvat"]
 

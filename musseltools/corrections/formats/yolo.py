@@ -72,7 +72,7 @@ def load_yolo(folder: str | os.PathLike, sizes: Mapping[str, tuple[int, int]]) -
     try:
         names = yaml.safe_load((root / "data.yaml").read_text())["names"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise FormatError(f"{str(root)!r} has no readable data.yaml with names ({exc}) — expected a YOLO folder")
+        raise FormatError(f"{str(root)!r} has no readable data.yaml with names ({exc}) — expected a YOLO folder") from None
     names = names if isinstance(names, dict) else dict(enumerate(names))
     labels = [str(names[k]) for k in sorted(names, key=int)]
     images = []
