@@ -3,6 +3,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
+REFEREES := .venv-referees
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 CONSTRAINTS := requirements/constraints.txt
@@ -22,8 +23,15 @@ $(VENV)/.setup.stamp: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (musseltools)" >/dev/null
 	@touch $@
 
-## dev: setup + test tools + a headless Chromium for the browser test
-dev: $(VENV)/.dev.stamp
+## dev: setup + test tools + a headless Chromium for the browser test + the referee venv
+dev: $(VENV)/.dev.stamp $(REFEREES)/.stamp
+
+# The referees of the annotation-format tests (datumaro, label-studio-sdk, pycocotools) live in their own venv:
+# they pin numpy, pandas, pillow and pyarrow lower than musseltools does. About 40 s to make.
+$(REFEREES)/.stamp: requirements/referees.txt
+	@test -x $(REFEREES)/bin/python || $(PYTHON) -m venv $(REFEREES)
+	$(REFEREES)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/referees.txt
+	@touch $@
 
 $(VENV)/.dev.stamp: $(VENV)/.setup.stamp
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"

@@ -389,7 +389,7 @@ def test_hand_built_dataset_refusals_say_what_to_do(hand_built_dataset, tmp_path
 
     images, boxes, out = hand_built_dataset
     run = _LabelledRun()
-    cases = [({"format": "coco"}, "dataset format 'coco' is not supported — expected one of ['yolo']"),
+    cases = [({"format": "voc"}, "dataset format 'voc' is not supported — expected one of ['yolo', 'coco', 'cvat']"),
              ({"val_fraction": 1}, "val_fraction 1 is not a share — expected a number in [0, 1)"),
              ({"val_fraction": -0.1}, "val_fraction -0.1 is not a share — expected a number in [0, 1)")]
     for kwargs, message in cases:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import EXIT_OK, print_json, store_arg
+from .formats import add_import_flags, import_annotated
 
 
 # ------------------------------------------------------------------------------------------------ corrections
@@ -22,6 +23,8 @@ def _cmd_corrections_import(args: argparse.Namespace) -> int:
     from ..corrections.csv import import_corrections_csv
     from ..runs.run import Run
 
+    if args.format != "csv":
+        return import_annotated(args)
     r = Run(args.store, args.run_id)
     done = import_corrections_csv(r, args.file)
     print(f"imported {args.file}: {done['rows']} rows, {done['saved']} corrections saved, {done['already_saved']} "
@@ -76,6 +79,8 @@ def register_corrections(sub: argparse._SubParsersAction) -> None:
         v.add_argument("file", metavar="FILE.csv")
         store_arg(v)
         v.set_defaults(func=func)
+        if verb == "import":
+            add_import_flags(v)
         if verb == "export":
             v.add_argument("--active", action="store_true", help="only the corrections in effect: leave out "
                            "undone corrections and the undo rows")
@@ -87,11 +92,14 @@ def register_corrections(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_cmd_corrections_report)
 
     p = sub.add_parser("export-dataset", help="the verified images and their corrected labels as a training dataset",
-                       description="Write the images verified by hand, with their corrected labels, as an "
-                       "Ultralytics dataset (images/, labels/, data.yaml; train/val split by image).")
+                       description="Write the images verified by hand, with their corrected labels, as a "
+                       "dataset (images/train, images/val and YOLO, COCO or CVAT annotations; train/val split by "
+                       "image).")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--format", choices=["yolo"], default="yolo", help="dataset format (yolo)")
+    p.add_argument("--format", choices=["yolo", "coco", "cvat"], default="yolo", help="dataset format: yolo "
+                   "(Ultralytics labels and data.yaml), coco (annotations/instances_train.json, _val.json) or cvat "
+                   "(annotations.xml)")
     p.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of images in val (0.2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="changes the train/val split (0)")
     store_arg(p)

@@ -6,11 +6,12 @@ and the results view applies it (:mod:`musseltools.results.corrected`)."""
 from __future__ import annotations
 
 from ..store.corrections_log import compact_corrections, read_corrections
+from .annotations import export_predictions, import_annotations
 from .csv import export_corrections_csv, import_corrections_csv
 from .dataset import export_dataset
 from .review import review_queue, verified_labels
 
 __all__ = [
     "read_corrections", "compact_corrections", "review_queue", "verified_labels", "export_corrections_csv",
-    "import_corrections_csv", "export_dataset",
+    "import_corrections_csv", "export_dataset", "export_predictions", "import_annotations",
 ]

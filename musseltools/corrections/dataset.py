@@ -2,7 +2,8 @@
 
 ``musseltools export-dataset RUN_ID OUT --format yolo`` writes the verified images of a run and their
 corrected labels (:func:`musseltools.corrections.review.verified_labels`) as an Ultralytics dataset, so the model
-can be fine-tuned on checked data::
+can be fine-tuned on checked data (``--format coco`` and ``--format cvat`` write the same images with COCO
+or CVAT annotations instead of ``labels/``, see :func:`export_dataset`)::
 
     OUT/
       data.yaml                  path, train, val, names (the model's classes, by id)
@@ -46,7 +47,7 @@ __all__ = ["FORMATS", "export_dataset"]
 log = logging.getLogger(__name__)
 
 #: Dataset formats :func:`export_dataset` writes.
-FORMATS = ("yolo",)
+FORMATS = ("yolo", "coco", "cvat")
 _MARK = ".musseltools-dataset"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -70,8 +71,9 @@ def _prepare(out: Path) -> None:
                 f"dataset folder {str(out)!r} is not empty and was not written by musseltools export-dataset — "
                 "refusing to mix datasets — choose an empty or new folder"
             )
-        for sub in ("images", "labels"):
+        for sub in ("images", "labels", "annotations"):
             shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "annotations.xml").unlink(missing_ok=True)
         for stale in out.glob("*.cache"):  # Ultralytics' label caches of the previous export
             stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,17 +92,20 @@ def _label_lines(boxes: pd.DataFrame, width: float, height: float) -> str:
     return "".join(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in rows)
 
 
-def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Literal["yolo"] = "yolo", val_fraction: float = 0.2,
-                   seed: int = 0) -> Path:
-    """Write the run's verified images and their corrected labels as an Ultralytics dataset.
+def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Literal["yolo", "coco", "cvat"] = "yolo",
+                   val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Write the run's verified images and their corrected labels as a training dataset.
 
     Parameters
     ----------
     run : musseltools.Run
     out : path
         The dataset folder (created; a previous export there is replaced; any other content is refused).
-    format : {"yolo"}
-        Ultralytics detection labels (``class cx cy w h``, normalized).
+    format : {"yolo", "coco", "cvat"}
+        Ultralytics detection labels (``class cx cy w h``, normalized); COCO (``annotations/
+        instances_train.json`` and ``instances_val.json``, ``file_name`` relative to ``images/<split>/``);
+        CVAT for images 1.1 (``annotations.xml``, image names ``train/<name>`` and ``val/<name>``
+        relative to ``images/``). The images are copied into ``images/train`` and ``images/val`` in each.
     val_fraction : float
         Share of the images in the val split (at least one image of two or more).
     seed : int
@@ -109,7 +114,7 @@ def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Liter
     Returns
     -------
     Path
-        ``OUT/data.yaml``.
+        ``OUT/data.yaml`` (yolo), ``OUT/annotations`` (coco), ``OUT/annotations.xml`` (cvat).
 
     Raises
     ------
@@ -134,9 +139,11 @@ def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Liter
     _prepare(out)
     val = _split(images["image_id"].tolist(), val_fraction, seed)
     by_image = dict(tuple(boxes.groupby("image_id"))) if len(boxes) else {}
+    names: dict[str, str] = {}
     for row in images.itertuples(index=False):
         split = "val" if row.image_id in val else "train"
         name = f"{row.image_id[:12]}-{_UNSAFE.sub('_', Path(str(row.path)).name)[-120:]}"
+        names[row.image_id] = f"{split}/{name}"
         src = Path(str(row.path))
         dst = out / "images" / split / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -145,9 +152,12 @@ def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Liter
         except OSError as exc:
             raise MusselToolsError(f"cannot copy verified image {str(src)!r} into the dataset: {exc} — the image "
                                    "must still be where the run last saw it") from exc
-        mine = by_image.get(row.image_id, boxes.iloc[:0])
-        text = _label_lines(mine, float(row.width), float(row.height))
-        atomic_write_bytes(out / "labels" / split / (Path(name).stem + ".txt"), text.encode())
+        if format == "yolo":
+            mine = by_image.get(row.image_id, boxes.iloc[:0])
+            text = _label_lines(mine, float(row.width), float(row.height))
+            atomic_write_bytes(out / "labels" / split / (Path(name).stem + ".txt"), text.encode())
+    if format != "yolo":
+        return _write_annotations(run, out, format, images, boxes, names)
     names = dict(enumerate(run.class_names))
     # one verified image (or val_fraction 0): Ultralytics needs a val split, so it validates on train
     doc = {"path": str(out.resolve()), "train": "images/train", "val": "images/val" if val else "images/train",
@@ -155,3 +165,23 @@ def export_dataset(run: CorrectableRun, out: str | os.PathLike, *, format: Liter
     atomic_write_bytes(out / "data.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
     log.info("[run %s] dataset of %d verified images (%d val) written to %s", run.run_id, len(images), len(val), out)
     return out / "data.yaml"
+
+
+def _write_annotations(run: CorrectableRun, out: Path, format: str, images: pd.DataFrame, boxes: pd.DataFrame,
+                       names: dict[str, str]) -> Path:
+    """The COCO files (one per split) or the CVAT XML of an exported dataset's images."""
+    from .annotations import annotations_of
+    from .formats import save_coco, save_cvat
+
+    labels = list(run.class_names)
+    source = f"run {run.run_id}, verified images"
+    if format == "cvat":
+        ann = annotations_of(images, boxes, labels, names, source=source, scores=False)
+        return save_cvat(ann, out / "annotations.xml", name=f"musseltools run {run.run_id}")
+    (out / "annotations").mkdir(exist_ok=True)
+    for split in ("train", "val"):
+        mine = images[[names[i].startswith(f"{split}/") for i in images["image_id"]]]
+        files = {i: names[i].split("/", 1)[1] for i in mine["image_id"]}
+        ann = annotations_of(mine, boxes[boxes["image_id"].isin(files)], labels, files, source=source, scores=False)
+        save_coco(ann, out / "annotations" / f"instances_{split}.json")
+    return out / "annotations"

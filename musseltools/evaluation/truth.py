@@ -1,4 +1,5 @@
-"""Ground truth: Ultralytics label folders, COCO JSON and CSVs of counts, read into one :class:`Truth`.
+"""Ground truth: Ultralytics label folders, COCO JSON, CVAT XML, Label Studio JSON and CSVs of counts, read
+into one :class:`Truth` (CVAT and Label Studio through :mod:`musseltools.corrections.formats`).
 
 Researchers annotate or hand-count a subset of a survey. :func:`load_truth` reads what they made;
 :mod:`musseltools.evaluation.linking` pairs its entries with a run's images.
@@ -232,6 +233,34 @@ class Truth:
         return cls(str(path), "coco", img, obj, None, cats or None)
 
     @classmethod
+    def from_annotations(cls, path: str | os.PathLike, format: str = "auto") -> Truth:
+        """Read a CVAT XML or Label Studio JSON export (or COCO) through
+        :func:`musseltools.corrections.formats.load_annotations`: boxes in pixels, a rotated box's four
+        ``corners`` kept, a polygon as its enclosing box."""
+        from ..corrections.formats import FormatError, load_annotations
+        from ..corrections.formats.base import shape_of
+
+        try:
+            ann = load_annotations(path, format)
+        except FormatError as exc:
+            raise TruthError(str(exc)) from None
+        rows, images = [], []
+        for im in ann.images:
+            key = _key(im.name)
+            images.append((key, im.name, im.width if im.width else np.nan, im.height if im.height else np.nan))
+            d = im.detections
+            for i in range(len(d)):
+                poly = d.polygons[i]
+                corners = np.asarray(poly, np.float64) if shape_of(poly) == "rotated" else None
+                rows.append((key, int(d.class_id[i]), d.names[int(d.class_id[i])], *map(float, d.xyxy[i]), corners))
+        img = pd.DataFrame(images, columns=["key", "file", "width", "height"])
+        _check_unique(img, str(path))
+        obj = pd.DataFrame(rows, columns=["key", "class_id", "class_name", "x1", "y1", "x2", "y2", "corners"])
+        obj["normalized"] = False
+        obj = obj[["key", "class_id", "class_name", "x1", "y1", "x2", "y2", "normalized", "corners"]]
+        return cls(str(path), ann.format, img, obj, None, dict(enumerate(ann.labels)))
+
+    @classmethod
     def from_counts(cls, path: str | os.PathLike) -> Truth:
         """Read a CSV of manual counts: a column ``image`` (a file name or relative path) and one
         non-negative integer column per class, e.g. ``image,live,dead``."""
@@ -313,17 +342,19 @@ def _yaml_names(label_root: Path) -> dict[int, str] | None:
 def load_truth(
     path: str | os.PathLike | Truth,
     *,
-    format: Literal["auto", "yolo", "coco", "counts"] = "auto",
+    format: Literal["auto", "yolo", "coco", "cvat", "labelstudio", "counts"] = "auto",
     names: Mapping[int, str] | Sequence[str] | None = None,
 ) -> Truth:
-    """Load ground truth: an Ultralytics label folder, a COCO JSON file, or a CSV of counts.
+    """Load ground truth: an Ultralytics label folder, a COCO JSON file, a CVAT XML or Label Studio JSON
+    export, or a CSV of counts.
 
     Parameters
     ----------
     path : path or Truth
-        A folder (Ultralytics labels, or a dataset root with ``labels/``), a ``.json`` (COCO) or a
-        ``.csv`` (counts per image and class). A :class:`Truth` is returned as it is.
-    format : {"auto", "yolo", "coco", "counts"}
+        A folder (Ultralytics labels, or a dataset root with ``labels/``), a ``.json`` (COCO, or a Label
+        Studio export: told from its content), an ``.xml`` (CVAT for images 1.1) or a ``.csv`` (counts
+        per image and class). A :class:`Truth` is returned as it is.
+    format : {"auto", "yolo", "coco", "cvat", "labelstudio", "counts"}
         Chosen from the path when ``"auto"``.
     names : mapping or list, optional
         Class names of label ids (Ultralytics labels only).
@@ -345,20 +376,28 @@ def load_truth(
         if p.is_dir():
             format = "yolo"
         elif p.suffix.lower() == ".json":
-            format = "coco"
+            from ..corrections.formats import detect_format
+
+            format = "labelstudio" if detect_format(p) == "labelstudio" else "coco"
+        elif p.suffix.lower() == ".xml":
+            format = "cvat"
         elif p.suffix.lower() in (".csv", ".tsv", ".txt"):
             format = "counts"
         elif not p.exists():
             raise TruthError(f"truth {str(path)!r} does not exist — expected a label folder, a COCO .json or a "
                              "counts .csv — check the path")
         else:
-            raise TruthError(f"cannot tell the format of truth {str(path)!r} — expected a label folder, a COCO "
-                             ".json or a counts .csv; pass format='yolo'|'coco'|'counts'")
+            raise TruthError(f"cannot tell the format of truth {str(path)!r} — expected a label folder, a COCO or "
+                             "Label Studio .json, a CVAT .xml or a counts .csv; pass format='yolo'|'coco'|'cvat'|"
+                             "'labelstudio'|'counts'")
     if format == "yolo":
         return Truth.from_yolo(p, names)
     if format == "coco":
         return Truth.from_coco(p)
+    if format in ("cvat", "labelstudio"):
+        return Truth.from_annotations(p, format)
     if format == "counts":
         return Truth.from_counts(p)
-    raise TruthError(f"unknown truth format {format!r} — expected one of 'auto', 'yolo', 'coco', 'counts'")
+    raise TruthError(f"unknown truth format {format!r} — expected one of 'auto', 'yolo', 'coco', 'cvat', "
+                     "'labelstudio', 'counts'")
 

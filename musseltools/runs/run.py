@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..core.thresholds import ClassMap, Thresholds
+from ..corrections import annotations as corrections_annotations
 from ..corrections import api as corrections_api
 from ..corrections.review import review_queue
 from ..errors import CorruptStoreError, MusselToolsError
@@ -70,6 +71,8 @@ class Run:
     corrections_applied = property(corrections_api.corrections_applied)
     verified_images = corrections_api.verified_images
     review_queue = review_queue
+    export = corrections_annotations.export_predictions
+    import_annotations = corrections_annotations.import_annotations
 
     def __init__(self, store: Store | str | os.PathLike | None, run_id: str) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
