@@ -65,6 +65,11 @@ def test_an_xlsx_sheet_reads_with_its_date_and_number_cells(tmp_path):
     assert out["date"].tolist() == list(frame["date"]) and out["area_m2"].tolist() == [0.25, 0.25, 1.0, 2.0]
     assert out["image_id"].tolist() == ["ia", "ib", "ic", "id"] and re.fullmatch(r"[0-9a-f]{64}", sha)
     assert load_sheet(tmp_path / "survey.csv", IMAGES, root=ROOT)[1] != sha  # the version is the file's bytes
+    (tmp_path / "semicolons.csv").write_text("image;site;area_m2\nq1.jpg;North;0.5\n")
+    assert read_sheet_file(tmp_path / "semicolons.csv").to_dict("records") == [
+        {"image": "q1.jpg", "site": "North", "area_m2": "0.5"}]  # as a spreadsheet in many locales writes it
+    (tmp_path / "one.csv").write_text("image\nbed1/q1.jpg\n")
+    assert read_sheet_file(tmp_path / "one.csv").to_dict("records") == [{"image": "bed1/q1.jpg"}]
     (tmp_path / "survey.ods").write_bytes(b"PK")
     with pytest.raises(SheetError, match=r"a \.ods file — expected a \.csv or \.xlsx file"):
         read_sheet_file(tmp_path / "survey.ods")

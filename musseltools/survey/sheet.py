@@ -118,7 +118,7 @@ def read_sheet_file(path: str | os.PathLike) -> pd.DataFrame:
         if suffix in (".xlsx", ".xlsm"):
             raw = pd.read_excel(p, dtype=object, engine="openpyxl")
         elif suffix in (".csv", ".txt", ".tsv"):
-            raw = pd.read_csv(p, dtype=str, keep_default_na=False, sep=None, engine="python", encoding="utf-8-sig")
+            raw = pd.read_csv(p, dtype=str, keep_default_na=False, sep=_delimiter(p), encoding="utf-8-sig")
         else:
             raise SheetError(str(path), [SheetProblem(None, None, f"a {suffix or 'suffix-less'} file — expected "
                                                                   "a .csv or .xlsx file")])
@@ -128,6 +128,18 @@ def read_sheet_file(path: str | os.PathLike) -> pd.DataFrame:
         raise SheetError(str(path), [SheetProblem(None, None, f"unreadable ({type(exc).__name__}: {exc})")]) from exc
     raw.columns = [str(c).strip() for c in raw.columns]
     return raw
+
+
+def _delimiter(path: Path) -> str:
+    """The CSV's delimiter: a comma, a semicolon (spreadsheets in many locales) or a tab, read from its header."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t").delimiter
+    except csv.Error:  # one column: no delimiter to find
+        return ","
 
 
 def _blank(value: Any) -> bool:
