@@ -22,6 +22,7 @@ threshold = None  # confidence threshold, or one per class {"live": 0.4, "dead":
 store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 title = None  # report title
 class_map = None  # e.g. {"live_mussel": "live", "gaping": "dead"}
+sheet = None  # sample sheet (CSV or .xlsx): one row per image with its site, date, treatment, area_m2...
 truth = None  # labels to evaluate against: YOLO label folder, COCO JSON or counts CSV
 n_samples = 6  # sample images drawn with their detections
 compare_model = None  # a second model's weights: run on the same images and compared with the first
@@ -83,7 +84,7 @@ def shown(value) -> str:
 # %%
 run = mt.run(
     images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold, store=store,
-    class_map=class_map, tile=tile,
+    class_map=class_map, sheet=sheet, tile=tile,
     tile_overlap=tile_overlap, tile_merge=tile_merge, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
     batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
     scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,

@@ -1,7 +1,8 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
-``corrections export|import|report``, ``export-dataset``, ``export``, ``compare``, ``compact``.
+``corrections export|import|report``, ``export-dataset``, ``export``, ``compare``, ``compact``, ``export-table``,
+``attach-sheet``.
 The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
@@ -13,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import corrections, evaluation, formats, runs, store
+from . import corrections, evaluation, formats, runs, store, survey
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -35,7 +36,8 @@ def _registrars() -> list[Registrar]:
     """Each module's commands, in the order ``musseltools --help`` lists them. A new command module adds its
     ``register_*`` here."""
     return [runs.register_runs, runs.register_report, evaluation.register_evaluate, corrections.register_corrections,
-            formats.register_formats, evaluation.register_compare, store.register_compact]
+            formats.register_formats, evaluation.register_compare, store.register_compact,
+            survey.register_survey]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -236,6 +236,9 @@ class RunOptions:
                                          "be one of " + ", ".join(TILE_MERGE_METHODS)))
     class_map: Mapping[str, str] | None = _opt(None, "NAME=CATEGORY,... grouping classes", flag="--class-map",
                                                parse=parse_class_map, metavar="MAP")
+    sheet: Any = _opt(None, "sample sheet, CSV or .xlsx: one row per image with its site, date, treatment, area_m2... "
+                      "(validated, stored with the run and versioned; not an inference setting)", flag="--sheet",
+                      metavar="FILE")
     name: str | None = _opt(None, "collection name (the folder's name by default)", flag="--name")
     device: str | None = _opt(None, "cpu, cuda:0, ... (the fastest available by default)", flag="--device")
     workers: int | None = _opt(None, "worker processes (default: one per core when there are enough images, "

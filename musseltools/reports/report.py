@@ -139,7 +139,7 @@ def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
     from ..store.store import Store
 
     params = {o.name: values[o.name] for o in OPTIONS.notebook_parameters()}
-    for key in ("images", "model", "truth", "compare_model"):
+    for key in ("images", "model", "truth", "compare_model", "sheet"):
         params[key] = _absolute(params[key])
     for key, kind in (("threshold", float), ("tile_overlap", float), ("conf_floor", float), ("iou", float),
                       ("max_det", int), ("n_samples", int), ("imgsz", int)):
@@ -164,6 +164,7 @@ def report(
     show_code: bool = OPTIONS.show_code.default,
     title: str | None = OPTIONS.title.default,
     class_map: Mapping[str, str] | None = OPTIONS.class_map.default,
+    sheet: str | os.PathLike | None = OPTIONS.sheet.default,
     tile: int | str | None = OPTIONS.tile.default,
     tile_overlap: float | None = OPTIONS.tile_overlap.default,
     tile_merge: str | None = OPTIONS.tile_merge.default,
@@ -195,7 +196,7 @@ def report(
 
     Parameters
     ----------
-    images, model, threshold, store, class_map, tile, tile_overlap, imgsz, conf_floor, iou, max_det,
+    images, model, threshold, store, class_map, sheet, tile, tile_overlap, imgsz, conf_floor, iou, max_det,
     batch_size, commit_every, name, device, wait, workers, scheduler, scheduler_file
         As in :func:`musseltools.run` (paths are made absolute before they reach the kernel).
     truth : path, optional

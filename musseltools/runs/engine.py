@@ -53,6 +53,7 @@ from .progress import (
     write_progress,
 )
 from .run import Run
+from .survey import attach_sheet
 from .tally import Tally
 
 __all__ = ["run", "RunHandle", "DEFAULT_COMMIT_EVERY"]
@@ -107,6 +108,7 @@ def run(
     tile_overlap: float | None = OPTIONS.tile_overlap.default,
     tile_merge: str | None = OPTIONS.tile_merge.default,
     class_map: Mapping[str, str] | None = OPTIONS.class_map.default,
+    sheet: str | os.PathLike | pd.DataFrame | None = OPTIONS.sheet.default,
     name: str | None = OPTIONS.name.default,
     device: str | None = OPTIONS.device.default,
     wait: bool | float = OPTIONS.wait.default,
@@ -130,6 +132,8 @@ def run(
     ``MUSSELTOOLS_BATCH_SIZE``); ``commit_every`` (images per committed part, env
     ``MUSSELTOOLS_COMMIT_EVERY``, else :data:`~musseltools.core.options.DEFAULT_COMMIT_EVERY`) is independent
     of it. ``quiet`` hides the progress bar, ``background`` returns at once with a :class:`RunHandle`.
+    ``sheet``: a sample sheet (CSV or ``.xlsx``, one row per image), checked before any inference and attached
+    (:meth:`Run.attach_sheet`); no inference setting, so a new sheet re-uses every result.
 
     Where the work runs: ``workers=N`` worker processes (1: this process); by default one per core when
     there are enough images to pay back starting them, and this process on a GPU. ``client`` (a
@@ -155,6 +159,8 @@ def run(
     """
     options = {k: v for k, v in locals().items() if k in OPTIONS}
     job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
+    if sheet is not None:  # checked before any inference: a bad sheet costs no model time, and attaches nothing
+        attach_sheet(Run(job.store, job.run_id), sheet, images=job.collection.images)
     running = already_running(job, background)
     if running is not None:
         return running

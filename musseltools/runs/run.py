@@ -33,6 +33,7 @@ from ..results.view import (
     thresholds_of,
 )
 from ..store.store import Store, atomic_write_bytes, temp_path, utcnow
+from .survey import SurveyMethods
 
 __all__ = ["Run", "open_run", "list_runs"]
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class Run:
+class Run(SurveyMethods):
     """A run in a store. Get one from :func:`musseltools.run` or :func:`open_run`.
 
     Every property re-reads the run's metadata, so a Run opened in one notebook follows a run
@@ -55,6 +56,9 @@ class Run:
     >>> r.status, r.totals                                                # doctest: +SKIP
     ('completed', {'live': 1234, 'dead': 210})
     >>> r.per_image(threshold=0.6).head()                                 # doctest: +SKIP
+
+    The sample sheet and answers by group (``attach_sheet``, ``sheet``, ``by_group``, ``compare_groups``...) come
+    from :class:`~musseltools.runs.survey.SurveyMethods`.
     """
 
     # Hand corrections: functions of musseltools.corrections that receive the run, as its methods.
@@ -241,8 +245,14 @@ class Run:
         """The count-versus-threshold cube (``xarray.Dataset``), from ``cube.zarr`` when it is current.
 
         The cube is derived from the Parquet results and the corrections, and rebuilt whenever they
-        have changed. ``corrected=False`` builds the model's cube in memory (it is not stored).
+        have changed. ``corrected=False`` builds the model's cube in memory (it is not stored). The sample
+        sheet's columns are coordinates along ``image`` (``cube.groupby("site")``); they are not stored in
+        ``cube.zarr``, so attaching a sheet rebuilds nothing.
         """
+        return self.with_design(self._cube(rebuild=rebuild, corrected=corrected))
+
+    def _cube(self, *, rebuild: bool, corrected: bool):
+        """The cube without the sheet's coordinates (see :meth:`cube`)."""
         import xarray as xr
 
         if not corrected:
