@@ -133,6 +133,24 @@ def _absolute(p: Any) -> Any:
     raise ReportError(f"cannot pass {type(p).__name__} to a report notebook — expected a path or a list of paths")
 
 
+#: Folder names that say what is in a folder, not which survey it is: a report titles such a folder by its parent.
+GENERIC_FOLDERS = frozenset({"images", "image", "imgs", "img", "photos", "photo", "pictures", "frames", "jpg",
+                             "jpeg", "raw", "data", "survey"})
+
+
+def survey_title(images: Any) -> str:
+    """The default title of a report: "Mussel survey: " and the collection's folder name, or its parent's
+    when the folder's own name is generic (``data/demo/images`` gives "Mussel survey: demo")."""
+    if not isinstance(images, (str, os.PathLike)):
+        return "Mussel survey"
+    path = Path(str(images))
+    name = path.name or str(path)
+    if name.lower() in GENERIC_FOLDERS:
+        parent = Path(os.path.abspath(path)).parent.name if "://" not in str(images) else path.parent.name
+        name = parent or name
+    return f"Mussel survey: {name}"
+
+
 def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
     """The notebook's papermill parameters (the options marked ``notebook`` in :mod:`musseltools.core.options`):
     paths made absolute, numbers plain, the store resolved, the title filled in."""
@@ -146,7 +164,8 @@ def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
         if params[key] is not None and not isinstance(params[key], Mapping):
             params[key] = kind(params[key])
     params["store"] = Store(params["store"]).location
-    params["title"] = params["title"] or f"Mussel survey: {collection}"
+    params["title"] = params["title"] or (survey_title(values["images"]) if values.get("name") is None
+                                          else f"Mussel survey: {collection}")
     params["class_map"] = dict(params["class_map"]) if params["class_map"] else None
     return params
 
@@ -206,7 +225,8 @@ def report(
     show_code : bool
         Keep code cells in the HTML (hidden by default).
     title : str, optional
-        Report title (default: "Mussel survey: <collection>").
+        Report title (default: "Mussel survey: <collection>", the images' folder name, or its parent's when
+        the folder is called ``images``, ``photos`` or the like: see :func:`survey_title`).
     n_samples : int
         Number of sample images drawn with their detections.
     compare_model : path, optional
