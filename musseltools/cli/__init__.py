@@ -1,7 +1,7 @@
 """The ``musseltools`` command line. Flags mirror the Python keywords of the same names.
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
-``corrections export|import|report``, ``export-dataset``, ``compare``, ``compact``.
+``corrections export|import|report``, ``export-dataset``, ``compare``, ``compact``, ``calibrate``.
 The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import corrections, evaluation, runs, store
+from . import calibrate, corrections, evaluation, runs, store
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -35,7 +35,7 @@ def _registrars() -> list[Registrar]:
     """Each module's commands, in the order ``musseltools --help`` lists them. A new command module adds its
     ``register_*`` here."""
     return [runs.register_runs, runs.register_report, evaluation.register_evaluate, corrections.register_corrections,
-            evaluation.register_compare, store.register_compact]
+            evaluation.register_compare, store.register_compact, calibrate.register_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:
