@@ -47,7 +47,7 @@ from .metrics import Evaluation
 from .truth import Truth, load_truth
 from .verified import VERIFIED, verified_truth
 
-__all__ = ["IOU_GRID", "TOO_FEW", "UNLIKE", "Setting", "Calibration", "calibrate", "search_grid"]
+__all__ = ["IOU_GRID", "TOO_FEW", "UNLIKE", "Setting", "Calibration", "calibrate", "choose_setting", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def calibrate(
                                  root=(run.meta.get("collection", {}).get("source") or {}).get("root")))
             log.info("setting %d/%d %s: count error %s (cv %s), %d images inferred", i + 1, len(grid), setting.label,
                      _fmt(rows[-1]["count_error"]), _fmt(rows[-1]["cv_count_error"]), rows[-1]["inferred"])
-    chosen = _choose(pd.DataFrame([_unfitted(run, ev0, grid[0], classes, before), *rows]))
+    chosen = choose_setting(pd.DataFrame([_unfitted(run, ev0, grid[0], classes, before), *rows]))
     thresholds = ev0.run_thresholds({**fallback, **chosen["threshold_values"][chosen["chosen"]].iloc[0]})
     warnings = _warnings(table, labelled, run.categories)
     for w in warnings:
@@ -439,7 +439,7 @@ def _unfitted(run: Run, ev0: Evaluation, own: Setting, classes: list[str], befor
             "inferred": 0}
 
 
-def _choose(table: pd.DataFrame) -> pd.DataFrame:
+def choose_setting(table: pd.DataFrame) -> pd.DataFrame:
     """The table with ``chosen`` (least cross-validated error; then in-sample; then the table's order: the run
     as it is, then its settings with fitted thresholds, then the grid) and ``current`` (the run's settings
     with fitted thresholds: the second row)."""
