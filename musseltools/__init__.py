@@ -31,6 +31,7 @@ from .errors import (
     ThresholdError,
 )
 from .evaluation import evaluate  # noqa: E402
+from .evaluation.calibrate import Calibration, calibrate  # noqa: E402
 from .evaluation.compare import Comparison, compare  # noqa: E402
 from .images.collection import Collection, scan  # noqa: E402
 from .models import InferenceSettings, load_model  # noqa: E402
@@ -52,6 +53,8 @@ __all__ = [
     "list_runs",
     "report",
     "evaluate",
+    "calibrate",
+    "Calibration",
     "compare",
     "Comparison",
     "scan",

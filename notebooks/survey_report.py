@@ -106,7 +106,14 @@ display(Markdown(
 # weights (with how it was found), musseltools' default, or, for thresholds, saved by hand after the run.
 
 # %%
-display(run.settings_table())
+settings = run.settings_table()
+display(settings)
+if not settings["from"].str.startswith("card").any() and settings["from"].eq("default").any():
+    display(Markdown(
+        "These are default settings: the weights have no card, so every setting not given to the run is "
+        "musseltools' default, not one chosen for this model. `musseltools calibrate RUN TRUTH --write-card` "
+        "(`mt.calibrate`) can choose them from a few labelled images."
+    ))
 
 # %% [markdown]
 # ## Totals

@@ -63,6 +63,7 @@ def test_report_embeds_figures_and_hides_code(default_report, collection):
         assert re.search(rf"<th>{setting}</th>\s*<td>{value}</td>\s*<td>{origin}</td>", html), setting
     assert "Mussel survey: quadrats" in html  # default title from the folder
     text = _text(html)
+    assert "These are default settings: the weights have no card" in text and "musseltools calibrate" in text
     assert "This notebook" not in text and "parameters below" not in text  # no template instructions
     assert "Comparison" not in text and "second model" not in text  # no comparison section without one
     assert "5 images (1 failed" in text and "1 images" not in text  # counted words agree with their numbers

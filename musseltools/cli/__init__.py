@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``status``, ``counts``, ``export-polygons``, ``synth``, ``report``, ``evaluate``,
 ``corrections export|import|report``, ``export-dataset``, ``export``, ``compare``, ``compact``, ``export-table``,
-``attach-sheet``.
+``attach-sheet``, ``calibrate``.
 The flags of ``run`` and ``report`` are generated from :mod:`musseltools.core.options`. Errors print one
 line and exit non-zero; a reader that goes away (``| head -1``) ends the command quietly.
 """
@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import corrections, evaluation, formats, runs, store, survey
+from . import calibrate, corrections, evaluation, formats, runs, store, survey
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -37,7 +37,7 @@ def _registrars() -> list[Registrar]:
     ``register_*`` here."""
     return [runs.register_runs, runs.register_report, evaluation.register_evaluate, corrections.register_corrections,
             formats.register_formats, evaluation.register_compare, store.register_compact,
-            survey.register_survey]
+            survey.register_survey, calibrate.register_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

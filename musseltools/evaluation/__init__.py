@@ -25,7 +25,10 @@ Modules, one concern each:
 - :mod:`~musseltools.evaluation.linking`: truth entries paired with a run's images;
 - :mod:`~musseltools.evaluation.metrics`: the :class:`Evaluation`;
 - :mod:`~musseltools.evaluation.api`: :func:`evaluate` and :func:`evaluate_detections`;
-- :mod:`~musseltools.evaluation.verified`: the images verified by hand as truth (``truth="verified"``).
+- :mod:`~musseltools.evaluation.verified`: the images verified by hand as truth (``truth="verified"``);
+- :mod:`~musseltools.evaluation.crossval`: a setting's count error, thresholds chosen on other images;
+- :mod:`~musseltools.evaluation.calibrate`: ``mt.calibrate``, NMS IoU, tiles and thresholds from a few
+  labelled images, to the weights' card (imported from its module: the name ``calibrate`` here would hide it).
 
 Its figures are in :mod:`musseltools.plots.survey` (``plot_pr``, ``plot_count_error``, ``plot_pred_vs_true``)
 and its command is ``musseltools evaluate``.

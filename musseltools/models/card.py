@@ -37,6 +37,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -46,10 +47,10 @@ from typing import Any
 
 from ..core.options import NO_TILES, OPTIONS
 from ..core.thresholds import Thresholds
-from ..errors import ModelLoadError, ThresholdError
+from ..errors import ModelLoadError, MusselToolsError, ThresholdError
 
-__all__ = ["CARD_SETTINGS", "WeightsCard", "Resolved", "card_names", "parse_card", "read_card", "resolve_settings",
-           "settings_after"]
+__all__ = ["CARD_SETTINGS", "CardExistsError", "WeightsCard", "Resolved", "card_names", "parse_card", "read_card",
+           "resolve_settings", "settings_after", "write_card"]
 
 #: The settings a card may recommend (options whose default is None, so that "not given" is visible).
 CARD_SETTINGS = ("threshold", "iou", "imgsz", "tile", "tile_overlap", "tile_merge")
@@ -204,3 +205,61 @@ def settings_after(first: Mapping[str, Any], thresholds: Any, card: WeightsCard 
             out[name] = value
     out["threshold"] = None if "threshold" in recommended else thresholds
     return out
+
+
+# ---------------------------------------------------------------------------------------------- writing
+class CardExistsError(MusselToolsError, FileExistsError):
+    """A card (or another file of the card's name) is already beside the weights and was not to be replaced."""
+
+
+def write_card(weights: str | os.PathLike, recommended: Mapping[str, Any], how: Mapping[str, str], *,
+               extra: Mapping[str, Any] | None = None, force: bool = False, now: str | None = None
+               ) -> tuple[Path, Path | None]:
+    """Write the card beside a weights file (``<weights stem>.yaml``); returns (the card, its backup or None).
+
+    ``recommended`` and ``how`` are validated as :func:`parse_card` reads them before anything is
+    written; ``extra`` adds top-level sections (``calibration``: how the whole card was found). A file
+    already there is never replaced unless ``force``; then it is first copied to
+    ``<name>.bak-<timestamp>``, and its other top-level keys (a torchvision model's class ``names``) are
+    kept. The file is written whole to a temporary name and moved into place.
+    """
+    import shutil
+    import time
+
+    import yaml
+
+    path = card_names(weights)[0]
+    doc: dict[str, Any] = {}
+    if path.exists():
+        if not force:
+            raise CardExistsError(f"{str(path)!r} already exists beside the weights {str(weights)!r} — it is kept; "
+                                  "pass force=True (musseltools calibrate --write-card --force) to replace it "
+                                  "(the old file is kept as a backup)")
+        with contextlib.suppress(Exception):  # an unreadable old file is replaced whole (its backup is kept)
+            old = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = {k: v for k, v in old.items() if k not in ("recommended", "how", *(extra or {}))} \
+                if isinstance(old, Mapping) else {}
+    doc.update({"recommended": _plain(dict(recommended)), "how": {str(k): str(v) for k, v in how.items()},
+                **_plain(dict(extra or {}))})
+    parse_card(doc, path.name)  # what is written is a card musseltools reads
+    backup = None
+    if path.exists():
+        backup = path.with_name(f"{path.name}.bak-{now or time.strftime('%Y%m%dT%H%M%S')}")
+        shutil.copy2(path, backup)
+    header = (f"# Model card of {Path(weights).name}: the settings musseltools uses with these weights unless a run "
+              "is given others\n# (musseltools.models.card). Reports show where each setting came from.\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110), encoding="utf-8")
+    os.replace(tmp, path)
+    return path, backup
+
+
+def _plain(value: Any) -> Any:
+    """Plain YAML types (numpy numbers and tuples become floats, ints and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value

@@ -41,6 +41,7 @@ from ..executors.planning import ImageRef, Unit, make_run_id, make_units
 from ..executors.task import RunTask
 from ..images.collection import Collection, ImagesLike, scan
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
+from ..models.card import CARD_SETTINGS
 from ..results.view import results_signature
 from ..store.runmeta import update_run_meta
 from ..store.store import Store, utcnow
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Store cache of model cards (class names, task, training size) by the weights' SHA-256.
 MODEL_CARDS = "models.json"
+#: Fingerprints of the card-less models this process already said so of (:meth:`_Job.say_if_cardless`).
+_CARDLESS_SAID: set[str] = set()
 
 
 class _RunLog(logging.LoggerAdapter):
@@ -213,6 +216,7 @@ class _Job:
     collection_record: dict[str, Any] = field(default_factory=dict)
     settings_from: dict[str, Any] = field(default_factory=dict)
     tally: Tally | None = None
+    has_card: bool = True
 
     @classmethod
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
@@ -221,8 +225,8 @@ class _Job:
         store = options["store"]
         st = store if isinstance(store, Store) else Store(store)
         loaded, new_cards = _describe(st, options)
-        resolved = resolve_settings(options, read_card(options["model"]), default_iou=loaded.default_iou,
-                                    train_imgsz=loaded.train_imgsz)
+        card = read_card(options["model"])
+        resolved = resolve_settings(options, card, default_iou=loaded.default_iou, train_imgsz=loaded.train_imgsz)
         settings = InferenceSettings(**{o.name: resolved.values[o.name] for o in OPTIONS.inference_settings()})
         threshold = _run_threshold(resolved.values["threshold"], settings.conf_floor, loaded)
         resolved.origins["threshold"]["value"] = threshold
@@ -239,7 +243,7 @@ class _Job:
                   options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards,
                   options=dict(options), client=client,
                   commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")),
-                  settings_from=resolved.origins)
+                  settings_from=resolved.origins, has_card=card is not None)
         job.create_or_check(threshold)
         return job
 
@@ -272,6 +276,18 @@ class _Job:
             )
             self.log.info("created for %s (%d images) with %s", self.collection.name, len(self.collection),
                           Path(info.path).name)
+            self.say_if_cardless()
+
+    def say_if_cardless(self) -> None:
+        """One line, once per model and process, when a model without a card runs at musseltools' defaults."""
+        info = self.model.info
+        defaults = [k for k, o in self.settings_from.items() if k in CARD_SETTINGS and o.get("from") == "default"]
+        if self.has_card or not defaults or info.fingerprint in _CARDLESS_SAID:
+            return
+        _CARDLESS_SAID.add(info.fingerprint)
+        self.log.info("%s has no card: %s are musseltools' default settings, not chosen for this model — "
+                      "`musseltools calibrate` (mt.calibrate) can choose them from a few labelled images",
+                      Path(info.path).name, ", ".join(defaults))
 
     # -- execution ------------------------------------------------------------------------------------
     def execute(self) -> Run:
