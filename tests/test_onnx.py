@@ -38,8 +38,9 @@ def _record(graph: Path) -> dict:
     return json.loads(graph.with_suffix(".json").read_text())
 
 
-def assert_parity(onnx_run, torch_run) -> None:
-    """The parity rule of the check (musseltools.models.onnx.compare_detections), image by image."""
+def assert_parity(onnx_run, torch_run, box_tol: float = 0.5) -> None:
+    """The parity rule of the check (musseltools.models.onnx.compare_detections), image by image, on the
+    stored boxes (a segment's is its outline's: the contract's 1 px per vertex)."""
     assert (onnx_run.meta["processed_count"], onnx_run.meta["failed_count"]) == (
         torch_run.meta["processed_count"], torch_run.meta["failed_count"])
     a, b = onnx_run.detections(onnx_run.conf_floor), torch_run.detections(torch_run.conf_floor)
@@ -47,7 +48,7 @@ def assert_parity(onnx_run, torch_run) -> None:
         da, db = (Detections(d[["x1", "y1", "x2", "y2"]].to_numpy(), d["confidence"].to_numpy(),
                              d["class_id"].to_numpy())
                   for d in (a[a["image_id"] == image_id], b[b["image_id"] == image_id]))
-        assert compare_detections(da, db, onnx_run.conf_floor) is None, image_id
+        assert compare_detections(da, db, onnx_run.conf_floor, box_tol) is None, image_id
 
 
 def test_torch_keys_and_run_ids_are_those_made_before_backends_existed():
@@ -72,7 +73,7 @@ def test_onnx_gives_torchs_results_by_the_contract_and_is_deterministic(model_fa
     assert all("onnxruntime threads" in w for w in onnx_run.meta["inferred_with"])
     [graph] = _graphs(tmp_path / "onnx")
     assert _record(graph)["check"]["passed"] is True
-    assert_parity(onnx_run, torch_run)
+    assert_parity(onnx_run, torch_run, 1.0 if task == "segment" else 0.5)
     again = mt.run(folder, model=model, store=tmp_path / "onnx2", backend="onnx", **KW)  # a new export, same bytes
     for a, b in zip(comparable(again), comparable(onnx_run)):
         pd.testing.assert_frame_equal(a, b)  # ORT on CPU, fixed threads, batch 1: bit-identical

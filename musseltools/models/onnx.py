@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -110,19 +111,10 @@ def graph_key(model: LoadedModel, settings: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the cache
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): atomic renames still keep the cache whole
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _file_lock(path: Path) -> Any:
+    from filelock import FileLock
+
+    return FileLock(str(path))
 
 
 def _sha256(path: Path) -> str:
@@ -167,6 +159,10 @@ def _export(predictor: Any, graph: Path) -> None:
     """Export ``predictor``'s network to ``graph`` (atomically: the file appears whole or not at all)."""
     if armed("onnx-export-fails"):
         raise RuntimeError("export refused by the onnx-export-fails failpoint")
+    missing = [n for n in ("onnx", "onnxslim") if importlib.util.find_spec(n) is None]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not installed: the graph is exported with them — "
+                           "pip install 'musseltools[onnx]'")
     with tempfile.TemporaryDirectory(dir=graph.parent, prefix=".export-") as tmp:
         if hasattr(predictor, "export_onnx"):
             out = predictor.export_onnx(Path(tmp), OPSET)
@@ -237,7 +233,7 @@ def _nearest(one: Detections, other: Detections) -> tuple[np.ndarray, np.ndarray
     return index, gap
 
 
-def compare_detections(a: Detections, b: Detections, floor: float) -> str | None:
+def compare_detections(a: Detections, b: Detections, floor: float, box_tol: float = BOX_TOL) -> str | None:
     """None when two sets of detections of one image agree by the check's rule, else why not.
 
     Every detection above the floor (by more than 1e-3) has a box of its class in the other set within
@@ -249,8 +245,8 @@ def compare_detections(a: Detections, b: Detections, floor: float) -> str | None
     na_, ga = _nearest(a, b)
     nb_, gb = _nearest(b, a)
     for one, index, gap in ((a, na_, ga), (b, nb_, gb)):
-        for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (gap > BOX_TOL)):
-            where = "has no match" if index[i] < 0 else f"is {gap[i]:.2f} px from the nearest (over {BOX_TOL})"
+        for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (gap > box_tol)):
+            where = "has no match" if index[i] < 0 else f"is {gap[i]:.2f} px from the nearest (over {box_tol})"
             return f"a class {one.class_id[i]} box at {one.xyxy[i].round(1).tolist()} {where}"
     for cls in sorted(set(a.class_id.tolist()) | set(b.class_id.tolist())):
         for t in (floor, *CHECK_THRESHOLDS):
