@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         from ultralytics import YOLO
 
-        onnx_graph = YOLO(args.model).export(format="onnx", imgsz=imgsz, verbose=False)  # as a user would
+        import shutil
+
+        copy = Path(tempfile.mkdtemp(prefix="mt-onnx-")) / Path(args.model).name  # not beside the user's weights
+        shutil.copy(args.model, copy)
+        onnx_graph = YOLO(str(copy)).export(format="onnx", imgsz=imgsz, verbose=False)  # as a user would
         graphs = Path(tempfile.mkdtemp(prefix="mt-graphs-"))
         bench_model_only(folder, args.model, imgsz, 1, backend="onnx", graphs=graphs)  # export and check
 
