@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = None if args.no_dask else _cluster()
     graphs = onnx_graph = None
     if args.onnx:
-        from ultralytics import YOLO
-
         import shutil
+
+        from ultralytics import YOLO
 
         copy = Path(tempfile.mkdtemp(prefix="mt-onnx-")) / Path(args.model).name  # not beside the user's weights
         shutil.copy(args.model, copy)
