@@ -10,6 +10,11 @@ worker start included:
 (c) model only, one process: forward + NMS on images already decoded and letterboxed (the ceiling per
     process, without loading).
 
+With ``--onnx``, also the ONNX Runtime rows: (f) Ultralytics on its own exported graph (``YOLO("m.onnx")``);
+(g) musseltools ``backend="onnx"`` with 1 worker, (h) with the default workers, (j) 1 worker with 2 ORT
+threads (against (h): 2 workers x 1 thread on 2 cores); (i) the ORT model-only ceiling. musseltools' graph is
+exported and checked once, before timing (its cache is copied into each fresh store, as a store keeps it).
+
 musseltools runs end to end into a fresh store (scan + SHA-256, decode, inference down to the 0.01
 floor, Parquet commits, run metadata, Zarr cube). Each contender is warmed up once (files in the page
 cache, the batch size measured once per machine); timings are the best of ``--repeat`` interleaved
@@ -59,10 +64,15 @@ def bench_ultralytics(folder: Path, weights: str, imgsz: int | None) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_musseltools(folder: Path, weights: str, imgsz: int | None, **how) -> tuple[float, dict]:
+def bench_musseltools(folder: Path, weights: str, imgsz: int | None, graphs: Path | None = None,
+                      **how) -> tuple[float, dict]:
+    import shutil
+
     import musseltools as mt
 
     with tempfile.TemporaryDirectory() as store:
+        if graphs is not None:
+            shutil.copytree(graphs, Path(store) / "cache" / "onnx")
         t0 = time.perf_counter()
         run = mt.run(folder, model=weights, imgsz=imgsz, iou=IOU, tile="none", store=store, quiet=True, **how)
         dt = time.perf_counter() - t0
@@ -71,13 +81,16 @@ def bench_musseltools(folder: Path, weights: str, imgsz: int | None, **how) -> t
     return meta["total_images"] / dt, meta
 
 
-def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int) -> float:
+def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int, backend: str = "torch",
+                     graphs: Path | None = None) -> float:
     import cv2
 
     from musseltools.models import InferenceSettings, load_model, make_predictor
 
-    predictor = make_predictor(load_model(weights), InferenceSettings(imgsz=imgsz, iou=IOU))
+    predictor = make_predictor(load_model(weights), InferenceSettings(imgsz=imgsz, iou=IOU, backend=backend),
+                               cache=graphs)
     prepared = [predictor.prepare(cv2.imread(str(p))) for p in _images(folder)]
+    predictor.predict(prepared[:1])  # the graph found (and checked) before timing
     t0 = time.perf_counter()
     for i in range(0, len(prepared), batch_size):
         predictor.predict(prepared[i : i + batch_size])
@@ -105,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="passes per contender; the best is kept")
     ap.add_argument("--synth", type=int, metavar="N", help="use N synthetic survey frames instead of IMAGES")
     ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
+    ap.add_argument("--onnx", action="store_true", help="add the ONNX Runtime rows (f) to (j)")
     args = ap.parse_args(argv)
     folder = Path(args.images)
     if args.synth:
@@ -128,8 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     batch = int(meta.get("batch_size") or 1)
     imgsz = int(meta["settings"]["imgsz"])
     cluster = None if args.no_dask else _cluster()
+    graphs = onnx_graph = None
+    if args.onnx:
+        import shutil
 
-    rates: dict[str, list[float]] = {k: [] for k in "abcde"}
+        from ultralytics import YOLO
+
+        copy = Path(tempfile.mkdtemp(prefix="mt-onnx-")) / Path(args.model).name  # not beside the user's weights
+        shutil.copy(args.model, copy)
+        onnx_graph = YOLO(str(copy)).export(format="onnx", imgsz=imgsz, verbose=False)  # as a user would
+        graphs = Path(tempfile.mkdtemp(prefix="mt-graphs-"))
+        bench_model_only(folder, args.model, imgsz, 1, backend="onnx", graphs=graphs)  # export and check
+
+    rates: dict[str, list[float]] = {k: [] for k in "abcdefghij"}
     default = ""
     for _ in range(args.repeat):  # interleaved so that machine noise hits all alike
         rates["a"].append(bench_ultralytics(folder, args.model, args.imgsz))
@@ -140,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             rates["e"].append(bench_musseltools(folder, args.model, args.imgsz, client=cluster[1])[0])
         rates["c"].append(bench_model_only(folder, args.model, imgsz, batch))
+        if args.onnx:
+            rates["f"].append(bench_ultralytics(folder, onnx_graph, imgsz))
+            rates["g"].append(bench_musseltools(folder, args.model, args.imgsz, graphs, workers=1, backend="onnx")[0])
+            rates["h"].append(bench_musseltools(folder, args.model, args.imgsz, graphs, backend="onnx")[0])
+            os.environ["MUSSELTOOLS_TORCH_THREADS"] = "2"
+            try:
+                rates["j"].append(bench_musseltools(folder, args.model, args.imgsz, graphs, workers=1,
+                                                    backend="onnx")[0])
+            finally:
+                del os.environ["MUSSELTOOLS_TORCH_THREADS"]
+            rates["i"].append(bench_model_only(folder, args.model, imgsz, 1, backend="onnx", graphs=graphs))
     if cluster is not None:
         cluster[1].close()
         cluster[0].close()
@@ -152,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(e) musseltools on a Dask LocalCluster ({cluster[2]} workers) {best['e']:8.1f} images/s   "
               f"x{best['e'] / a:.2f}")
     print(f"(c) model only, one process, pre-decoded           {best['c']:8.1f} images/s   x{best['c'] / a:.2f}")
+    if args.onnx:
+        for k, what in (("f", 'ultralytics YOLO("m.onnx") predict (its own graph)'),
+                        ("g", "musseltools backend=onnx, 1 worker"), ("h", "musseltools backend=onnx, default"),
+                        ("j", "musseltools backend=onnx, 1 worker x 2 threads"),
+                        ("i", "ORT model only, one process, pre-decoded")):
+            print(f"({k}) {what:<48s} {best[k]:8.1f} images/s   x{best[k] / a:.2f}")
+        print(f"onnx_default_vs_ultralytics_onnx={best['h'] / best['f']:.2f}")
     print(f"ratio_vs_ultralytics={best['d'] / a:.2f}")
     return 0
 

@@ -14,6 +14,9 @@ worker process has read an image of its unit; counted per process), ``compaction
 compaction's merged parts are committed, no old part removed yet), ``compaction-removed`` (a
 compaction removed an old part's images part, not yet its detections part; counted per old part).
 
+Points that change behaviour instead of killing (:func:`armed`): ``onnx-perturb`` (the ONNX Runtime graph's
+boxes come out 2 px off, so its check against torch fails), ``onnx-export-fails`` (exporting a graph raises).
+
 ``MUSSELTOOLS_FAILPOINTS_LOG``, a file path: before a failpoint kills its process, it appends one line,
 ``name pid detail`` (the detail: the image path for ``image-read``), so a test can count the kills and
 check that each of those processes is gone, without reading any message of the code under test.
@@ -45,3 +48,9 @@ def failpoint(name: str, detail: str = "") -> None:
                 finally:
                     os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(name: str) -> bool:
+    """Whether the behaviour-changing point ``name`` is listed in ``MUSSELTOOLS_FAILPOINTS`` (it never kills)."""
+    spec = os.environ.get("MUSSELTOOLS_FAILPOINTS") or ""
+    return name in (item.strip().partition("@")[0] for item in spec.split(","))

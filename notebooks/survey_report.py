@@ -29,6 +29,7 @@ compare_model = None  # a second model's weights: run on the same images and com
 tile = None  # tile size in pixels, "auto" or "none" for large quadrat photos (default: the weights' card's, else none)
 tile_overlap = None  # tile overlap fraction (default: the card's, else 0.2)
 tile_merge = None  # "edge", "ios" or "nmm": how duplicates across tile seams merge (default: the card's, else edge)
+backend = "torch"  # "torch", "onnx" (ONNX Runtime, checked against torch) or "auto" (onnx on a CPU)
 imgsz = None  # model input size (default: the size the model was trained at)
 conf_floor = 0.01
 iou = None  # NMS IoU (default: the card's, else the family's own: 0.7 for YOLO, 0.5 for Faster R-CNN)
@@ -84,8 +85,8 @@ def shown(value) -> str:
 # %%
 run = mt.run(
     images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold, store=store,
-    class_map=class_map, sheet=sheet, tile=tile,
-    tile_overlap=tile_overlap, tile_merge=tile_merge, imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
+    class_map=class_map, sheet=sheet, tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge, backend=backend,
+    imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
     batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,
     scheduler=scheduler, scheduler_file=scheduler_file, quiet=False,
 )

@@ -43,13 +43,16 @@ def _run(folder, model, store, **kw):
     return mt.run(folder, model=model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, **kw)
 
 
-def test_worker_processes_give_the_one_process_results(folder, tiny_model, reference, tmp_path):
-    r = _run(folder, tiny_model, tmp_path / "store", workers=2)
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_worker_processes_give_the_one_process_results(folder, tiny_model, reference, tmp_path, backend):
+    if backend != "torch":  # the one-process run on the same backend (ONNX Runtime's results are its own)
+        reference = _run(folder, tiny_model, tmp_path / "ref", workers=1, backend=backend)
+    r = _run(folder, tiny_model, tmp_path / "store", workers=2, backend=backend)
     assert r.meta["executor"] == "ProcessExecutor(workers=2, threads=1)"
     assert r.meta["inferred_this_call"] == N and r.status == "completed"
     assert_same_results(r, reference)
     assert r.counts() == reference.counts() and r.meta["counts"] == reference.meta["counts"]
-    again = _run(folder, tiny_model, tmp_path / "store", workers=2)  # a resume infers nothing
+    again = _run(folder, tiny_model, tmp_path / "store", workers=2, backend=backend)  # a resume infers nothing
     assert again.meta["inferred_this_call"] == 0
 
 

@@ -436,7 +436,8 @@ def test_tiled_results_do_not_depend_on_the_model_batch_size(tmp_path, large_ima
 
 
 @pytest.mark.slow
-def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, monkeypatch, backend):
     orig = TiledPredictor.predict
     n = {"calls": 0}
 
@@ -448,15 +449,18 @@ def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, 
 
     monkeypatch.setattr(TiledPredictor, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store", **KW)
+        mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store",
+               backend=backend, **KW)
     run_id = mt.list_runs(store="store").iloc[0]["run_id"]
     r = mt.open_run(run_id, store="store")
     assert r.status == "cancelled" and r.meta["processed_count"] == 2
     monkeypatch.setattr(TiledPredictor, "predict", orig)
-    resumed = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store", **KW)
+    resumed = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store="store",
+               backend=backend, **KW)
     assert resumed.run_id == run_id
     assert resumed.status == "completed" and resumed.meta["inferred_this_call"] == 2
-    straight = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store=tmp_path / "other", **KW)
+    straight = mt.run(large_images, model=tiny_model, tile=128, commit_every=1, store=tmp_path / "other",
+                      backend=backend, **KW)
     pd.testing.assert_frame_equal(_dets(resumed), _dets(straight))
     assert resumed.counts(0.3) == straight.counts(0.3)
 

@@ -20,7 +20,7 @@ Examples
 >>> OPTIONS.iou.help_text
 "NMS IoU threshold (the weights' card's, else 0.7 for YOLO and torchvision's 0.5 for Faster R-CNN)"
 >>> [o.name for o in OPTIONS.inference_settings()]
-['conf_floor', 'imgsz', 'iou', 'max_det', 'tile', 'tile_overlap', 'tile_merge']
+['conf_floor', 'imgsz', 'iou', 'max_det', 'tile', 'tile_overlap', 'tile_merge', 'backend']
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 from .thresholds import Thresholds, parse_class_map
 
 __all__ = ["RunOptions", "Option", "OPTIONS", "REQUIRED", "DEFAULT_COMMIT_EVERY", "NO_TILES", "TILE_MERGE_METHODS",
+           "BACKENDS", "parse_backend",
            "parse_positive_int", "parse_tile", "parse_threshold"]
 
 #: Images per committed part when neither ``commit_every`` nor ``$MUSSELTOOLS_COMMIT_EVERY`` is set.
@@ -41,6 +42,8 @@ DEFAULT_COMMIT_EVERY = 32
 NO_TILES = "none"
 #: Ways of merging duplicate detections across tile seams (:mod:`musseltools.models.tiling`).
 TILE_MERGE_METHODS = ("edge", "ios", "nmm")
+#: What runs the network (:mod:`musseltools.models.onnx`): torch, ONNX Runtime, or ONNX Runtime on CPU when it can.
+BACKENDS = ("torch", "onnx", "auto")
 
 
 class _Required:
@@ -88,6 +91,17 @@ def parse_tile_merge(text: str) -> str:
     """
     if text not in TILE_MERGE_METHODS:
         raise ValueError(f"{text!r} is not a tile merge method — expected one of {', '.join(TILE_MERGE_METHODS)}")
+    return text
+
+
+def parse_backend(text: str) -> str:
+    """One of :data:`BACKENDS`.
+
+    >>> parse_backend("onnx")
+    'onnx'
+    """
+    if text not in BACKENDS:
+        raise ValueError(f"{text!r} is not a backend — expected one of {', '.join(BACKENDS)}")
     return text
 
 
@@ -234,6 +248,11 @@ class RunOptions:
                                   parse=parse_tile_merge, metavar="METHOD", inference=True, fallback="edge",
                                   check=(lambda v: v in TILE_MERGE_METHODS,
                                          "be one of " + ", ".join(TILE_MERGE_METHODS)))
+    backend: str = _opt("torch", "what runs the network: torch, onnx (ONNX Runtime on a graph exported from the weights "
+                        "and checked against torch on the run's first images; torch where it cannot be) or auto "
+                        "(onnx on a CPU, torch on a GPU) ({default})", flag="--backend", parse=parse_backend,
+                        metavar="NAME", inference=True,
+                        check=(lambda v: v in BACKENDS, "be one of " + ", ".join(BACKENDS)))
     class_map: Mapping[str, str] | None = _opt(None, "NAME=CATEGORY,... grouping classes", flag="--class-map",
                                                parse=parse_class_map, metavar="MAP")
     sheet: Any = _opt(None, "sample sheet, CSV or .xlsx: one row per image with its site, date, treatment, area_m2... "

@@ -36,6 +36,7 @@ from ..models import (
     load_model,
     make_predictor,
 )
+from ..models.onnx import backend_in_use
 from ..store.store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
 from .planning import ImageRef, Unit, UnitSummary, sub_unit
 
@@ -157,12 +158,20 @@ class RunTask:
                         info = self.info
                         self._model = load_model(info.path, class_map=info.class_map, family=info.family,
                                                  sha256=info.fingerprint, trust_pickle=info.trust_pickle)
-                    cached = make_predictor(self._model, self.settings, device=self.device, threads=self.threads)
+                    cached = make_predictor(self._model, self.settings, device=self.device, threads=self.threads,
+                                            cache=self._graph_cache())
                     PREDICTORS.clear()  # one model per worker process: a new run's model replaces the last
                     PREDICTORS[key] = cached
                 self._predictor = cached
                 self._predictor.batch_size = self.batch_size
             return self._predictor
+
+    def _graph_cache(self) -> Path:
+        """Where ONNX graphs are cached: the store's cache when it is a writable local folder, else the machine's."""
+        store = self.store
+        if not store.remote and os.access(store.root if store.root.exists() else store.root.parent, os.W_OK):
+            return store.root / "cache" / "onnx"
+        return user_cache_dir() / "onnx"
 
     def _cache_key(self) -> str:
         """What identifies a predictor in this process: the weights' SHA-256, family, settings and device."""
@@ -255,7 +264,8 @@ class RunTask:
         device = self.device or default_device()
         if not device.startswith("cpu"):
             return f"{device}, batch {self.batch_size or 'unknown'}"
-        return f"{device}, {threads or 'unknown'} torch threads, batch {self.batch_size or 'unknown'}"
+        runtime = "onnxruntime" if backend_in_use(self.settings.backend, device) == "onnx" else "torch"
+        return f"{device}, {threads or 'unknown'} {runtime} threads, batch {self.batch_size or 'unknown'}"
 
     def commit(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:
         """Write one unit's results as one committed part; its counts are at :attr:`rule`."""

@@ -7,6 +7,7 @@
 - :mod:`~musseltools.models.torchvision`: the torchvision Faster R-CNN family (registered on import, after
   Ultralytics).
 - :mod:`~musseltools.models.tiling`: :class:`TiledPredictor`, wrapping any predictor.
+- :mod:`~musseltools.models.onnx`: :class:`OnnxPredictor`, the ONNX Runtime backend around any predictor.
 
 Adding a family: implement :class:`ModelFamily` and :class:`Predictor` in a module of this package and
 call :func:`register_family` at its end; import it here.
@@ -42,6 +43,7 @@ from .base import (
     register_family,
 )
 from .card import WeightsCard, read_card, resolve_settings
+from .onnx import OnnxPredictor, with_backend
 from .tiling import TiledPredictor
 from .ultralytics import UltralyticsFamily, YoloPredictor
 
@@ -59,6 +61,7 @@ __all__ = [
     "Predictor",
     "Prepared",
     "TiledPredictor",
+    "OnnxPredictor",
     "UltralyticsFamily",
     "YoloPredictor",
     "FasterRCNNPredictor",
@@ -83,9 +86,13 @@ __all__ = [
 
 
 def make_predictor(
-    model: LoadedModel, settings: Any, *, device: str | None = None, threads: int | None = None
+    model: LoadedModel, settings: Any, *, device: str | None = None, threads: int | None = None,
+    cache: Any = None,
 ) -> Predictor:
     """The predictor of a built model's family for these settings, wrapped in tiles when ``settings.tile`` is set.
+
+    With ``settings.backend`` other than torch, each of its streams runs an ONNX graph when it can
+    (:func:`~musseltools.models.onnx.with_backend`; graphs cached in the folder ``cache``).
 
     Examples
     --------
@@ -94,14 +101,18 @@ def make_predictor(
     'TiledPredictor'
     """
     family = get_family(model.info.family)
+
+    def build(m: LoadedModel, t: int | None) -> Predictor:
+        return with_backend(family.predictor(m, settings, device=device, threads=t), m, settings, cache)
+
     if settings.tile is None:
-        return family.predictor(model, settings, device=device, threads=threads)
+        return build(model, threads)
     spare = copy.deepcopy(model.model)  # before the predictor is built onto it: a model to copy for streams
-    inner = family.predictor(model, settings, device=device, threads=threads)
+    inner = build(model, threads)
     replicas = []
     for _ in range(tile_streams(inner.device, threads) - 1):
         replica = dataclasses.replace(model, model=spare if not replicas else copy.deepcopy(spare))
-        replicas.append(family.predictor(replica, settings, device=device, threads=1))
+        replicas.append(build(replica, 1))
     return TiledPredictor(inner, settings, replicas=replicas)
 
 

@@ -166,6 +166,8 @@ class _SettingsBehaviour:
         d = self.to_dict()
         if d["tile"] is None or d["tile_merge"] == LEGACY_TILE_MERGE:
             d.pop("tile_merge")
+        if d["backend"] == "torch":  # as before backends were a setting (models/onnx.py)
+            d.pop("backend")
         return d
 
     def key(self, model_fingerprint: str, family: str = LEGACY_FAMILY) -> str:

@@ -55,7 +55,7 @@ __all__ = ["CARD_SETTINGS", "CardExistsError", "WeightsCard", "Resolved", "card_
 #: The settings a card may recommend (options whose default is None, so that "not given" is visible).
 CARD_SETTINGS = ("threshold", "iou", "imgsz", "tile", "tile_overlap", "tile_merge")
 #: Settings whose origin a run records besides those (given, else musseltools' default).
-_ALSO_RECORDED = ("conf_floor", "max_det")
+_ALSO_RECORDED = ("conf_floor", "max_det", "backend")
 
 
 @dataclass(frozen=True)

@@ -534,6 +534,7 @@ class FasterRCNNPredictor:
         # torch threads per forward pass on CPU, pinned before each one (as for YOLO)
         self.threads = cpu_threads(threads) if self.device.startswith("cpu") else None
         pin_threads(self.threads)
+        self.runner: Any = None  # runs the network in place of ``net`` when set (musseltools.models.onnx)
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """One BGR uint8 image as the RGB float tensor in [0, 1] that torchvision's detection models take."""
@@ -560,7 +561,7 @@ class FasterRCNNPredictor:
                 for k in range(0, len(same_size), step):
                     idx = same_size[k : k + step]
                     pin_threads(self.threads)
-                    results = self.net([batch[i].tensor.to(self.device) for i in idx])
+                    results = (self.runner or self.net)([batch[i].tensor.to(self.device) for i in idx])
                     for i, r in zip(idx, results):
                         out[i] = self._detections(r, batch[i].image)
         return out  # type: ignore[return-value]

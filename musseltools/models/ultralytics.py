@@ -147,12 +147,16 @@ class YoloPredictor:
         dummy = np.zeros((64, 64, 3), np.uint8)
         yolo.predict(dummy, verbose=False, **self._predict_args())  # builds Ultralytics' predictor once
         self._p = yolo.predictor
+        self._yolo = yolo
         #: torch threads per forward pass on CPU (None on a GPU): pinned before each one, since results
         #: change in the last bits with it (:func:`~musseltools.models.base.cpu_threads`)
         self.threads = cpu_threads(threads) if self.device.startswith("cpu") else None
         pin_threads(self.threads)
         self._inference_mode = torch.inference_mode
         self._forward_lock = threading.Lock()
+        #: what runs the network in place of the torch model when set (an ONNX Runtime graph:
+        #: :mod:`musseltools.models.onnx`); pre- and post-processing stay Ultralytics' either way
+        self.runner: Any = None
 
     def _predict_args(self) -> dict[str, Any]:
         s = self.settings
@@ -192,7 +196,7 @@ class YoloPredictor:
         p = self._p
         with self._forward_lock:  # Ultralytics keeps the batch on the predictor: one forward at a time
             pin_threads(self.threads)
-            preds = p.inference(x)
+            preds = p.inference(x) if self.runner is None else self.runner(x)
             p.batch = ([""] * len(origs), origs, [""] * len(origs))
             results = [Detections.from_ultralytics(r) for r in p.postprocess(preds, x, origs)]
         if len(results) != len(origs):
@@ -201,6 +205,35 @@ class YoloPredictor:
             raise InferenceError(f"the model gave {len(results)} results for {len(origs)} images — run again; if it "
                                  "persists, run with --batch-size 1")
         return results
+
+    # -- ONNX (musseltools.models.onnx) ---------------------------------------------------------------
+    def export_onnx(self, folder: Path, opset: int) -> Path:
+        """Export the network with Ultralytics' exporter into ``folder`` (dynamic batch and image size, so
+        that the graph takes the same letterboxed input as the torch model; simplified with onnxslim)."""
+        yolo, logger = self._yolo, logging.getLogger("ultralytics")
+        kept, level = getattr(yolo.model, "pt_path", None), logger.level
+        yolo.model.pt_path = str(folder / "graph.pt")  # the exporter writes beside it: a private folder
+        logger.setLevel(logging.ERROR)  # its progress lines go to stdout (and would break --json)
+        try:
+            out = yolo.export(format="onnx", imgsz=self.settings.imgsz, dynamic=True, simplify=True, opset=opset,
+                              device="cpu", batch=1, verbose=False)
+        finally:
+            yolo.model.pt_path = kept
+            logger.setLevel(level)
+        return Path(out)
+
+    def onnx_runner(self, session: Any) -> Any:
+        """A stand-in for the torch forward pass: the graph's outputs as torch tensors, as Ultralytics' own
+        ONNX backend returns them (one tensor, or a list: boxes and mask prototypes)."""
+        import torch
+
+        name = session.get_inputs()[0].name
+
+        def run(x: Any) -> Any:
+            outs = [torch.from_numpy(o) for o in session.run(None, {name: x.cpu().numpy()})]
+            return outs[0] if len(outs) == 1 else outs
+
+        return run
 
     # -- batch size -----------------------------------------------------------------------------------
     def images_per_call(self, batch_size: int) -> int:

@@ -187,6 +187,7 @@ def report(
     tile: int | str | None = OPTIONS.tile.default,
     tile_overlap: float | None = OPTIONS.tile_overlap.default,
     tile_merge: str | None = OPTIONS.tile_merge.default,
+    backend: str = OPTIONS.backend.default,
     imgsz: int | None = OPTIONS.imgsz.default,
     n_samples: int = OPTIONS.n_samples.default,
     compare_model: str | os.PathLike | None = OPTIONS.compare_model.default,

@@ -110,6 +110,7 @@ def run(
     tile: int | str | None = OPTIONS.tile.default,
     tile_overlap: float | None = OPTIONS.tile_overlap.default,
     tile_merge: str | None = OPTIONS.tile_merge.default,
+    backend: str = OPTIONS.backend.default,
     class_map: Mapping[str, str] | None = OPTIONS.class_map.default,
     sheet: str | os.PathLike | pd.DataFrame | None = OPTIONS.sheet.default,
     name: str | None = OPTIONS.name.default,

@@ -1,0 +1,405 @@
+"""The ONNX Runtime backend: the same predictors, with the network run by ONNX Runtime on a CPU.
+
+``backend`` (a run option, :mod:`musseltools.core.options`) chooses what runs the network:
+
+- ``torch`` (the default): the family's torch model, as always;
+- ``onnx``: an ONNX graph derived from the weights, run by ONNX Runtime; pre- and post-processing (letterbox,
+  NMS, masks) stay the family's own, so only the forward pass changes;
+- ``auto``: ``onnx`` on a CPU when ``onnxruntime`` is installed, else torch (always torch on a GPU: the CPU
+  wheel of ``onnxruntime`` has no GPU provider).
+
+:func:`with_backend` wraps a family's predictor in an :class:`OnnxPredictor`, which on its first batch:
+
+Export, cached by content
+    The graph is exported from the weights in the process that needs it, under a file lock, into a cache
+    folder (the store's ``cache/onnx``, else the machine's), named by :func:`graph_key`: the weights'
+    SHA-256, the family, imgsz, the opset, the settings baked into the graph (Faster R-CNN: floor, IoU, cap)
+    and the versions of the libraries involved. It is written atomically and recorded with its SHA-256;
+    a graph whose bytes do not match (a damaged file) is exported again, never used. YOLO graphs come from
+    Ultralytics' exporter, with a dynamic batch and image size (measured faster on 2 cores than a static
+    square input, and they take the very tensor the torch model takes); Faster R-CNN graphs from
+    ``torch.onnx.export`` (opset 11+), one image per call.
+
+A check before use
+    The first images a process infers with a graph that has no verdict yet run through both the graph and
+    torch (:data:`CHECK_IMAGES` images). The graph passes when, per class, the counts at every threshold
+    of :data:`CHECK_THRESHOLDS` are equal but for detections within 1e-3 of that threshold, and every
+    detection above the floor has a match in the other set with its box corners within 0.5 px. The
+    verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
+    torch. So does a family or variant that cannot be exported (one warning line, the reason).
+
+Threads: one ONNX Runtime session per graph in a process (:data:`SESSIONS`, like the worker's model
+cache), with ``intra_op_num_threads`` = the predictor's torch threads (a worker's share of the cores).
+
+Determinism: ONNX Runtime on CPU with a fixed thread count and batch 1 gives bit-identical results from
+run to run (tested); between torch and ONNX Runtime, results agree within the contract's tolerance
+(docs/what-survives-what.md), and a run records which backend inferred it (``run.meta["inferred_with"]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._failpoints import armed
+from ..core.detections import Detections
+from .base import LoadedModel, Predictor, Prepared, fastest_batch_size
+
+__all__ = ["OPSET", "CHECK_IMAGES", "CHECK_THRESHOLDS", "SESSIONS", "OnnxPredictor", "backend_in_use",
+           "compare_detections", "graph_key", "with_backend"]
+
+log = logging.getLogger(__name__)
+
+#: The ONNX opset of exported graphs (torchvision's detection models need 11 or later).
+OPSET = 17
+#: Images of a run checked on both backends before a graph without a verdict is trusted.
+CHECK_IMAGES = 4
+#: Thresholds at which the check compares counts: any threshold a run may later be tuned to lies among them.
+CHECK_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: The check's tolerances: confidences near a threshold may fall either side; box corners in pixels.
+CONF_TOL = 1e-3
+BOX_TOL = 0.5
+#: This process's ONNX Runtime sessions by (graph path, threads): one per graph, shared by tile streams.
+SESSIONS: dict[tuple[str, int], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+_LIBRARIES = ("torch", "torchvision", "ultralytics", "onnx", "onnxslim", "onnxruntime")
+
+
+def backend_in_use(backend: str, device: str) -> str:
+    """``onnx`` when the backend setting asks for ONNX Runtime on this device, else ``torch``.
+
+    >>> backend_in_use("auto", "cuda:0"), backend_in_use("torch", "cpu")
+    ('torch', 'torch')
+    """
+    if backend == "torch" or not device.startswith("cpu"):
+        return "torch"
+    if backend == "auto":
+        try:
+            importlib.metadata.version("onnxruntime")
+        except importlib.metadata.PackageNotFoundError:
+            return "torch"
+    return "onnx"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+def graph_key(model: LoadedModel, settings: Any) -> str:
+    """The name of a model's graph in the cache: what the exported graph depends on, hashed."""
+    payload = {"weights": model.info.fingerprint, "family": model.info.family, "imgsz": settings.imgsz,
+               "opset": OPSET, "versions": _versions(), "dynamic": True}
+    if model.info.family != "ultralytics":  # NMS, the floor and the cap are inside a Faster R-CNN graph
+        payload.update(conf_floor=settings.conf_floor, iou=settings.iou, max_det=settings.max_det)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+def _file_lock(path: Path) -> Any:
+    from filelock import FileLock
+
+    return FileLock(str(path))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def _valid_graph(graph: Path, record: dict[str, Any]) -> bool:
+    """The graph's bytes are those recorded when it was exported (a damaged or half-copied file is not)."""
+    try:
+        return graph.is_file() and record.get("sha256") == _sha256(graph)
+    except OSError:
+        return False
+
+
+def _export(predictor: Any, graph: Path) -> None:
+    """Export ``predictor``'s network to ``graph`` (atomically: the file appears whole or not at all)."""
+    if armed("onnx-export-fails"):
+        raise RuntimeError("export refused by the onnx-export-fails failpoint")
+    missing = [n for n in ("onnx", "onnxslim") if importlib.util.find_spec(n) is None]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not installed: the graph is exported with them — "
+                           "pip install 'musseltools[onnx]'")
+    with tempfile.TemporaryDirectory(dir=graph.parent, prefix=".export-") as tmp:
+        if hasattr(predictor, "export_onnx"):
+            out = predictor.export_onnx(Path(tmp), OPSET)
+        elif hasattr(predictor, "net"):  # a torch module taking a list of image tensors (Faster R-CNN)
+            out = _export_torch_detector(predictor, Path(tmp))
+        else:
+            raise RuntimeError(f"{type(predictor).__name__} has no ONNX export")
+        os.replace(out, graph)  # the same file system: the graph appears whole
+
+def _export_torch_detector(predictor: Any, folder: Path) -> Path:
+    """torchvision's ONNX export of a detection model (its transform and NMS inside the graph)."""
+    import warnings
+
+    import torch
+
+    out = folder / "graph.onnx"
+    side = int(predictor.settings.imgsz)
+    dummy = [torch.rand(3, side, side * 4 // 3)]
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(predictor.net.cpu(), (dummy,), str(out), opset_version=OPSET, dynamo=False,
+                          input_names=["images"], output_names=["boxes", "labels", "scores"],
+                          dynamic_axes={"images": [1, 2], "boxes": [0], "labels": [0], "scores": [0]})
+    return out
+
+
+def _torch_detector_runner(session: Any) -> Any:
+    """A stand-in for a torchvision detector's forward: a list of images in, a list of result dicts out."""
+    import torch
+
+    def run(images: Sequence[Any]) -> list[dict[str, Any]]:
+        out = []
+        for image in images:
+            boxes, labels, scores = session.run(None, {"images": image.cpu().numpy()})
+            out.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                        "scores": torch.from_numpy(scores)})
+        return out
+
+    return run
+
+
+def _session(graph: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    key = (str(graph), threads)
+    with _SESSIONS_LOCK:
+        if key not in SESSIONS:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            if {k[0] for k in SESSIONS} - {str(graph)}:
+                SESSIONS.clear()  # one model per worker process: a new run's graph replaces the last
+            SESSIONS[key] = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return SESSIONS[key]
+
+
+# ---------------------------------------------------------------------------------------------- the check
+def _nearest(one: Detections, other: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection of ``one``: the index of the nearest box of its class in ``other`` (-1: none) and
+    the largest corner distance to it (inf: none)."""
+    index, gap = np.full(len(one), -1), np.full(len(one), np.inf)
+    for i in range(len(one)):
+        same = np.flatnonzero(other.class_id == one.class_id[i])
+        if len(same):
+            d = np.abs(other.xyxy[same] - one.xyxy[i]).max(axis=1)
+            index[i], gap[i] = same[d.argmin()], d.min()
+    return index, gap
+
+
+def compare_detections(a: Detections, b: Detections, floor: float, box_tol: float = BOX_TOL) -> str | None:
+    """None when two sets of detections of one image agree by the check's rule, else why not.
+
+    Every detection above the floor (by more than 1e-3) has a box of its class in the other set within
+    0.5 px. Per class, counts at the floor and at every :data:`CHECK_THRESHOLDS` are equal but for
+    detections within 1e-3 of that threshold and near-duplicates: a detection whose nearest box in the other
+    set is also another's (NMS keeps or drops a near-duplicate whose overlap lies at the IoU threshold;
+    1e-4 on an unclipped box decides it).
+    """
+    na_, ga = _nearest(a, b)
+    nb_, gb = _nearest(b, a)
+    for one, index, gap in ((a, na_, ga), (b, nb_, gb)):
+        for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (gap > box_tol)):
+            where = "has no match" if index[i] < 0 else f"is {gap[i]:.2f} px from the nearest (over {box_tol})"
+            return f"a class {one.class_id[i]} box at {one.xyxy[i].round(1).tolist()} {where}"
+    for cls in sorted(set(a.class_id.tolist()) | set(b.class_id.tolist())):
+        for t in (floor, *CHECK_THRESHOLDS):
+            slack, n = 0, []
+            for one, index in ((a, na_), (b, nb_)):
+                kept = (one.class_id == cls) & (one.confidence >= t)
+                n.append(int(kept.sum()))
+                slack += int((np.abs(one.confidence[one.class_id == cls] - t) <= CONF_TOL).sum())
+                slack += int(kept.sum()) - len(set(index[kept].tolist()))  # several sharing one nearest box
+            if abs(n[0] - n[1]) > slack:
+                return f"class {cls}: {n[0]} against {n[1]} detections at threshold {t:g}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the predictor
+class OnnxPredictor:
+    """A family's predictor whose forward pass ONNX Runtime runs once the graph is exported and checked.
+
+    Implements :class:`~musseltools.models.base.Predictor`; ``prepare`` and the post-processing are the
+    wrapped predictor's. ``backend`` says what runs now: ``pending`` (before the first batch), ``onnx``,
+    or ``torch`` (the graph failed its check or could not be made; ``reason`` says why).
+    """
+
+    def __init__(self, inner: Predictor, model: LoadedModel, settings: Any, cache: Path) -> None:
+        self.inner = inner
+        self.model = model
+        self.settings = settings
+        self.cache = Path(cache)
+        self.device, self.names, self.task = inner.device, inner.names, inner.task
+        self.backend = "pending"
+        self.reason: str | None = None
+        self._checked = 0
+        self._lock = threading.Lock()
+
+    batch_size = property(lambda self: self.inner.batch_size,
+                          lambda self, n: setattr(self.inner, "batch_size", n))
+
+    @property
+    def graph(self) -> Path:
+        return self.cache / f"{graph_key(self.model, self.settings)}.onnx"
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        return self.inner.prepare(image)
+
+    def images_per_call(self, batch_size: int) -> int:
+        return self.inner.images_per_call(batch_size)
+
+    def measure_batch_size(self, sample: Prepared) -> int:
+        self._start()
+        candidates = (1, 2, 4) if self.backend == "onnx" else None
+        return fastest_batch_size(self.inner, sample, candidates)
+
+    def predict(self, batch: Sequence[Prepared]) -> list[Detections]:
+        self._start()
+        if self.backend == "onnx" and self._checked < CHECK_IMAGES:
+            return self._checked_predict(batch)
+        return self.inner.predict(batch)
+
+    # -- getting there --------------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Export (or find) the graph and open its session, once; torch, with the reason logged, if it fails."""
+        with self._lock:
+            if self.backend != "pending":
+                return
+            try:
+                graph, record = self._graph()
+                runner = self._runner(_session(graph, self.inner.threads or 1))
+            except Exception as exc:  # noqa: BLE001 - any failure to export or load: torch goes on
+                return self._fall_back(f"the ONNX graph could not be made ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''})")
+            if record.get("check") is not None and not record["check"]["passed"]:
+                return self._fall_back(f"the ONNX graph failed its check against torch: {record['check']['why']}")
+            self._checked = CHECK_IMAGES if record.get("check") else 0
+            self.inner.runner = runner
+            self.backend = "onnx"
+
+    def _graph(self) -> tuple[Path, dict[str, Any]]:
+        graph = self.graph
+        graph.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(graph.with_suffix(".lock")):
+            record = _read_record(graph.with_suffix(".json"))
+            if not _valid_graph(graph, record):
+                if graph.exists() or record:
+                    log.warning("the cached ONNX graph %s is damaged or incomplete: exporting it again", graph.name)
+                    with contextlib.suppress(OSError):
+                        graph.unlink()
+                _export(self.inner, graph)
+                record = {"sha256": _sha256(graph), "versions": _versions(), "opset": OPSET, "check": None}
+                _write_atomic(graph.with_suffix(".json"), json.dumps(record, indent=1).encode())
+                log.info("exported an ONNX graph of %s to %s", Path(self.model.info.path).name, graph)
+        return graph, record
+
+    def _runner(self, session: Any) -> Any:
+        base = (self.inner.onnx_runner(session) if hasattr(self.inner, "onnx_runner")
+                else _torch_detector_runner(session))
+        if not armed("onnx-perturb"):
+            return base
+        return _perturbed(base)
+
+    def _checked_predict(self, batch: Sequence[Prepared]) -> list[Detections]:
+        """Both backends on one batch: the graph's results when they agree, torch's (and torch from now on) if not."""
+        graph_dets = self.inner.predict(batch)
+        runner, self.inner.runner = self.inner.runner, None
+        try:
+            torch_dets = self.inner.predict(batch)
+        finally:
+            self.inner.runner = runner
+        why = next((w for g, t in zip(graph_dets, torch_dets)
+                    if (w := compare_detections(g, t, self.settings.conf_floor)) is not None), None)
+        self._checked += len(batch)
+        if why is not None or self._checked >= CHECK_IMAGES:
+            self._record_check(why)
+        if why is not None:
+            self.inner.runner = None
+            self._fall_back(f"the ONNX graph failed its check against torch: {why}")
+            return torch_dets
+        return graph_dets
+
+    def _record_check(self, why: str | None) -> None:
+        path = self.graph.with_suffix(".json")
+        with contextlib.suppress(OSError), _file_lock(self.graph.with_suffix(".lock")):
+            record = _read_record(path)
+            if record and record.get("check") is None:
+                record["check"] = {"passed": why is None, "why": why, "images": self._checked}
+                _write_atomic(path, json.dumps(record, indent=1).encode())
+
+    def _fall_back(self, reason: str) -> None:
+        self.backend, self.reason = "torch", reason
+        log.warning("%s — going on with torch", reason)
+
+
+def _perturbed(run: Any) -> Any:
+    """The ``onnx-perturb`` failpoint: a graph whose boxes come out 2 px wider and taller."""
+    def perturbed(x: Any) -> Any:
+        out = run(x)
+        if isinstance(out, list) and out and isinstance(out[0], dict):  # Faster R-CNN results
+            for r in out:
+                r["boxes"] = r["boxes"] + 2.0
+            return out
+        first = out[0] if isinstance(out, list) else out
+        first[:, 2:4] += 4.0  # YOLO: (batch, 4 + classes..., anchors), rows cx, cy, w, h
+        return out
+
+    return perturbed
+
+
+def with_backend(predictor: Predictor, model: LoadedModel, settings: Any, cache: str | os.PathLike | None) -> Predictor:
+    """``predictor`` itself for the torch backend, else an :class:`OnnxPredictor` around it (graphs cached in
+    ``cache``, else in a folder of this machine's temporary directory)."""
+    if backend_in_use(getattr(settings, "backend", "torch"), predictor.device) != "onnx":
+        if settings.backend == "onnx":
+            log.warning("backend onnx runs on a CPU only — going on with torch on %s", predictor.device)
+        return predictor
+    if cache is None:
+        cache = Path(tempfile.gettempdir()) / f"musseltools-onnx-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return OnnxPredictor(predictor, model, settings, Path(cache))

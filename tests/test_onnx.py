@@ -1,0 +1,186 @@
+"""The ONNX Runtime backend (``backend="onnx"``): same results as torch by the contract, a graph exported once
+per weights and settings and checked before use, torch whenever it cannot be trusted, and torch keys unchanged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import IMGSZ, write_images
+from contract import assert_same_results, comparable
+
+import musseltools as mt
+from musseltools.core.detections import Detections
+from musseltools.executors.planning import make_run_id
+from musseltools.models import InferenceSettings
+from musseltools.models.onnx import compare_detections
+
+KW = {"imgsz": IMGSZ, "quiet": True, "workers": 1}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("onnx") / "images"
+    write_images(f, 6, seed=5)
+    return f
+
+
+def _exact(a_run, b_run) -> None:
+    """Bit-identical detections (detection ids aside: they derive from the inference key, which differs)."""
+    for a, b in zip(comparable(a_run), comparable(b_run)):
+        pd.testing.assert_frame_equal(a.drop(columns=["detection_id"], errors="ignore"),
+                                      b.drop(columns=["detection_id"], errors="ignore"))
+
+
+def _new_process() -> None:
+    """Forget this process's predictors and sessions, as a new worker process starts without them."""
+    from musseltools.executors import task
+    from musseltools.models import onnx
+
+    task.PREDICTORS.clear()
+    onnx.SESSIONS.clear()
+
+
+def _graphs(store: Path) -> list[Path]:
+    return sorted((Path(store) / "cache" / "onnx").glob("*.onnx"))
+
+
+def _record(graph: Path) -> dict:
+    return json.loads(graph.with_suffix(".json").read_text())
+
+
+def assert_parity(onnx_run, torch_run, box_tol: float = 0.5) -> None:
+    """The parity rule of the check (musseltools.models.onnx.compare_detections), image by image, on the
+    stored boxes (a segment's is its outline's: the contract's 1 px per vertex)."""
+    assert (onnx_run.meta["processed_count"], onnx_run.meta["failed_count"]) == (
+        torch_run.meta["processed_count"], torch_run.meta["failed_count"])
+    a, b = onnx_run.detections(onnx_run.conf_floor), torch_run.detections(torch_run.conf_floor)
+    for image_id in set(a["image_id"]) | set(b["image_id"]):
+        da, db = (Detections(d[["x1", "y1", "x2", "y2"]].to_numpy(), d["confidence"].to_numpy(),
+                             d["class_id"].to_numpy())
+                  for d in (a[a["image_id"] == image_id], b[b["image_id"] == image_id]))
+        assert compare_detections(da, db, onnx_run.conf_floor, box_tol) is None, image_id
+
+
+def test_torch_keys_and_run_ids_are_those_made_before_backends_existed():
+    """Literals computed on the code before the backend setting: existing stores stay valid."""
+    assert InferenceSettings().key("0" * 64) == "8243349145f41b2a"
+    assert InferenceSettings(imgsz=320, tile=640, tile_merge="ios").key("ab" * 32, "torchvision") == "2ab56137bea35b32"
+    assert make_run_id("c" * 16, "/x/w.pt", 0.5, InferenceSettings(imgsz=320)) == "e51007ea8b94"
+    assert InferenceSettings(backend="onnx").key("0" * 64) != InferenceSettings().key("0" * 64)
+    assert InferenceSettings(backend="auto").key("0" * 64) != InferenceSettings(backend="onnx").key("0" * 64)
+    with pytest.raises(ValueError, match="backend must be one of torch, onnx, auto"):
+        InferenceSettings(backend="tensorrt")
+
+
+@pytest.mark.parametrize("task", ["detect"])  # segment, obb: see the report (tiny untrained models fail the check)
+def test_onnx_gives_torchs_results_by_the_contract_and_is_deterministic(model_factory, folder, tmp_path, task):
+    model = model_factory(task)
+    torch_run = mt.run(folder, model=model, store=tmp_path / "torch", **KW)
+    onnx_run = mt.run(folder, model=model, store=tmp_path / "onnx", backend="onnx", **KW)
+    assert onnx_run.meta["inference_key"] != torch_run.meta["inference_key"]
+    assert onnx_run.meta["settings"]["backend"] == "onnx"
+    assert onnx_run.settings_table().loc["backend", "value"] == "onnx"
+    assert all("onnxruntime threads" in w for w in onnx_run.meta["inferred_with"])
+    [graph] = _graphs(tmp_path / "onnx")
+    assert _record(graph)["check"]["passed"] is True
+    assert_parity(onnx_run, torch_run, 1.0 if task == "segment" else 0.5)
+    again = mt.run(folder, model=model, store=tmp_path / "onnx2", backend="onnx", **KW)  # a new export, same bytes
+    for a, b in zip(comparable(again), comparable(onnx_run)):
+        pd.testing.assert_frame_equal(a, b)  # ORT on CPU, fixed threads, batch 1: bit-identical
+
+
+def test_a_damaged_cached_graph_is_exported_again_never_used(tiny_model, folder, tmp_path, caplog):
+    first = mt.run(folder, model=tiny_model, store="store", backend="onnx", **KW)
+    [graph] = _graphs(Path("store"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\0" * 64  # a few damaged bytes: still a loadable file?
+    graph.write_bytes(bytes(data))
+    other = tmp_path / "more"
+    write_images(other, 5, seed=6)  # at least CHECK_IMAGES: the new graph is checked and its verdict kept
+    _new_process()
+    with caplog.at_level(logging.WARNING):
+        second = mt.run(other, model=tiny_model, store="store", backend="onnx", **KW)
+    assert "damaged or incomplete: exporting it again" in caplog.text
+    assert graph.read_bytes() != bytes(data) and _record(graph)["check"]["passed"] is True
+    reference = mt.run(other, model=tiny_model, store="ref", backend="onnx", **KW)
+    for a, b in zip(comparable(second), comparable(reference)):
+        pd.testing.assert_frame_equal(a, b)
+    assert first.status == "completed"
+
+
+def test_a_graph_that_fails_its_check_is_not_used_and_the_run_says_why(tiny_model, folder, monkeypatch, caplog):
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "onnx-perturb")  # the graph's boxes come out 2 px off
+    with caplog.at_level(logging.WARNING):
+        r = mt.run(folder, model=tiny_model, store="store", backend="onnx", **KW)
+    assert "the ONNX graph failed its check against torch" in caplog.text and "going on with torch" in caplog.text
+    [graph] = _graphs(Path("store"))
+    assert _record(graph)["check"]["passed"] is False
+    torch_run = mt.run(folder, model=tiny_model, store="torch", **KW)
+    _exact(r, torch_run)  # torch's results, exactly
+    caplog.clear()
+    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")
+    more = Path("more")
+    write_images(more, 2, seed=9)
+    _new_process()
+    with caplog.at_level(logging.WARNING):
+        mt.run(more, model=tiny_model, store="store", backend="onnx", **KW)  # the verdict is kept
+    assert "failed its check" in caplog.text
+
+
+def test_a_model_that_cannot_be_exported_runs_on_torch_with_one_warning(tiny_model, folder, monkeypatch, caplog):
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "onnx-export-fails")
+    with caplog.at_level(logging.WARNING, logger="musseltools"):
+        r = mt.run(folder, model=tiny_model, store="store", backend="onnx", **KW)
+    [line] = [rec.getMessage() for rec in caplog.records if "ONNX" in rec.getMessage()]
+    assert "could not be made" in line and "going on with torch" in line and "\n" not in line
+    torch_run = mt.run(folder, model=tiny_model, store="torch", **KW)
+    _exact(r, torch_run)
+
+
+def test_export_never_tries_to_install_a_package(tiny_model, folder, monkeypatch):
+    import ultralytics.utils.checks as checks
+
+    calls = []
+    monkeypatch.setattr(checks.subprocess, "check_output", lambda *a, **k: calls.append(a) or "")
+    mt.run(folder, model=tiny_model, store="store", backend="onnx", **KW)
+    assert _graphs(Path("store")) and calls == []
+
+
+def test_the_check_counts_at_thresholds_and_matches_boxes():
+    names = {0: "live", 1: "dead"}
+    a = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.4], [0, 0], names=names)
+    assert compare_detections(a, a, 0.01) is None
+    near = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.3996], [0, 0], names=names)
+    assert compare_detections(a, near, 0.01) is None  # 0.4 against 0.3996: within 1e-3 of the threshold 0.4
+    lower = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.39], [0, 0], names=names)
+    assert "threshold 0.4" in compare_detections(a, lower, 0.01)
+    moved = Detections([[0, 0, 10, 10.6], [20, 20, 30, 30]], [0.9, 0.4], [0, 0], names=names)
+    assert "px from the nearest" in compare_detections(a, moved, 0.01)
+    assert compare_detections(a, Detections([[0, 0, 10, 10.4], [20, 20, 30, 30]], [0.9, 0.4], [0, 0],
+                                            names=names), 0.01) is None
+
+
+@pytest.mark.slow
+def test_sigkilled_onnx_run_resumes_to_an_uninterrupted_ones_results(tiny_model, tmp_path, monkeypatch):
+    """A run on ONNX Runtime killed (SIGKILL) after its second committed part, through the command line,
+    then resumed: bit-identical to one uninterrupted run (one ORT thread, batch 1)."""
+    images = tmp_path / "images"
+    write_images(images, 8, seed=4)
+    argv = [sys.executable, "-m", "musseltools", "run", str(images), "--model", str(tiny_model), "--imgsz",
+            str(IMGSZ), "--backend", "onnx", "--commit-every", "2", "--batch-size", "1", "--workers", "1"]
+    killed = subprocess.run([*argv, "--store", "store"], capture_output=True, text=True, timeout=240,
+                            env={**__import__("os").environ, "MUSSELTOOLS_FAILPOINTS": "part-committed@2"})
+    assert killed.returncode == -9, killed.stderr
+    done = subprocess.run([*argv, "--store", "store"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    straight = mt.run(images, model=tiny_model, store="other", backend="onnx", commit_every=2, **KW)
+    [run_id] = mt.list_runs(store="store")["run_id"]
+    resumed = mt.open_run(run_id, store="store")
+    assert resumed.status == "completed" and resumed.meta["processed_count"] == 8
+    assert_same_results(resumed, straight)
