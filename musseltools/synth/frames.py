@@ -292,11 +292,8 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
         n_total = int(np.clip(n_total, 1 if spec.density > 0 else 0, 150))
         cluster_size = int(rng.integers(3, 10))
     dead_frac = rng.uniform(0.2, 0.5)
-    kinds = None
-    if spec.live is not None or spec.dead is not None:  # a design's exact counts, in a random order
-        n_live, n_dead = int(spec.live or 0), int(spec.dead or 0)
-        n_total = n_live + n_dead
-        kinds = rng.permutation(np.repeat([LIVE, DEAD], [n_live, n_dead]))
+    kinds = _design_kinds(spec, rng)
+    n_total = len(kinds) if kinds is not None else n_total
     n_clusters = max(1, int(round(n_total / cluster_size)))
     centers = np.column_stack(
         [rng.uniform(0.05 * w, 0.95 * w, n_clusters), rng.uniform(0.05 * h, 0.95 * h, n_clusters)]
@@ -339,6 +336,13 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     img = photometric(img, rng, noise_scale=0.4 if spec.style == "quadrat" else 1.0)
     labels = labels_from_owner(objects, owner)
     return img, labels
+
+
+def _design_kinds(spec: FrameSpec, rng: np.random.Generator) -> np.ndarray | None:
+    """The classes of a design's exact counts (``spec.live``, ``spec.dead``) in a random order, else None."""
+    if spec.live is None and spec.dead is None:
+        return None
+    return rng.permutation(np.repeat([LIVE, DEAD], [int(spec.live or 0), int(spec.dead or 0)]))
 
 
 # ---- shells --------------------------------------------------------------------------------
