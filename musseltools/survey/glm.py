@@ -18,7 +18,7 @@ Examples
 --------
 >>> cmp = compare_groups(images, "treatment", ["live", "dead"], reference="control")   # doctest: +SKIP
 >>> cmp.formulas["count_model"]                                                      # doctest: +SKIP
-'glm(total ~ treatment + offset(log(area_m2)), family = poisson, data = images)'
+'glm(I(live + dead) ~ treatment + offset(log(area_m2)), family = poisson, data = images)'
 """
 
 from __future__ import annotations
