@@ -148,6 +148,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         kwargs["size"] = synth.parse_size(args.size)
     if args.large:
         kwargs["large"] = args.large
+    if args.survey:
+        from ..synth.survey import generate_survey
+
+        sites, dates, per = args.survey
+        sheet = generate_survey(args.out, sites, dates, per, seed=args.seed, size=kwargs.get("size", (416, 320)))
+        print(f"wrote a survey of {len(sheet)} images ({sites} sites x {dates} dates x {per}) with sheet.csv and "
+              f"truth.csv to {args.out}")
+        return EXIT_OK
     table = synth.generate(args.out, **kwargs)
     print(f"wrote {len(table)} synthetic images with labels to {args.out}")
     return EXIT_OK
@@ -210,4 +218,18 @@ def register_runs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", metavar="WxH", help="image size, e.g. 640x480 (varied when unset)")
     p.add_argument("--density", type=float, default=1.0, metavar="D", help="mussel density multiplier (1.0)")
     p.add_argument("--large", type=int, default=0, metavar="K", help="make the last K images large quadrats")
+    p.add_argument("--survey", type=_survey_arg, metavar="SITES,DATES,IMAGES",
+                   help="a survey design instead: sites x dates x images per site and date, with known true density "
+                   "and mortality per site (truth.csv) and its sample sheet (sheet.csv); --n, --large ignored")
     p.set_defaults(func=_cmd_synth)
+
+
+def _survey_arg(text: str) -> tuple[int, int, int]:
+    try:
+        sites, dates, per = (int(v) for v in text.split(","))
+        if min(sites, dates, per) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SITES,DATES,IMAGES (three positive integers, e.g. 4,2,5)") from None
+    return sites, dates, per

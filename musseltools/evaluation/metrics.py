@@ -297,7 +297,9 @@ class Evaluation:
         Totals are over every image of the run with a result. Their interval comes from resampling
         images with replacement (``n_boot`` times, ``seed``). When some images have truth, the
         ratio estimator ``sum(true) / sum(predicted)`` on those images times the survey's predicted
-        total gives a corrected total, its interval from resampling the validated images. A row
+        total gives a corrected total; its interval is a t interval from the ratio's linearized variance
+        over the validated images, on the log scale, t quantile on ``validated - 1`` df (a percentile
+        bootstrap of 5 validated images covered 80%: see docs/survey.md, "Estimators"). A row
         ``class="live_fraction"`` gives the fraction live/(live+dead) when both classes exist.
 
         Returns

@@ -116,6 +116,10 @@ class FrameSpec:
         Multiplies the number of mussels.
     jpeg_quality : int or None
         JPEG quality; ``None`` draws one from 75-95 per image.
+    live, dead : int or None
+        Exact numbers of live and dead mussels to draw (a survey design's counts,
+        :mod:`musseltools.synth.survey`); ``None`` draws them from ``density``. A shell that
+        finds no place, or ends less than half visible, is not labelled: ``counts.csv`` says what was.
     """
 
     name: str
@@ -124,6 +128,8 @@ class FrameSpec:
     style: str = "survey"
     density: float = 1.0
     jpeg_quality: int | None = None
+    live: int | None = None
+    dead: int | None = None
 
 
 def generate(
@@ -286,6 +292,8 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
         n_total = int(np.clip(n_total, 1 if spec.density > 0 else 0, 150))
         cluster_size = int(rng.integers(3, 10))
     dead_frac = rng.uniform(0.2, 0.5)
+    kinds = _design_kinds(spec, rng)
+    n_total = len(kinds) if kinds is not None else n_total
     n_clusters = max(1, int(round(n_total / cluster_size)))
     centers = np.column_stack(
         [rng.uniform(0.05 * w, 0.95 * w, n_clusters), rng.uniform(0.05 * h, 0.95 * h, n_clusters)]
@@ -298,7 +306,7 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     light = rng.uniform(0, 2 * math.pi)  # light direction (shadows fall opposite)
     shadow_dx, shadow_dy = -math.cos(light), -math.sin(light)
     for _k in range(int(n_total)):
-        cls = DEAD if rng.random() < dead_frac else LIVE
+        cls = int(kinds[_k]) if kinds is not None else DEAD if rng.random() < dead_frac else LIVE
         length = rng.uniform(*lengths)
         for _attempt in range(6):
             if rng.random() < 0.75:
@@ -328,6 +336,13 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     img = photometric(img, rng, noise_scale=0.4 if spec.style == "quadrat" else 1.0)
     labels = labels_from_owner(objects, owner)
     return img, labels
+
+
+def _design_kinds(spec: FrameSpec, rng: np.random.Generator) -> np.ndarray | None:
+    """The classes of a design's exact counts (``spec.live``, ``spec.dead``) in a random order, else None."""
+    if spec.live is None and spec.dead is None:
+        return None
+    return rng.permutation(np.repeat([LIVE, DEAD], [int(spec.live or 0), int(spec.dead or 0)]))
 
 
 # ---- shells --------------------------------------------------------------------------------
