@@ -204,3 +204,20 @@ def test_a_sheet_given_to_run_is_checked_before_inference_and_a_new_one_infers_n
     again = mt.run(images, model=tiny_model, imgsz=128, quiet=True, sheet=good)
     assert again.run_id == run.run_id and again.meta["inferred_this_call"] == 0
     assert again.sheet()["site"].tolist() == ["S9", "S1"] * 3 and len(again.sheet_versions()) == 2
+
+
+def test_by_group_with_the_real_estimators_gives_the_hand_computed_densities_and_fractions(tmp_path):
+    """The run's tables through the shipped estimators: density is the group's count over its area (North: 3
+    live on 0.25 + 0.25 + 0.5 m²), the fraction each category's share; the failed image is left out."""
+    run = _run(tmp_path)
+    run.attach_sheet(tmp_path / "survey.csv")
+    est = run.by_group("site", threshold=0.5).set_index(["site", "category"])
+    assert est.loc[("North", "live"), ["images", "count", "density", "fraction"]].tolist() == [3, 3, 3.0, 0.6]
+    assert est.loc[("North", "dead"), ["count", "density", "fraction"]].tolist() == [2, 2.0, 0.4]
+    assert est.loc[("South", "live"), "images"] == 2  # f failed: not a sample
+    assert est.loc[("South", "live"), "density"] == pytest.approx(1 / 1.5)
+    assert (est["density_low"] < est["density"]).all() and (est["density"] < est["density_high"]).all()
+    c = run.compare_groups("treatment", reference="open")
+    live = c.differences.set_index("quantity").loc["density live"]
+    assert live["estimate"] == pytest.approx(2 / 1.75) and live["reference_estimate"] == pytest.approx(2 / 0.75)
+    assert "offset(log(area_m2))" in c.formulas["count_model"]
