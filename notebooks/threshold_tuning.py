@@ -41,12 +41,14 @@ tile_merge = None  # "edge", "ios" or "nmm" (default: the card's, else edge)
 iou = None  # NMS IoU (default: the card's, else the family's own)
 imgsz = None  # model input size (default: the size the model was trained at)
 background = False  # run in a background thread and show a RunMonitor while it works
+calibrate = True  # with `truth`: search the NMS IoU (tile size and merge) and thresholds, offer to write the card
+calibrate_ious = None  # the NMS IoUs searched (default 0.3 to 0.7, step 0.05); fewer is faster
 
 # %%
 from IPython.display import display
 
 import musseltools as mt
-from musseltools.jupyter import RunMonitor, ThresholdTuner
+from musseltools.jupyter import CalibrationPanel, RunMonitor, ThresholdTuner
 
 # %% [markdown]
 # ## The run
@@ -104,3 +106,24 @@ tuner
 # run.counts()                         # counts at the saved thresholds
 # ```
 # and `musseltools counts RUN_ID`, `musseltools export-polygons RUN_ID OUT` and `musseltools report` use them.
+
+# %% [markdown]
+# ## Calibrate the detector
+#
+# With `truth` (labels of some of the run's images), `mt.calibrate` searches what the sliders cannot: the
+# NMS IoU (0.3 to 0.7) and, for a tiled run, the tile size and merge, with per-class thresholds of least
+# count error at each, chosen by cross-validation over the labelled images (see `docs/calibration.md`).
+# Only the labelled images are inferred, once per setting (cached: running the cell again infers
+# nothing); a tiled run searches 81 settings, so label a few images, or narrow the search with
+# `calibrate_ious`. The table shows the count error of each setting, in-sample and cross-validated, the
+# chosen one marked `*`. **Write the card** writes the chosen settings beside the weights
+# (`WEIGHTS.yaml`), and later runs of those weights use them for every setting they are not given; an
+# existing card is replaced only with *replace the existing card* ticked (the old one is kept as a backup).
+
+# %%
+if truth is not None and calibrate:
+    calibration = mt.calibrate(run, truth, ious=calibrate_ious)
+    display(CalibrationPanel(calibration))
+else:
+    print("no calibration: set `truth` to labels of some of the run's images (and `calibrate = True`) to choose "
+          "the detector's NMS IoU, tile merge and thresholds from them")

@@ -151,3 +151,27 @@ def test_a_model_without_a_card_says_so_once(survey, tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger="musseltools.runs.engine"):
         mt.run(tmp_path / "images", model=weights, imgsz=IMGSZ, iou=0.55, store=run.store, quiet=True, workers=1)
     assert not [r for r in caplog.records if "has no card" in r.getMessage()]
+
+
+def test_the_notebook_panel_writes_the_card_once_and_replaces_it_only_when_asked(survey):
+    """Issue 25, point 5: the panel shows the table and the chosen settings; its button writes the card; a
+    second click says the card exists and keeps it; with *replace* ticked it is replaced, a backup kept."""
+    from musseltools.jupyter import CalibrationPanel
+
+    run, weights, counts = survey
+    cal = mt.calibrate(run, counts, ious=[0.5, 0.7], workers=1)
+    panel = CalibrationPanel(cal)
+    assert "cv count error" in panel.table_html.value and cal.chosen.label in panel.table_html.value
+    assert f"<code>iou</code>: {cal.chosen.iou:g}" in panel.chosen_html.value
+    card = weights.with_suffix(".yaml")
+    assert panel.card_path == str(card) and not card.exists()
+    panel.button.click()
+    assert read_card(weights).recommended["iou"] == cal.chosen.iou and "card written to" in panel.status_html.value
+    card.write_text("recommended:\n  iou: 0.55\n")  # changed by hand since
+    panel.button.click()
+    assert "not written" in panel.status_html.value and "already exists" in panel.status_html.value
+    assert card.read_text() == "recommended:\n  iou: 0.55\n"
+    panel.force.value = True
+    panel.button.click()
+    assert read_card(weights).recommended["iou"] == cal.chosen.iou and "card written to" in panel.status_html.value
+    assert [b.read_text() for b in card.parent.glob("mine.yaml.bak-*")] == ["recommended:\n  iou: 0.55\n"]

@@ -32,7 +32,8 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 PARAMETERS = {
     "survey_report": {"images", "model", "threshold", "store", "title", "class_map", "truth", "n_samples", "tile",
                       "tile_overlap", "imgsz"},
-    "threshold_tuning": {"images", "model", "threshold", "store", "run_id", "truth", "background", "tile", "iou"},
+    "threshold_tuning": {"images", "model", "threshold", "store", "run_id", "truth", "background", "tile", "iou",
+                         "calibrate", "calibrate_ious"},
 }
 
 
@@ -141,10 +142,28 @@ def test_threshold_tuning_notebook_runs_in_the_background_with_a_monitor(tmp_pat
     tuner_outputs = _outputs_of(nb, "tuner = ThresholdTuner(")
     assert [o for o in tuner_outputs if WIDGET in o.get("data", {})]
     assert "ThresholdTuner" in json.dumps(tuner_outputs)
+    assert "no calibration: set `truth`" in json.dumps(_outputs_of(nb, "CalibrationPanel(calibration)"))
     # the notebook can also open the run it made, by id
     run_id = mt.list_runs(store=tmp_path / "store").run_id.iloc[0]
     again = _execute("threshold_tuning", tmp_path / "again.ipynb", run_id=run_id, store=str(tmp_path / "store"))
     assert run_id in json.dumps(_outputs_of(again, "mt.open_run("))
+
+
+def test_threshold_tuning_notebook_calibrates_when_truth_is_given(tmp_path, tiny_model):
+    """Issue 25, point 5: with `truth`, the notebook calibrates the run and shows the panel (the settings
+    table, the chosen settings, the button that writes the card: tests/test_calibrate.py clicks it)."""
+    folder = tmp_path / "images"
+    write_images(folder, 4, seed=13)
+    counts = tmp_path / "counts.csv"
+    counts.write_text("image,live,dead\nimg0000.jpg,2,1\nimg0001.jpg,0,3\nimg0002.jpg,4,0\n")
+    nb = _execute("threshold_tuning", tmp_path / "out.ipynb", images=str(folder), model=str(tiny_model),
+                  imgsz=IMGSZ, store=str(tmp_path / "store"), truth=str(counts), calibrate_ious=[0.5, 0.7])
+    outputs = _outputs_of(nb, "CalibrationPanel(calibration)")
+    assert [o for o in outputs if WIDGET in o.get("data", {})]
+    shown = json.dumps(outputs)
+    assert "CalibrationPanel(<Calibration of run" in shown and "on 3 labelled images" in shown
+    calibrated = mt.list_runs(store=tmp_path / "store").query("collection.str.endswith('-calibration')")
+    assert len(calibrated) == 2  # one run of the labelled images per setting searched (0.5 and 0.7)
 
 
 @pytest.mark.slow
@@ -161,7 +180,8 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path):
     assert run.status == "completed" and run.meta["total_images"] == 40
 
     nb = _execute("threshold_tuning", tmp_path / "tuning.ipynb", images=str(DEMO_IMAGES), model=str(DEMO_MODEL),
-                  store=str(store), truth=str(DEMO_LABELS), tile=None, iou=None)  # the report's settings
+                  store=str(store), truth=str(DEMO_LABELS), tile=None, iou=None,  # the report's settings
+                  calibrate=False)  # the search over the tiled demo costs minutes: the cell is tested on a tiny run
     assert any(WIDGET in o.get("data", {}) for o in _outputs_of(nb, "tuner = ThresholdTuner("))
     assert mt.list_runs(store=store).shape[0] == 1  # the notebook reused the report's run
 
