@@ -42,7 +42,8 @@ def test_given_beats_the_card_which_beats_the_default():
                        "how": {"iou": "measured"}}, "m.yaml")
     r = resolve_settings({"iou": None, "tile": 640, "threshold": None}, card, default_iou=0.5, train_imgsz=320)
     assert r.values == {"threshold": {"live": 0.3, "dead": 0.2}, "iou": 0.4, "imgsz": 320, "tile": 640,
-                        "tile_overlap": 0.2, "tile_merge": "edge", "conf_floor": 0.01, "max_det": 10000}
+                        "tile_overlap": 0.2, "tile_merge": "edge", "conf_floor": 0.01, "max_det": 10000,
+                        "backend": "torch"}
     assert r.origins["iou"] == {"value": 0.4, "from": "card", "source": "m.yaml", "how": "measured"}
     assert r.origins["tile"]["from"] == "given" and r.origins["imgsz"]["from"] == "default"
     # tile='none' is given: whole images although the card recommends tiles
