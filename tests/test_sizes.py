@@ -15,9 +15,9 @@ from musseltools.results.sizes import add_lengths, outline_size
 from musseltools.store.scales_log import read_scales
 
 IDS = ["a", "b", "c", "d"]
-# a: mm_per_px 0.5; b: a 0.1 m quadrat on a 200x100 image: 100 mm / 100 px; c, d: no scale in the sheet
+# a: mm_per_px 0.5; b: a 0.1 m quadrat on a 200x100 image: 100 mm / 100 px; c: no scale in the sheet; d: 2
 SHEET = ("image,site,camera,area_m2,mm_per_px,quadrat_side_m\n"
-         "a.jpg,N,A,1,0.5,\n" "b.jpg,N,A,1,,0.1\n" "c.jpg,S,B,1,,\n" "d.jpg,S,B,1,,\n")
+         "a.jpg,N,A,1,0.5,\n" "b.jpg,N,A,1,,0.1\n" "c.jpg,S,B,1,,\n" "d.jpg,S,B,1,2,\n")
 
 
 def _rotated(cx, cy, length, width, deg):
@@ -77,6 +77,7 @@ def test_lengths_of_boxes_and_outlines_equal_hand_calculations_in_px_and_mm(tmp_
     assert d["b"]["length_mm"].tolist() == pytest.approx([50.0]) and d["b"]["width_mm"].tolist() == pytest.approx([20.0])
     assert d["c"]["length_px"].tolist() == [40.0] and d["c"]["length_mm"].isna().all()  # no scale: px only
     assert d["d"]["length_px"].tolist() == [100.0] and d["d"]["length_mm"].isna().all()  # outside the image
+    assert d["d"]["mm_per_px"].isna().all()  # though its image has a scale (2 mm/px)
     assert "pixels only for 2 of 5" in run.detections().attrs["lengths"]
 
 
@@ -103,6 +104,7 @@ def test_the_sheets_scale_comes_first_then_the_quadrat_then_a_drawn_one(tmp_path
     none = run.scales().set_index("image_id")
     assert none["mm_per_px"].isna().all() and none["source"].isna().all()
     run.attach_sheet(tmp_path / "survey.csv")
+    assert pd.isna(run.scales().set_index("image_id").loc["c", "source"])  # nothing for c in the sheet
     run.set_scale("c.jpg", line=(0, 0, 30, 40), mm=25, author="ana")  # 50 px = 25 mm
     run.set_scale("a", px_length=100, mm=50, author="ana")             # drawn where the sheet says 0.5: agrees
     s = run.scales().set_index("image_id")
@@ -110,12 +112,12 @@ def test_the_sheets_scale_comes_first_then_the_quadrat_then_a_drawn_one(tmp_path
     assert s.loc["b", "source"] == "sheet quadrat_side_m" and s.loc["b", "mm_per_px"] == pytest.approx(1.0)
     assert s.loc["c", "source"] == "drawn" and s.loc["c", "mm_per_px"] == pytest.approx(0.5)
     assert s.loc["c", "drawn_by"] == "ana" and not s["flagged"].any()
-    assert pd.isna(s.loc["d", "source"]) and np.isnan(s.loc["d", "mm_per_px"])
     c = _by_image(run.detections())["c"]
     assert c["length_mm"].tolist() == pytest.approx([20.0])  # 40 px at the drawn 0.5 mm/px
-    run.set_scale({"camera": "B"}, px_length=40, mm=10)  # the group: c and d; the latest applies
+    run.set_scale({"camera": "B"}, px_length=40, mm=10)  # the group: c and d; the latest applies where no sheet's
     s = run.scales().set_index("image_id")
-    assert s.loc["c", "mm_per_px"] == pytest.approx(0.25) and s.loc["d", "mm_per_px"] == pytest.approx(0.25)
+    assert s.loc["c", "mm_per_px"] == pytest.approx(0.25) and s.loc["d", "drawn_mm_per_px"] == pytest.approx(0.25)
+    assert s.loc["d", "mm_per_px"] == 2 and s.loc["d", "flagged"]  # the sheet's 2 applies; 0.25 is far off it
     log = read_scales(run.store)
     assert len(log) == 4 and log["group"].tolist()[-2:] == ["camera=B", "camera=B"]  # append-only: all kept
 
