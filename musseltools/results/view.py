@@ -31,6 +31,7 @@ from ..core.thresholds import ClassMap, Thresholds
 from ..store.corrections_log import NO_CORRECTIONS, corrections_signature, member, read_corrections
 from ..store.store import Store
 from .corrected import apply_corrections
+from .sizes import add_lengths
 
 __all__ = ["RunResults", "load_results", "load_counting", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
 
@@ -50,7 +51,8 @@ class RunResults:
         the image was marked checked by hand.
     detections : pandas.DataFrame
         Every stored detection of those images, down to the confidence floor: ``image_id, path,
-        class_id, class_name, confidence, x1, y1, x2, y2, polygon, detection_id, source``. ``source``
+        class_id, class_name, confidence, x1, y1, x2, y2, polygon, detection_id, source, length_px, width_px,
+        length_method`` (:mod:`musseltools.results.sizes`). ``source``
         is ``model``, ``reclassified`` or ``added`` (added detections have confidence 1.0, so they count
         at every threshold); deleted detections are left out.
     classes : ClassMap
@@ -222,11 +224,13 @@ def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool
     floor = float(meta["settings"]["conf_floor"])
     applied = apply_corrections(table, dets, read_corrections(store), inference_key=key, classes=classes)
     _warn_unapplied(store, run_id, applied.unapplied)
+    task = meta["model"].get("task")
     if not corrected:
         table = table.assign(verified=applied.images["verified"].to_numpy())
-        return RunResults(table, dets.assign(source="model"), classes, floor, False, verified=applied.verified)
-    return RunResults(applied.images, applied.detections, classes, floor, True, applied.removed, applied.applied,
-                      applied.unapplied, applied.verified)
+        return RunResults(table, add_lengths(dets.assign(source="model"), task), classes, floor, False,
+                          verified=applied.verified)
+    return RunResults(applied.images, add_lengths(applied.detections, task), classes, floor, True, applied.removed,
+                      applied.applied, applied.unapplied, applied.verified)
 
 
 #: (store root, inference key) -> (the detections table the ids were computed for, the ids)

@@ -20,9 +20,10 @@ import pandas as pd
 from ..core.thresholds import ClassMap, Thresholds
 from ..corrections import annotations as corrections_annotations
 from ..corrections import api as corrections_api
+from ..corrections import scales as corrections_scales
 from ..corrections.review import review_queue
 from ..errors import CorruptStoreError, MusselToolsError
-from ..results import views
+from ..results import sizes, views
 from ..results.view import (
     RunResults,
     class_map_of,
@@ -77,6 +78,9 @@ class Run(SurveyMethods):
     review_queue = review_queue
     export = corrections_annotations.export_predictions
     import_annotations = corrections_annotations.import_annotations
+    # Scales: drawn by hand (stored like corrections), listed with the sheet's.
+    set_scale = corrections_scales.set_scale
+    scales = corrections_scales.scales
 
     def __init__(self, store: Store | str | os.PathLike | None, run_id: str) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
@@ -224,9 +228,19 @@ class Run(SurveyMethods):
     def detections(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
         """One row per detection that counts at the threshold (``polygon`` as a list of [x, y]), with its
         stable ``detection_id`` and its ``source`` (``model``, ``reclassified``, ``added``); with a class
-        map, a ``category`` column. ``corrected=False``: the model's detections alone."""
+        map, a ``category`` column. ``corrected=False``: the model's detections alone.
+
+        Sizes (:mod:`musseltools.results.sizes`): ``length_px, width_px, length_method`` always;
+        ``mm_per_px, length_mm, width_mm`` from the image's scale (:meth:`scales`), NaN for an image without
+        one (lengths in pixels only: the table's ``attrs["lengths"]`` says so) and for a detection outside its
+        image."""
         res = self.results(corrected=corrected)
         out = views.above_threshold(res.detections, self.rule(threshold)).reset_index(drop=True)
+        out = sizes.lengths_mm(out, res.images, self.scales())
+        unscaled = int(out["mm_per_px"].isna().sum())
+        out.attrs["lengths"] = ("in mm" if not unscaled else
+                                f"in pixels only for {unscaled} of {len(out)} detections (no scale on their image, "
+                                "or outside it: run.scales())")
         if res.classes.mapping:
             out["category"] = res.classes.categories_of(out["class_name"])
         return out

@@ -26,6 +26,9 @@ Output layout
       labels/NAME.txt        Ultralytics detect labels: ``class cx cy w h``
       data.yaml              detect dataset (train = val = images)
       counts.csv             true counts: ``image,live,dead`` (image = file name)
+      lengths.csv            true sizes: ``image,label,cls,kind,length_px,width_px,visible``, one row
+                             per line of labels/NAME.txt (``label``: the line, from 0), the shell's
+                             length and width in pixels as drawn, whatever of it is visible
       obb/images/NAME.jpg    symlinks to ../../images/NAME.jpg
       obb/labels/NAME.txt    Ultralytics OBB labels: ``class x1 y1 x2 y2 x3 y3 x4 y4``
       obb/data.yaml

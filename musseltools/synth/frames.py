@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES: dict[int, str] = {0: "live", 1: "dead"}
 #: A new shell may cover at most this fraction of its own area over earlier shells.
 MAX_NEW_OVERLAP = 0.33
+#: Columns of ``lengths.csv``: one row per labelled object, ``label`` its line in ``labels/NAME.txt`` (from 0),
+#: ``length_px``/``width_px`` its true size as drawn (a fragment's is its whole valve's; a gaping pair's, one
+#: valve's), ``visible`` the fraction of its pixels not hidden.
+LENGTHS_COLUMNS = ("image", "label", "cls", "kind", "length_px", "width_px", "visible")
 
 _SMALL_SIZES = [
     (416, 320),
@@ -220,7 +224,7 @@ def generate_frames(out: str | os.PathLike, frames: list[FrameSpec], *, seed: in
         raise ValueError("frame names must be unique — got duplicates")
     for sub in ("images", "labels", "obb/images", "obb/labels", "seg/images", "seg/labels"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, sizes = [], []
     for i, spec in enumerate(frames):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
         img, labels = render_frame(spec, rng)
@@ -231,6 +235,8 @@ def generate_frames(out: str | os.PathLike, frames: list[FrameSpec], *, seed: in
             raise RuntimeError(f"JPEG encoding failed for {fname}")
         (out / "images" / fname).write_bytes(buf.tobytes())
         _write_labels(out, spec.name, labels, spec.width, spec.height)
+        sizes.extend({"image": fname, "label": k, "cls": lab["cls"], "kind": lab["kind"], "length_px": lab["length"],
+                      "width_px": lab["width"], "visible": round(lab["visible"], 4)} for k, lab in enumerate(labels))
         for tree in ("obb", "seg"):
             link = out / tree / "images" / fname
             if link.is_symlink() or link.exists():
@@ -242,6 +248,8 @@ def generate_frames(out: str | os.PathLike, frames: list[FrameSpec], *, seed: in
         logger.debug("%s: %dx%d, %d live, %d dead", fname, spec.width, spec.height, live, dead)
     counts = pd.DataFrame(rows, columns=["image", "live", "dead"])
     counts.to_csv(out / "counts.csv", index=False, lineterminator="\n")
+    pd.DataFrame(sizes, columns=list(LENGTHS_COLUMNS)).to_csv(out / "lengths.csv", index=False,
+                                                             lineterminator="\n", float_format="%.3f")
     names_yaml = "names:\n  0: live\n  1: dead\n"
     for ydir in (out, out / "obb", out / "seg"):
         (ydir / "data.yaml").write_text(
@@ -273,7 +281,9 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
         ``uint8`` BGR image of shape ``(height, width, 3)``.
     labels : list of dict
         One dict per labelled object: ``cls``, ``box`` (x0, y0, x1, y1 in pixels),
-        ``obb`` (4x2 pixel corners) and ``poly`` (Nx2 pixel polygon).
+        ``obb`` (4x2 pixel corners), ``poly`` (Nx2 pixel polygon), ``visible`` (the fraction of it not
+        hidden), ``length`` and ``width`` (the shell's true size in pixels, as drawn) and ``kind`` (``live``,
+        ``gaping``, ``valve`` or ``fragment``).
     """
     w, h = spec.width, spec.height
     img = background(rng, w, h, spec.style)

@@ -293,6 +293,11 @@ def labels_from_owner(objects: list[Shell], owner: np.ndarray) -> list[dict]:
                 "obb": corners.astype(np.float64),
                 "poly": poly,
                 "visible": nvis / obj.area,
+                # the shell's true size as drawn (the outline's extent along and across its axis, in px),
+                # whatever of it stays visible: what a length measured on the image should find
+                "length": float(obj.extra["length"]),
+                "width": float(obj.extra["width"]),
+                "kind": str(obj.extra.get("kind", "live")),
             }
         )
     return labels
