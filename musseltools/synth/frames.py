@@ -280,10 +280,9 @@ def render_frame(spec: FrameSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     image : numpy.ndarray
         ``uint8`` BGR image of shape ``(height, width, 3)``.
     labels : list of dict
-        One dict per labelled object: ``cls``, ``box`` (x0, y0, x1, y1 in pixels),
-        ``obb`` (4x2 pixel corners), ``poly`` (Nx2 pixel polygon), ``visible`` (the fraction of it not
-        hidden), ``length`` and ``width`` (the shell's true size in pixels, as drawn) and ``kind`` (``live``,
-        ``gaping``, ``valve`` or ``fragment``).
+        One dict per labelled object: ``cls``, ``box`` (x0, y0, x1, y1 in pixels), ``obb`` (4x2 pixel corners),
+        ``poly`` (Nx2 pixel polygon), ``visible`` (the fraction not hidden), ``length`` and ``width`` (the
+        shell's true size in pixels, as drawn), ``kind`` (``live``, ``gaping``, ``valve`` or ``fragment``).
     """
     w, h = spec.width, spec.height
     img = background(rng, w, h, spec.style)
