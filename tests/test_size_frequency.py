@@ -76,3 +76,36 @@ def test_run_sizes_in_mm_once_every_image_has_a_scale_by_sheet_group(tmp_path):
     assert (q.loc[("S", "live"), "n"], q.loc[("S", "live"), "unmeasured"]) == (1, 1)
     hist = sf.histogram.set_index(["site", "category", "bin_low"])["count"].sort_index()
     assert hist.loc[("N", "live")].tolist() == [1, 1, 1] and hist.loc[("S", "live")].tolist() == [0, 1, 0]
+
+
+def test_size_figures_draw_one_bar_per_bin_and_category_one_ridge_per_group_in_the_palettes_colours():
+    from matplotlib.colors import to_hex
+
+    from musseltools.plots import sizes as plots
+    from musseltools.plots.survey import DEAD_COLOUR, LIVE_COLOUR
+
+    dets, images = _tables()
+    dets = pd.concat([dets, dets.iloc[:3].assign(category="dead")])
+    sf = size_frequency(dets, images, "site", categories=["live", "dead"], bins=[0, 15, 30, 45], n_boot=50)
+    ax = plots.size_histogram(sf).axes[0]
+    bars = ax.patches
+    assert len(bars) == 6  # 3 bins x 2 categories
+    assert [to_hex(b.get_facecolor()) for b in bars] == [LIVE_COLOUR.lower()] * 3 + [DEAD_COLOUR.lower()] * 3
+    assert [b.get_height() for b in bars] == [5, 5, 1, 3, 0, 0]
+    assert ax.get_xlabel() == "shell length (mm)" and ax.get_ylabel() == "shells (count)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["live (11)", "dead (3)"]
+    assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 10
+
+    ridge = plots.size_ridgeline(sf, "live").axes[0]
+    ticks = sorted(zip(ridge.get_yticks(), (t.get_text() for t in ridge.get_yticklabels())))
+    assert [t for _, t in ticks] == ["S (n=0)", "N (n=11)"]  # one ridge per group, N (the first) on top
+    assert len(ridge.collections) == 2 and all(to_hex(c.get_facecolor()[0]) == LIVE_COLOUR.lower()
+                                               for c in ridge.collections)
+
+    one = plots.live_dead_sizes(sf, group={"site": "N"}).axes[0]
+    lines = [ln for ln in one.get_lines() if ln.get_marker() == "o"]
+    assert [to_hex(ln.get_color()) for ln in lines] == [LIVE_COLOUR.lower(), DEAD_COLOUR.lower()]
+    assert lines[1].get_ydata().tolist() == [1.0, 0.0, 0.0]  # the dead shells (10, 11, 12 mm) all in the first bin
+    assert [t.get_text() for t in one.get_legend().get_texts()] == ["live (n=11)", "dead (n=3)"]
+    with pytest.raises(ValueError, match="not columns the sizes were grouped by"):
+        plots.live_dead_sizes(sf, group={"date": "x"})
