@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from .sizes import live_dead_sizes, size_histogram, size_ridgeline
 from .survey import (
     DEAD_COLOUR,
     LIVE_COLOUR,
@@ -53,4 +54,7 @@ __all__ = [
     "plot_pr",
     "plot_count_error",
     "plot_pred_vs_true",
+    "size_histogram",
+    "size_ridgeline",
+    "live_dead_sizes",
 ]

@@ -223,3 +223,24 @@ class SurveyMethods:
         images, _ = self.estimation_tables([factor], threshold, corrected=corrected)
         return compare_groups(images, factor, list(self.categories), area="area_m2", reference=reference, level=level,
                               n_boot=n_boot, seed=seed)
+
+    def sizes(self: Run, by: str | Sequence[str] | None = None, bins: Any = None, threshold: Any | None = None,
+              corrected: bool = True, level: float = 0.95, seed: int = 0, n_boot: int = 2000) -> Any:
+        """Size-frequency of the detections that count, per category (and per group of the sheet's columns in
+        ``by``): histograms and the median, 10th and 90th percentiles of shell length with intervals that
+        resample images (:func:`musseltools.survey.sizes.size_frequency`; ``bins``: edges, a number, or None).
+
+        In mm when every image in scope (those with a result) has a scale (:meth:`scales`), else in px for all:
+        ``.unit`` and ``.note`` say which and why. ``by`` needs a sheet, as :meth:`by_group`."""
+        from ..survey.sizes import size_frequency
+
+        t = self.rule(threshold)
+        by = _as_list(by) if by else []
+        images = self.estimation_tables(by, t, corrected=corrected)[0] if by else \
+            views.with_results(self.per_image(t, corrected=corrected)).reset_index(drop=True)
+        scales = self.scales().drop_duplicates("image_id").set_index("image_id")["mm_per_px"]
+        images = images.assign(mm_per_px=images["image_id"].map(scales).astype(float))
+        dets = self.detections(t, corrected=corrected)
+        dets = dets.assign(category=self.classes.categories_of(dets["class_name"]))
+        return size_frequency(dets[["image_id", "category", "length_px", "length_mm"]], images, by,
+                              categories=list(self.categories), bins=bins, level=level, n_boot=n_boot, seed=seed)
