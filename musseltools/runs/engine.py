@@ -165,6 +165,12 @@ def run(
     job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
     if sheet is not None:  # checked before any inference: a bad sheet costs no model time, and attaches nothing
         attach_sheet(Run(job.store, job.run_id), sheet, images=job.collection.images)
+    return _launch(job, background)
+
+
+def _launch(job: _Job, background: bool) -> Run | RunHandle:
+    """An opened job executed here (a :class:`Run`) or in the background (a :class:`RunHandle`); the handle of
+    the same run already running in this process, if any."""
     running = already_running(job, background)
     if running is not None:
         return running
