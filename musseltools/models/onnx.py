@@ -58,7 +58,7 @@ from ..core.detections import Detections
 from .base import LoadedModel, Predictor, Prepared, fastest_batch_size
 
 __all__ = ["OPSET", "CHECK_IMAGES", "CHECK_THRESHOLDS", "SESSIONS", "OnnxPredictor", "backend_in_use",
-           "compare_detections", "graph_key", "with_backend"]
+           "compare_detections", "graph_key", "runtimes_used", "with_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +283,15 @@ class OnnxPredictor:
         self.device, self.names, self.task = inner.device, inner.names, inner.task
         self.backend = "pending"
         self.reason: str | None = None
+        #: What gave the results this predictor returned: ``onnxruntime``, ``torch`` or both.
+        self.ran: set[str] = set()
         self._checked = 0
         self._lock = threading.Lock()
 
     batch_size = property(lambda self: self.inner.batch_size,
                           lambda self, n: setattr(self.inner, "batch_size", n))
+    #: Threads per forward pass: the wrapped predictor's torch threads, which ONNX Runtime's session takes.
+    threads = property(lambda self: self.inner.threads)
 
     @property
     def graph(self) -> Path:
@@ -307,8 +311,11 @@ class OnnxPredictor:
     def predict(self, batch: Sequence[Prepared]) -> list[Detections]:
         self._start()
         if self.backend == "onnx" and self._checked < CHECK_IMAGES:
-            return self._checked_predict(batch)
-        return self.inner.predict(batch)
+            out = self._checked_predict(batch)
+        else:
+            out = self.inner.predict(batch)
+        self.ran.add("onnxruntime" if self.backend == "onnx" else "torch")  # torch from the batch that failed
+        return out
 
     # -- getting there --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -396,6 +403,15 @@ def _perturbed(run: Any) -> Any:
         return out
 
     return perturbed
+
+
+def runtimes_used(predictor: Any) -> tuple[str, ...]:
+    """What ran the network for the results ``predictor`` returned so far (every tile stream of a tiled one):
+    ``onnxruntime``, ``torch`` (a torch predictor, or a graph not used), or both, in that order."""
+    ran: set[str] = set()
+    for stream in getattr(predictor, "streams", [predictor]):
+        ran |= stream.ran if isinstance(stream, OnnxPredictor) else {"torch"}
+    return tuple(sorted(ran))
 
 
 def with_backend(predictor: Predictor, model: LoadedModel, settings: Any, cache: str | os.PathLike | None) -> Predictor:

@@ -467,6 +467,7 @@ class _Job:
 
         total = len(self.collection)
         processed, failed_new = done_before["processed"], 0
+        runtimes: tuple[str, ...] = ()
         counts = dict(done_before["counts"])
 
         def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
@@ -478,7 +479,8 @@ class _Job:
                 self.tally = None
             threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
                        getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
-            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
+            now = task.inferred_with(threads, runtimes)
+            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), *now})}
 
         # the run's images, with those done before this call (a resume of 60 of 120 starts at 60/120); none
         # in a background thread, which would print into whatever cell runs (RunMonitor shows that run)
@@ -493,6 +495,7 @@ class _Job:
                 processed += summary.n_images
                 failed_new += summary.n_failed
                 self.inferred += summary.n_inferred
+                runtimes = summary.runtimes  # what ran in the process that committed it, read by the update
                 for c, k in summary.counts.items():
                     counts[c] = counts.get(c, 0) + k
                 if self.tally is not None:
