@@ -170,6 +170,11 @@ def test_the_check_counts_at_thresholds_and_matches_boxes():
     faint = Detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.4, 0.0105], [0, 0, 0],
                        names=names)
     assert compare_detections(faint, a, 0.01) is None  # its twin fell just under the floor: not listed
+    kept, other = (Detections([box], [1.0], [0], names=names) for box in ([0, 0, 40, 40], [0, 0, 40, 36]))
+    assert compare_detections(kept, other, 0.01, iou=0.7) is None  # NMS broke a tie at 1.0 the other way
+    assert "px from the nearest" in compare_detections(kept, other, 0.01, iou=0.95)  # they would both be kept
+    lower = Detections([[0, 0, 40, 36]], [0.99], [0], names=names)
+    assert "px from the nearest" in compare_detections(kept, lower, 0.01, iou=0.7)  # no tie
 
 
 @pytest.mark.slow

@@ -233,7 +233,24 @@ def _nearest(one: Detections, other: Detections) -> tuple[np.ndarray, np.ndarray
     return index, gap
 
 
-def compare_detections(a: Detections, b: Detections, floor: float, box_tol: float = BOX_TOL) -> str | None:
+def _tied_rival(one: Detections, i: int, other: Detections, iou: float | None) -> bool:
+    """Whether ``other`` keeps, instead of ``one``'s detection ``i``, a box of its class that NMS would let
+    suppress it (overlap over ``iou``) with a confidence within 1e-3: a tie NMS broke the other way (a
+    saturated tile gives dozens of boxes at confidence 1.0)."""
+    if iou is None:
+        return False
+    same = (other.class_id == one.class_id[i]) & (np.abs(other.confidence - one.confidence[i]) <= CONF_TOL)
+    if not same.any():
+        return False
+    box, boxes = one.xyxy[i], other.xyxy[same]
+    inter = (np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
+             * np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None))
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return bool((inter / np.maximum(area(boxes) + area(box) - inter, 1e-9) > iou).any())
+
+
+def compare_detections(a: Detections, b: Detections, floor: float, box_tol: float = BOX_TOL,
+                       iou: float | None = None) -> str | None:
     """None when two sets of detections of one image agree by the check's rule, else why not.
 
     Every detection above the floor (by more than 1e-3) has a box of its class in the other set within
@@ -241,12 +258,17 @@ def compare_detections(a: Detections, b: Detections, floor: float, box_tol: floa
     detections within 1e-3 of that threshold in both sets (0.4 against 0.3996 at 0.4 is forgiven, 0.4
     against 0.39 is not) and near-duplicates: a detection whose nearest box in the other
     set is also another's (NMS keeps or drops a near-duplicate whose overlap lies at the IoU threshold;
-    1e-4 on an unclipped box decides it).
+    1e-4 on an unclipped box decides it). With ``iou`` (the NMS IoU), a detection without a match is also
+    forgiven when the other set keeps instead a box of its class overlapping it by more than ``iou`` with a
+    confidence within 1e-3 (NMS broke a tie the other way).
     """
     na_, ga = _nearest(a, b)
     nb_, gb = _nearest(b, a)
     for one, index, gap in ((a, na_, ga), (b, nb_, gb)):
+        other = b if one is a else a
         for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (gap > box_tol)):
+            if _tied_rival(one, i, other, iou):
+                continue
             where = "has no match" if index[i] < 0 else f"is {gap[i]:.2f} px from the nearest (over {box_tol})"
             return f"a class {one.class_id[i]} box at {one.xyxy[i].round(1).tolist()} {where}"
     for cls in sorted(set(a.class_id.tolist()) | set(b.class_id.tolist())):
@@ -367,7 +389,8 @@ class OnnxPredictor:
         finally:
             self.inner.runner = runner
         why = next((w for g, t in zip(graph_dets, torch_dets)
-                    if (w := compare_detections(g, t, self.settings.conf_floor)) is not None), None)
+                    if (w := compare_detections(g, t, self.settings.conf_floor, iou=self._nms_iou)) is not None),
+                   None)
         self._checked += len(batch)
         if why is not None or self._checked >= CHECK_IMAGES:
             self._record_check(why)
@@ -376,6 +399,11 @@ class OnnxPredictor:
             self._fall_back(f"the ONNX graph failed its check against torch: {why}")
             return torch_dets
         return graph_dets
+
+    @property
+    def _nms_iou(self) -> float:
+        """The NMS IoU the check forgives ties at: the run's, else 0.5 (the lower of the families' defaults)."""
+        return float(self.settings.iou) if getattr(self.settings, "iou", None) is not None else 0.5
 
     def _record_check(self, why: str | None) -> None:
         path = self.graph.with_suffix(".json")
