@@ -78,7 +78,7 @@ def test_torch_keys_and_run_ids_are_those_made_before_backends_existed():
         InferenceSettings(backend="tensorrt")
 
 
-@pytest.mark.parametrize("task", ["detect"])  # segment, obb: see the report (tiny untrained models fail the check)
+@pytest.mark.parametrize("task", ["detect"])  # segment, obb: graphs not used (models.onnx.TASKS), tested below
 def test_onnx_gives_torchs_results_by_the_contract_and_is_deterministic(model_factory, folder, tmp_path, task):
     model = model_factory(task)
     torch_run = mt.run(folder, model=model, store=tmp_path / "torch", **KW)
@@ -195,3 +195,35 @@ def test_sigkilled_onnx_run_resumes_to_an_uninterrupted_ones_results(tiny_model,
     resumed = mt.open_run(run_id, store="store")
     assert resumed.status == "completed" and resumed.meta["processed_count"] == 8
     assert_same_results(resumed, straight)
+
+
+@pytest.mark.slow
+def test_faster_rcnn_exports_passes_its_check_and_gives_torchs_results(folder, tmp_path, monkeypatch):
+    """torchvision's export of a (tiny, calibrated) Faster R-CNN: the graph passes its check and is used, and
+    the run's detections are torch's by the parity rule."""
+    from tv_models import SMALL, calibrated_net, save_checkpoint, write_sidecar
+
+    monkeypatch.setenv("MUSSELTOOLS_TORCH_THREADS", "1")
+    weights = save_checkpoint(calibrated_net(), tmp_path / "frcnn.pt")
+    write_sidecar(weights, f"architecture: {SMALL}\n")
+    kw = {"quiet": True, "workers": 1, "conf_floor": 0.05}
+    onnx_run = mt.run(folder, model=weights, store=tmp_path / "onnx", backend="onnx", **kw)
+    torch_run = mt.run(folder, model=weights, store=tmp_path / "torch", **kw)
+    [graph] = _graphs(tmp_path / "onnx")
+    assert _record(graph)["check"]["passed"] is True
+    assert all(" onnxruntime threads" in w for w in onnx_run.meta["inferred_with"])
+    assert_parity(onnx_run, torch_run)  # counts at every threshold but for detections within 1e-3 of it
+
+
+def test_a_segment_run_on_onnx_runs_torch_and_says_so(model_factory, folder, tmp_path, caplog):
+    """Segment graphs are not used (their outlines moved over 1 px from torch's after the checked images): the
+    run completes with torch's results, exactly, with one warning line, and records that torch ran."""
+    model = model_factory("segment")
+    with caplog.at_level(logging.WARNING, logger="musseltools"):
+        onnx_run = mt.run(folder, model=model, store=tmp_path / "onnx", backend="onnx", **KW)
+    [line] = [rec.getMessage() for rec in caplog.records if "ONNX" in rec.getMessage()]
+    assert "segment models" in line and "going on with torch" in line
+    torch_run = mt.run(folder, model=model, store=tmp_path / "torch", **KW)
+    assert onnx_run.status == "completed" and not _graphs(tmp_path / "onnx")  # nothing exported for nothing
+    assert onnx_run.meta["inferred_with"] == torch_run.meta["inferred_with"]
+    _exact(onnx_run, torch_run)
