@@ -167,7 +167,7 @@ def test_the_check_counts_at_thresholds_and_matches_boxes():
     assert "px from the nearest" in compare_detections(a, moved, 0.01)
     assert compare_detections(a, Detections([[0, 0, 10, 10.4], [20, 20, 30, 30]], [0.9, 0.4], [0, 0],
                                             names=names), 0.01) is None
-    faint = Detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.4, 0.0105], [0, 0, 0],
+    faint = Detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.4, 0.0105], [0, 0, 1],
                        names=names)
     assert compare_detections(faint, a, 0.01) is None  # its twin fell just under the floor: not listed
     kept, other = (Detections([box], [1.0], [0], names=names) for box in ([0, 0, 40, 40], [0, 0, 40, 36]))
