@@ -52,6 +52,8 @@ def test_worker_processes_give_the_one_process_results(folder, tiny_model, refer
     assert r.meta["inferred_this_call"] == N and r.status == "completed"
     assert_same_results(r, reference)
     assert r.counts() == reference.counts() and r.meta["counts"] == reference.meta["counts"]
+    runtime = {"torch": "torch", "onnx": "onnxruntime"}[backend]  # what ran in the workers, as they report it
+    assert r.meta["inferred_with"] == reference.meta["inferred_with"] == [f"cpu, 1 {runtime} threads, batch 1"]
     again = _run(folder, tiny_model, tmp_path / "store", workers=2, backend=backend)  # a resume infers nothing
     assert again.meta["inferred_this_call"] == 0
 

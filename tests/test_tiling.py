@@ -463,6 +463,8 @@ def test_a_tiled_run_resumes_like_any_other(tmp_path, large_images, tiny_model, 
                       backend=backend, **KW)
     pd.testing.assert_frame_equal(_dets(resumed), _dets(straight))
     assert resumed.counts(0.3) == straight.counts(0.3)
+    runtime = {"torch": "torch", "onnx": "onnxruntime"}[backend]  # every tile stream ran it, as planned
+    assert all(f" {runtime} threads" in w for w in resumed.meta["inferred_with"] + straight.meta["inferred_with"])
 
 
 def test_auto_tiles_only_large_images(tmp_path, tiny_model):

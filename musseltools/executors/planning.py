@@ -54,6 +54,9 @@ class UnitSummary:
     complete: bool = True
     #: Paths of the unit's images whose detections reached the cap (``max_det``).
     cap_hit: tuple[str, ...] = ()
+    #: What ran the network in the process that committed the unit: ``torch``, ``onnxruntime`` or both (a
+    #: graph that failed its check part-way); empty when it inferred nothing.
+    runtimes: tuple[str, ...] = ()
 
 
 def unit_key(inference_key: str, image_ids: Sequence[str]) -> str:

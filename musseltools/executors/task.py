@@ -36,7 +36,7 @@ from ..models import (
     load_model,
     make_predictor,
 )
-from ..models.onnx import backend_in_use
+from ..models.onnx import runtimes_used
 from ..store.store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
 from .planning import ImageRef, Unit, UnitSummary, sub_unit
 
@@ -255,17 +255,18 @@ class RunTask:
                     write(table)
         return self.batch_size
 
-    def inferred_with(self, threads: int | None) -> str:
+    def inferred_with(self, threads: int | None, runtimes: Sequence[str] = ("torch",)) -> list[str]:
         """What this task's results depend on beyond the weights and settings, as recorded on the run
-        (``run.meta["inferred_with"]``): the device, the torch threads per forward pass on CPU (``threads``;
-        None when this process cannot know them, as for Dask workers) and the model batch size (None when
-        each worker measures its own). Results are bit-identical only between runs inferred with one such
-        value, on CPU, at batch 1 (docs/what-survives-what.md, "Determinism")."""
+        (``run.meta["inferred_with"]``): the device, what ran the network and with how many threads per
+        forward pass on CPU (``runtimes``: those a unit's summary says ran, ``torch`` or ``onnxruntime``;
+        ``threads``: None when this process cannot know them, as for Dask workers) and the model batch size
+        (None when each worker measures its own). Results are bit-identical only between runs inferred with
+        one such value, on CPU, at batch 1 (docs/what-survives-what.md, "Determinism")."""
         device = self.device or default_device()
         if not device.startswith("cpu"):
-            return f"{device}, batch {self.batch_size or 'unknown'}"
-        runtime = "onnxruntime" if backend_in_use(self.settings.backend, device) == "onnx" else "torch"
-        return f"{device}, {threads or 'unknown'} {runtime} threads, batch {self.batch_size or 'unknown'}"
+            return [f"{device}, batch {self.batch_size or 'unknown'}"]
+        return [f"{device}, {threads or 'unknown'} {runtime} threads, batch {self.batch_size or 'unknown'}"
+                for runtime in runtimes]
 
     def commit(self, unit: Unit, outcomes: Sequence[Outcome]) -> UnitSummary:
         """Write one unit's results as one committed part; its counts are at :attr:`rule`."""
@@ -303,7 +304,8 @@ class RunTask:
         self.store.commit_part(self.inference_key, unit.key, images, dets)
         n_inferred = len(unit.images) - n_failed
         capped = tuple(str(path) for path, hit in zip(rows["path"], rows["cap_hit"]) if hit)
-        return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts, cap_hit=capped)
+        ran = runtimes_used(self._predictor) if n_inferred and self._predictor is not None else ()
+        return UnitSummary(unit.key, len(unit.images), n_failed, n_inferred, counts, cap_hit=capped, runtimes=ran)
 
     def __call__(self, unit: Unit, *, on_image: Callable[[int], None] | None = None,
                  stop: Callable[[], bool] | None = None,

@@ -168,6 +168,12 @@ def run(
     job = _Job.open(images, options, quiet=quiet, executor=executor, client=client)
     if sheet is not None:  # checked before any inference: a bad sheet costs no model time, and attaches nothing
         attach_sheet(Run(job.store, job.run_id), sheet, images=job.collection.images)
+    return _launch(job, background)
+
+
+def _launch(job: _Job, background: bool) -> Run | RunHandle:
+    """An opened job executed here (a :class:`Run`) or in the background (a :class:`RunHandle`); the handle of
+    the same run already running in this process, if any."""
     running = already_running(job, background)
     if running is not None:
         return running
@@ -464,6 +470,7 @@ class _Job:
 
         total = len(self.collection)
         processed, failed_new = done_before["processed"], 0
+        runtimes: tuple[str, ...] = ()
         counts = dict(done_before["counts"])
 
         def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
@@ -475,7 +482,8 @@ class _Job:
                 self.tally = None
             threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
                        getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
-            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), task.inferred_with(threads)})}
+            now = task.inferred_with(threads, runtimes)
+            return {"counts": counts, "inferred_with": sorted({*meta.get("inferred_with", []), *now})}
 
         # the run's images, with those done before this call (a resume of 60 of 120 starts at 60/120); none
         # in a background thread, which would print into whatever cell runs (RunMonitor shows that run)
@@ -490,6 +498,7 @@ class _Job:
                 processed += summary.n_images
                 failed_new += summary.n_failed
                 self.inferred += summary.n_inferred
+                runtimes = summary.runtimes  # what ran in the process that committed it, read by the update
                 for c, k in summary.counts.items():
                     counts[c] = counts.get(c, 0) + k
                 if self.tally is not None:
