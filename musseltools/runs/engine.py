@@ -139,9 +139,6 @@ def run(
     ``sheet``: a sample sheet (CSV or ``.xlsx``, one row per image), checked before any inference and attached
     (:meth:`Run.attach_sheet`); no inference setting, so a new sheet re-uses every result.
 
-    Length: one keyword per option of :mod:`musseltools.core.options` (a line each, as the CLI's flags), and
-    their documentation; the body is eleven lines.
-
     Where the work runs: ``workers=N`` worker processes (1: this process); by default one per core when
     there are enough images to pay back starting them, and this process on a GPU. ``client`` (a
     ``distributed.Client``), ``scheduler`` (``tcp://HOST:PORT``) or ``scheduler_file``: tasks on a Dask
