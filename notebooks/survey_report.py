@@ -198,6 +198,8 @@ else:
 design = run.sheet()  # the sample sheet: with one, the answers by group (site, date, treatment)
 comparison = None
 if design is not None:
+    import re
+
     from musseltools.plots import groups as group_plots
 
     by = [c for c in ("site", "date") if c in design and design[c].notna().any()]
@@ -213,7 +215,8 @@ if design is not None:
     else:
         groups = run.by_group(by, threshold=t)
         display(group_plots.interval_table(groups, by))
-        display(Markdown("Method: " + "; ".join(f"{m}" for m in groups["method"].unique()) + "."))
+        methods = dict.fromkeys(re.sub(r"\(df \d+\)", "(df: the group's images - 1)", m) for m in groups["method"])
+        display(Markdown("Method: " + "; ".join(methods) + "."))
         display(group_plots.group_intervals(groups, by))
         if "date" in by and design["date"].nunique() > 1:
             display(Markdown("### Over time"))
