@@ -88,6 +88,18 @@ def test_the_methods_paragraph_states_the_estimators_the_verified_images_the_eva
     count_nb = decisions[0].startswith("negative binomial")
     assert ("a negative binomial GLM" if count_nb else "a Poisson GLM of each image's count") in text
     assert cmp.formulas["count_model"] in text and cmp.formulas["dead_model"] in text
+    overdispersed = types.SimpleNamespace(  # the models the dispersion check chose are the ones named
+        factor="site", reference="North", formulas={"count_model": "MASS::glm.nb(x)", "dead_model": "glm(y)"},
+        dispersion=pd.DataFrame({"model": ["count (Poisson)", "dead (binomial)"],
+                                 "decision": ["negative binomial: Poisson dispersion 4.2", "quasi-binomial: 2.9"]}))
+    text = methods_paragraph(run, comparison=overdispersed)
+    assert "Levels of site were compared with North" in text and "In R: MASS::glm.nb(x); glm(y)." in text
+    assert "a negative binomial GLM of each image's count (Poisson was overdispersed)" in text
+    assert "a quasi-binomial GLM of dead out of all mussels per image (binomial was overdispersed)" in text
+    kept = overdispersed.dispersion.assign(decision=["Poisson kept: 1.1", "binomial kept: 0.9"])
+    text = methods_paragraph(run, comparison=types.SimpleNamespace(**{**vars(overdispersed), "dispersion": kept}))
+    assert "a Poisson GLM of each image's count, with log(area)" in text and "was overdispersed" not in text
+    assert "and a binomial GLM of dead out of all mussels per image" in text
 
 
 def test_the_group_table_says_estimate_and_interval_and_never_a_zero_width_one(tmp_path):
