@@ -83,10 +83,12 @@ $(VENV)/.bench.stamp: $(VENV)/.setup.stamp
 # No flags: the demo detector's card (data/models/mussel-demo.yaml) gives its settings: per-class thresholds,
 # NMS IoU 0.4 (at 0.7 it over-counts a shell seen as overlapping parts) and tiles for the 4000x3000 quadrats.
 DEMO_RUN := data/demo/images --model data/models/mussel-demo.pt
+# The demo survey's design (sites, dates, treatments, areas, positions): the report's section by group.
+DEMO_SHEET := data/demo/sheet.csv
 
 demo: setup
-	$(BIN)/musseltools run $(DEMO_RUN)
-	$(BIN)/musseltools report $(DEMO_RUN) --truth data/demo/labels --out reports/demo
+	$(BIN)/musseltools run $(DEMO_RUN) --sheet $(DEMO_SHEET)
+	$(BIN)/musseltools report $(DEMO_RUN) --sheet $(DEMO_SHEET) --truth data/demo/labels --out reports/demo
 	@echo "demo report: $(CURDIR)/reports/demo/report.html"
 
 ## mutation: mutation testing of the modules that decide numbers (slow, not in CI; docs/testing.md)

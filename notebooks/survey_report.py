@@ -195,6 +195,55 @@ else:
                          f"{', '.join(map(str, ev.unmatched_labels[:20]))}"))
 
 # %%
+design = run.sheet()  # the sample sheet: with one, the answers by group (site, date, treatment)
+comparison = None
+if design is not None:
+    import re
+
+    from musseltools.plots import groups as group_plots
+
+    by = [c for c in ("site", "date") if c in design and design[c].notna().any()]
+    display(Markdown(
+        "## Density and mortality by group\n\n"
+        f"From the sample sheet `{run.meta['sheet']['file_name']}`: density per m² (count / area the images show) "
+        "and live and dead fractions (mortality is the dead fraction) per group, each with its 95 % interval. "
+        "The image is the sampling unit; \"no interval\" marks a group whose images cannot measure a variance "
+        "(one image, or no variation between them)."
+    ))
+    if not by:
+        display(Markdown("The sheet has no `site` or `date` column: there are no groups to show."))
+    else:
+        groups = run.by_group(by, threshold=t)
+        display(group_plots.interval_table(groups, by))
+        methods = dict.fromkeys(re.sub(r"\(df \d+\)", "(df: the group's images - 1)", m) for m in groups["method"])
+        display(Markdown("Method: " + "; ".join(methods) + "."))
+        display(group_plots.group_intervals(groups, by))
+        if "date" in by and design["date"].nunique() > 1:
+            display(Markdown("### Over time"))
+            display(group_plots.density_over_time(groups, site="site" if "site" in by else None))
+    if {"lat", "lon"} <= set(design) and design[["lat", "lon"]].notna().all(axis=1).any():
+        display(Markdown("### Sites\n\nPositions from the sheet's `lat`/`lon` (no background map is fetched)."))
+        display(group_plots.site_map(design, run.by_group("site", threshold=t) if "site" in design else None))
+    if "treatment" in design and design["treatment"].nunique() > 1:
+        comparison = run.compare_groups("treatment", threshold=t)
+        display(Markdown(
+            f"### Treatments compared with `{comparison.reference}`\n\n"
+            "Differences per level (natural scale, Welch t intervals), then the GLMs: coefficients with 95 % "
+            "intervals (`exp_*`: rate ratios for the counts, odds ratios for the dead fraction)."
+        ))
+        display(comparison.differences.drop(columns="method").round(3).set_index(["treatment", "quantity"]))
+        display(Markdown("**Dispersion check** (Pearson chi-square / residual df; p < 0.05: overdispersed):"))
+        display(comparison.dispersion.set_index("model")[["dispersion", "p_value", "decision"]].round(3))
+        display(Markdown("**Count model** (mussels per image, `log(area)` offset):"))
+        display(comparison.count_model.set_index("term").round(3))
+        display(Markdown("**Dead model** (dead out of all mussels per image):"))
+        display(comparison.dead_model.set_index("term").round(3))
+        display(Markdown("To fit them in R on `musseltools export-table RUN images.csv` read as `images`:\n\n"
+                         "```r\n" + "\n".join(comparison.formulas.values()) + "\n```"))
+        for note in comparison.notes:
+            display(Markdown(f"Note: {note}"))
+
+# %%
 if compare_model is not None:
     from musseltools.models import detect_family
     from musseltools.models.card import read_card, settings_after
@@ -277,6 +326,16 @@ else:
                      "the threshold; a column that is the same for every image is left out):"))
     varying = [c for c in ("score", "near_threshold", "count_swing", *run.categories) if queue[c].nunique() > 1]
     display(queue.assign(image=queue["path"].map(lambda p: Path(p).name))[["image", *varying]].set_index("image"))
+
+# %% [markdown]
+# ## Methods
+#
+# A paragraph for a paper's methods section, written from what the run recorded: paste it and edit it there.
+
+# %%
+from musseltools.reports.methods import methods_paragraph
+
+display(Markdown("> " + methods_paragraph(run, ev if truth is not None else None, comparison=comparison)))
 
 # %% [markdown]
 # ## Provenance

@@ -28,6 +28,7 @@ NAMES = ("survey_report", "threshold_tuning")
 DEMO_IMAGES = ROOT / "data" / "demo" / "images"
 DEMO_LABELS = ROOT / "data" / "demo" / "labels"
 DEMO_MODEL = ROOT / "data" / "models" / "mussel-demo.pt"
+DEMO_SHEET = ROOT / "data" / "demo" / "sheet.csv"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 PARAMETERS = {
     "survey_report": {"images", "model", "threshold", "store", "title", "class_map", "truth", "n_samples", "tile",
@@ -51,6 +52,8 @@ def test_threshold_tuning_defaults_are_the_demos_settings():
     demo = re.search(r"^DEMO_RUN := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
     flags = dict(zip(demo[1::2], demo[2::2]))
     assert set(flags) == {"--model"}  # make demo: the card's settings
+    sheet = re.search(r"^DEMO_SHEET := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert (ROOT / sheet).resolve() == DEMO_SHEET  # the demo's design, which the demo test's report is given
     p = _parameters("threshold_tuning")
     assert all(p[k] is None for k in ("threshold", "tile", "tile_overlap", "tile_merge", "iou", "imgsz"))
     assert p["store"] is None  # the default store: data/store in the project root, also from notebooks/
@@ -171,11 +174,19 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path):
     """Both notebooks on the demo survey with the demo detector and its labels; the tuner's counts."""
     assert DEMO_MODEL.exists(), f"the demo detector {DEMO_MODEL} is missing — run scripts/ to train it"
     store = tmp_path / "store"
-    html = mt.report(DEMO_IMAGES, model=DEMO_MODEL, truth=DEMO_LABELS, store=store, out=tmp_path / "demo")
+    html = mt.report(DEMO_IMAGES, model=DEMO_MODEL, truth=DEMO_LABELS, sheet=DEMO_SHEET, store=store,
+                     out=tmp_path / "demo")  # as `make demo` makes it
     text = html.read_text()
     assert "Evaluation against labels" in text and "precision" in text
     figures = re.findall(r'<img[^>]+src="data:image/png;base64,', text)
-    assert len(figures) == 7  # 4 survey figures + 3 evaluation figures, each shown once
+    assert len(figures) == 10  # 4 survey figures, 3 evaluation figures, 3 by group: each shown once
+    # issue 23: the demo's sheet gives the section by group (3 sites x 2 dates, caged and open) and the methods
+    for shown in ("Density and mortality by group", "Over time", "Sites", "Treatments compared with",
+                  "MASS::glm.nb(", "Dispersion check", "Methods",
+                  "95% intervals are t intervals", "Against labels of 40 images"):
+        assert shown in text, shown
+    assert re.search(r'alt="Figure: Density and mortality by site, date', text)
+    assert re.search(r"<th[^>]*>Narrows</th>\s*<th[^>]*>2025-05-12</th>\s*<th>live</th>\s*<td>6</td>", text)  # 6 images
     run = mt.open_run(mt.list_runs(store=store).run_id.iloc[0], store=store)
     assert run.status == "completed" and run.meta["total_images"] == 40
 

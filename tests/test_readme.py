@@ -37,6 +37,10 @@ def test_python_example_runs_on_the_demo(tmp_path, monkeypatch):
     assert len(list((tmp_path / "exports" / "demo").rglob("*.json"))) == 40
     ev = scope["ev"]
     assert set(ev.metrics["class"]) == {"live", "dead"} and ev.metrics["recall"].gt(0.5).all()
+    groups = scope["groups"]  # the demo's sheet: 3 sites x 2 dates, live and dead
+    assert set(groups["site"]) == {"North", "Narrows", "South"} and len(groups) == 3 * 2 * 2
+    assert groups["density_low"].lt(groups["density"]).all() and groups["images"].sum() == 2 * 40
+    assert "offset(log(area_m2))" in scope["cmp"].formulas["count_model"]
 
 
 def test_cli_synopsis_matches_the_parser():

@@ -66,6 +66,9 @@ def test_report_embeds_figures_and_hides_code(default_report, collection):
     assert "These are default settings: the weights have no card" in text and "musseltools calibrate" in text
     assert "This notebook" not in text and "parameters below" not in text  # no template instructions
     assert "Comparison" not in text and "second model" not in text  # no comparison section without one
+    # no sample sheet: no section by group and no estimator of groups in the methods paragraph (issue 23)
+    assert "by group" not in text and "sampling unit" not in text and "Treatments compared" not in text
+    assert "Methods" in text and "Mussels were detected and counted with musseltools" in text
     assert "5 images (1 failed" in text and "1 images" not in text  # counted words agree with their numbers
     run = mt.list_runs(store=root / "store").iloc[0]
     r = mt.open_run(run.run_id, store=root / "store")
