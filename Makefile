@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 CONSTRAINTS := requirements/constraints.txt
 PYTEST_ARGS ?=
+# make test runs test files in this many pytest processes (pytest-xdist; each file whole in one process, so
+# module fixtures are built once). On 2 cores, 2 processes ran seven of the slowest files in 134 s against
+# 233 s in one: much of the suite waits on subprocesses, kernels and a browser. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 # Ultralytics must never reach for the network (no downloads at set-up or run time).
 export YOLO_OFFLINE := 1
@@ -46,7 +50,7 @@ $(VENV)/.dev.stamp: $(VENV)/.setup.stamp
 ## repeats an order, PYTEST_ARGS="-p no:randomly" keeps the file order)
 test: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
-	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-fast: the edit-test loop (under 2 minutes on 2 cores): every test but those marked slow or browser
 test-fast: dev
