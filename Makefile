@@ -55,7 +55,7 @@ test: dev
 ## test-fast: the edit-test loop (under 2 minutes on 2 cores): every test but those marked slow or browser
 test-fast: dev
 	$(BIN)/ruff check musseltools tests benchmarks scripts
-	$(BIN)/pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not browser" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## lab: install JupyterLab and open the notebooks in it (saved outputs never show as changes: see strip-filter)
 LAB_ARGS ?=
