@@ -63,7 +63,7 @@ display(HTML("""<style>
 .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 0.2em 0.5em; }
 .jp-OutputArea-output img { max-width: 100%; height: auto; }
 @media print { body { font-size: 10pt; } .jp-RenderedHTMLCommon table { font-size: 8pt; }
-  .jp-Cell, img, table { break-inside: avoid; } }
+  .jp-Cell, img, table { break-inside: avoid; } h1, h2, h3 { break-after: avoid; } }
 </style>"""))
 display(Markdown(f"# {title or survey_title(images)}"))
 
@@ -108,7 +108,8 @@ display(Markdown(
 
 # %%
 settings = run.settings_table()
-display(settings)
+display(settings.assign(value=settings["value"].map(  # per class thresholds as a reader reads them
+    lambda v: ", ".join(f"{k} {x:g}" for k, x in v.items()) if isinstance(v, dict) else v)))
 if not settings["from"].str.startswith("card").any() and settings["from"].eq("default").any():
     display(Markdown(
         "These are default settings: the weights have no card, so every setting not given to the run is "
