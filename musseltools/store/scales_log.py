@@ -70,8 +70,10 @@ def write_scales(store: Store, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 def read_scales(store: Store) -> pd.DataFrame:
     """Every drawn scale, oldest first (by time, then file): columns of :data:`SCALES_SCHEMA`."""
+    if store.remote:  # scales are saved to local stores only (write_scales says so): an object store has none
+        return SCALES_SCHEMA.empty_table().to_pandas()
     folder = scales_dir(store)
-    files = [] if store.remote or not folder.is_dir() else sorted(
+    files = [] if not folder.is_dir() else sorted(
         p for p in folder.iterdir() if p.name.startswith(_PREFIX) and p.suffix == ".parquet")
     tables = []
     for p in files:
