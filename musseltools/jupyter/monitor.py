@@ -5,6 +5,10 @@ It works across processes (a run started with ``musseltools run`` in a terminal)
 straight after resuming a cancelled or failed run never stops on the old status. A monitor follows its
 run id through resumes: when ``run()`` starts the run again in this process, a monitor that had stopped
 polls again (with the new call's handle), counting the run's images, those before this call included.
+
+One progress display per run: a monitor made for a run that an older monitor in this process shows (a resume
+cell that shows its own handle) takes over, and the older one stops and says that a later display follows
+the run.
 """
 
 from __future__ import annotations
@@ -12,18 +16,22 @@ from __future__ import annotations
 import html
 import os
 import threading
+import weakref
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..errors import MusselToolsError
-from ..runs.progress import on_start, progress_summary
+from ..runs.progress import off_start, on_start, progress_summary
 from ..runs.run import TERMINAL, Run
 from ..store.store import Store
 
 __all__ = ["RunMonitor", "progress_text"]
 
 _STYLES = {"completed": "success", "failed": "danger", "cancelled": "warning"}
+
+#: The newest monitor of each run in this process: (store location, run id) -> monitor, held weakly.
+_NEWEST: dict[tuple[str, str], weakref.ReferenceType] = {}
 
 
 def progress_text(run_id: str, p: dict[str, Any]) -> tuple[int, int, str]:
@@ -95,8 +103,14 @@ class RunMonitor(widgets.VBox):
         self._lock = threading.Lock()
         self._old_start: Any = None  # run.json's started_at of a call that has ended before a resume
         self._restarted = False  # run_started() came while the polling thread was deciding to stop
+        self.handed_over = False  # a newer monitor of the same run follows it now
         self.last: dict[str, Any] = {}
         self.refresh()
+        key = (self.run.store.location, self.run.run_id)
+        older = _NEWEST.get(key, lambda: None)()
+        if older is not None and older is not self:
+            older.hand_over()
+        _NEWEST[key] = weakref.ref(self)
         on_start(self.run.store, self.run.run_id, self)
         if start and not self._ended():
             self._start_polling()
@@ -111,8 +125,18 @@ class RunMonitor(widgets.VBox):
                                             daemon=True)
             self._thread.start()
 
+    def hand_over(self) -> None:
+        """A newer monitor of this run took over (see the module's docstring): stop polling, stop following
+        resumes, and say so under the last state shown."""
+        self.handed_over = True
+        off_start(self.run.store, self.run.run_id, self)
+        self.stop()
+        self.label.value += " — <i>a newer display of this run, in a later cell, follows it from here</i>"
+
     def run_started(self, handle: Any) -> None:
         """``run()`` starts this monitor's run again (a resume): follow the new call (its handle, if any)."""
+        if self.handed_over:
+            return
         with self._lock:
             self._old_start = self.last.get("started_at")
             self.handle = handle
