@@ -9,9 +9,11 @@ degrees, clockwise on the image (y points down), as CVAT and Label Studio give t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from ...core.detections import Detections
 from ...errors import MusselToolsError
 
 __all__ = ["FormatError", "AnnotatedImage", "Annotations", "ImageBuilder", "shape_of", "rotated_box",
-           "rotated_corners", "box_corners", "image_key"]
+           "rotated_corners", "box_corners", "image_key", "read_json"]
 
 #: How far (pixels) an object may reach past the image's edge before it is "outside the image".
 EDGE_TOLERANCE = 1.0
@@ -62,6 +64,24 @@ class Annotations:
 
     def __len__(self) -> int:
         return sum(len(im.detections) for im in self.images)
+
+
+def read_json(path: Path, fmt: str, expected: str) -> Any:
+    """The parsed JSON of an annotation file of format ``fmt`` ("COCO", "Label Studio"); a missing, unreadable,
+    XML (a CVAT file given as this format) or malformed file is a :class:`FormatError` naming it and saying
+    what was ``expected``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FormatError(f"{fmt} file {str(path)!r} does not exist — check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FormatError(f"cannot read {fmt} file {str(path)!r}: {exc}") from exc
+    if text.lstrip().startswith("<"):
+        raise FormatError(f"{str(path)!r} is XML, not {fmt} JSON — for a CVAT export pass --format cvat")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{str(path)!r} is not valid JSON ({exc}) — expected {expected}") from None
 
 
 def image_key(name: str) -> str:

@@ -23,6 +23,7 @@ from .base import (
     FormatError,
     ImageBuilder,
     box_corners,
+    read_json,
     rotated_box,
     shape_of,
     with_labels,
@@ -32,18 +33,7 @@ __all__ = ["load_coco", "save_coco", "save_coco_results", "coco_document"]
 
 
 def _document(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(f"COCO file {str(path)!r} does not exist — check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"cannot read COCO file {str(path)!r}: {exc}") from exc
-    if text.lstrip().startswith("<"):
-        raise FormatError(f"{str(path)!r} is XML, not COCO JSON — for a CVAT export pass --format cvat")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{str(path)!r} is not valid JSON ({exc}) — expected a COCO detection JSON") from None
+    doc = read_json(path, "COCO", "a COCO detection JSON")
     if isinstance(doc, list) and doc and isinstance(doc[0], dict) and "data" in doc[0]:
         raise FormatError(f"{str(path)!r} is a Label Studio export, not COCO — pass --format labelstudio")
     if isinstance(doc, list):

@@ -23,7 +23,16 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ...store.store import atomic_write_bytes
-from .base import AnnotatedImage, Annotations, FormatError, ImageBuilder, rotated_box, shape_of, with_labels
+from .base import (
+    AnnotatedImage,
+    Annotations,
+    FormatError,
+    ImageBuilder,
+    read_json,
+    rotated_box,
+    shape_of,
+    with_labels,
+)
 
 __all__ = ["load_labelstudio", "save_labelstudio", "labelstudio_config"]
 
@@ -44,19 +53,7 @@ def image_name(url: str) -> str:
 
 
 def _tasks(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(f"Label Studio file {str(path)!r} does not exist — check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"cannot read Label Studio file {str(path)!r}: {exc}") from exc
-    if text.lstrip().startswith("<"):
-        raise FormatError(f"{str(path)!r} is XML, not Label Studio JSON — for a CVAT export pass --format cvat")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{str(path)!r} is not valid JSON ({exc}) — expected a Label Studio JSON export (a list "
-                          "of tasks)") from None
+    doc = read_json(path, "Label Studio", "a Label Studio JSON export (a list of tasks)")
     if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
         raise FormatError(f"{str(path)!r} is a COCO file, not a Label Studio export — pass --format coco")
     tasks = [doc] if isinstance(doc, dict) and "data" in doc else doc
