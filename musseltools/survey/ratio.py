@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["Component", "ratio_influence", "t_interval", "poisson_upper", "clopper_pearson"]
 
@@ -64,6 +63,8 @@ def t_interval(estimate: float, components: Sequence[Component], level: float, s
     if any(c.n < 2 for c in components) or not np.isfinite(total) or total <= 0:
         return np.nan, np.nan, np.nan
     df = total ** 2 / sum(v ** 2 / (c.n - 1) for v, c in zip(var, components) if v > 0)
+    from scipy import stats  # here, not at import: scipy.stats costs 0.85 s, and every command imports this
+
     half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(total)
     if scale == "log":
         centre = np.log(estimate)
@@ -78,12 +79,16 @@ def _expit(v: float) -> float:
 
 def poisson_upper(level: float) -> float:
     """The upper bound of a mean count when none was seen (exact Poisson, two-sided ``level``)."""
+    from scipy import stats
+
     return float(stats.chi2.ppf(0.5 + level / 2, 2) / 2)
 
 
 def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
     """Exact binomial interval of ``k`` out of ``n``."""
     a = 1 - level
+    from scipy import stats
+
     low = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
     high = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
     return low, high
