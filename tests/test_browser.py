@@ -285,14 +285,19 @@ def test_threshold_tuner_in_jupyterlab(tmp_path, tiny_model):
             finally:
                 browser.close()
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        _stop_server(server)
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    """Stop a server started in its own session, and everything it started (kernels)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -315,14 +320,7 @@ def _jupyterlab(root: Path, tmp_path: Path):
         _wait_for_server(f"{base}/api/status?token={token}", server, log)
         yield base, token
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        _stop_server(server)
 
 
 def test_progress_display_of_a_background_run_through_cancel_and_resume(tmp_path, tiny_model):

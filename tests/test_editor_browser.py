@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from test_browser import ARGS, CHROMIUM, _free_port, _wait_for_idle_kernel, _wait_for_server
+from test_browser import ARGS, CHROMIUM, _free_port, _stop_server, _wait_for_idle_kernel, _wait_for_server
 
 import musseltools as mt
 from musseltools.store.corrections_log import read_corrections
@@ -242,11 +241,4 @@ def test_correction_editor_in_jupyterlab(tmp_path):
             finally:
                 browser.close()
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        _stop_server(server)

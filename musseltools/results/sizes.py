@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["add_lengths", "lengths_mm", "image_scales", "outline_size", "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
+__all__ = ["add_lengths", "lengths_mm", "image_scales", "outline_size", "outline_sizes", "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
            "DISAGREEMENT", "SCALE_COLUMNS"]
 
 #: Model tasks whose polygons are outlines of the object (their length is measured, not estimated).
@@ -51,16 +51,30 @@ def outline_size(polygon: Any) -> tuple[float, float]:
     >>> outline_size([[0, 0], [30, 40], [34, 37], [4, -3]])
     (50.0, 5.0)
     """
+    big, small = outline_sizes([np.asarray(polygon, dtype=np.float64).reshape(-1, 2)])
+    return float(big[0]), float(small[0])
+
+
+def outline_sizes(polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`outline_size` of many polygons (each an (N, 2) array) at once: shapely's vectorised minimum-area
+    rectangles, so that a view of a segmentation run of many detections pays no Python loop per outline."""
     import shapely
 
-    pts = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    if len(np.unique(pts, axis=0)) < 2:
-        return float("nan"), float("nan")
-    rect = shapely.minimum_rotated_rectangle(shapely.MultiPoint(pts))
-    ring = np.asarray(rect.exterior.coords) if rect.geom_type == "Polygon" else np.asarray(rect.coords)
-    sides = np.hypot(*np.diff(ring, axis=0).T)
-    sides = sides[:2] if len(sides) >= 2 else np.array([sides[0], 0.0])
-    return float(round(sides.max(), 9)), float(round(sides.min(), 9))
+    n = len(polygons)
+    if not n:
+        return np.zeros(0), np.zeros(0)
+    counts = np.array([len(p) for p in polygons])
+    points = shapely.multipoints(np.concatenate(polygons), indices=np.repeat(np.arange(n), counts))
+    xy, owner = shapely.get_coordinates(shapely.minimum_rotated_rectangle(points), return_index=True)
+    # a rectangle's ring (5 coordinates), a segment for collinear points (2), a point for one distinct point (1)
+    have = np.bincount(owner, minlength=n)
+    first = np.searchsorted(owner, np.arange(n))
+    p0 = xy[np.minimum(first, len(xy) - 1)]
+    p1 = xy[np.minimum(first + 1, len(xy) - 1)]
+    p2 = xy[np.minimum(first + 2, len(xy) - 1)]
+    side1 = np.where(have >= 2, np.hypot(*(p1 - p0).T), np.nan)
+    side2 = np.where(have >= 3, np.hypot(*(p2 - p1).T), 0.0)
+    return np.round(np.maximum(side1, side2), 9), np.round(np.where(have >= 2, np.minimum(side1, side2), np.nan), 9)
 
 
 def add_lengths(detections: pd.DataFrame, task: str | None) -> pd.DataFrame:
@@ -78,15 +92,20 @@ def add_lengths(detections: pd.DataFrame, task: str | None) -> pd.DataFrame:
     hand = source == "added"
     measure = hand | (np.full(n, task in OUTLINE_TASKS) if n else np.zeros(0, bool))
     polys = detections["polygon"].to_numpy(dtype=object) if "polygon" in detections else np.full(n, None, object)
+    rows, outlines = [], []
     for i in np.flatnonzero(measure):
         poly = polys[i]
         if poly is None or len(poly) < 3:
             if not hand[i]:
                 continue  # no outline stored: the box estimate stays
             poly = [[box[i, 0], box[i, 1]], [box[i, 2], box[i, 3]]]
-        big, small = outline_size(np.asarray([np.asarray(p, np.float64) for p in poly]))
-        if np.isfinite(big):
-            length[i], width[i], method[i] = big, small, "hand" if hand[i] else "outline"
+        rows.append(i)
+        outlines.append(np.asarray([np.asarray(p, np.float64) for p in poly]).reshape(-1, 2))
+    big, small = outline_sizes(outlines)
+    ok = np.isfinite(big)
+    at = np.asarray(rows, dtype=np.int64)[ok]
+    length[at], width[at] = big[ok], small[ok]
+    method[at] = np.where(hand[at], "hand", "outline")
     return detections.assign(length_px=length, width_px=width, length_method=method)
 
 
