@@ -245,6 +245,48 @@ if design is not None:
             display(Markdown(f"Note: {note}"))
 
 # %%
+scales = run.scales()  # each image's mm per pixel and where it came from: with any, the size section
+if scales["source"].notna().any():
+    from musseltools.plots import sizes as size_plots
+
+    scaled = int(scales["source"].notna().sum())
+    display(Markdown(
+        "## Shell sizes\n\n"
+        "Shell length per detection that counts: the long side of the minimum-area rectangle of its outline "
+        "(oriented boxes, masks, boxes drawn by hand), or the long side of its box for a box detector (`length_method` "
+        "\"box\", which under-states a tilted shell: docs/survey.md gives the measured error). Millimetres come "
+        f"from each image's scale: {n_of(scaled, 'image')} of {len(scales)} have one."
+    ))
+    display(scales.groupby(scales["source"].fillna("none (pixels only)"))["image_id"].count()
+            .rename("images").rename_axis("scale from").to_frame())
+    flagged = scales[scales["flagged"]]
+    if len(flagged):
+        display(Markdown(f"**{n_of(len(flagged), 'drawn scale')} disagree{'s' if len(flagged) == 1 else ''} "
+                         "with the sheet by more than 10 %** (the sheet's applies; check the sheet or redraw):"))
+        display(flagged.assign(image=flagged["path"].map(lambda p: Path(p).name))
+                [["image", "sheet_mm_per_px", "drawn_mm_per_px", "disagreement", "drawn_by"]].set_index("image")
+                .round(4))
+    size_by = [c for c in ("site",) if design is not None and c in design and design[c].nunique() > 1]
+    sf = run.sizes(threshold=t)  # every image together
+    if sf.note:
+        display(Markdown(f"Note: {sf.note}."))
+    display(Markdown(f"**Shell length ({sf.unit})**: median, 10th and 90th percentiles, each with its "
+                     f"{sf.level:.0%} interval (images resampled), per category"
+                     f"{' and ' + ', '.join(size_by) if size_by else ''}:"))
+    sf_groups = run.sizes(by=size_by, threshold=t) if size_by else sf
+    q = sf_groups.quantiles
+    table = q[[*size_by, "category", "images", "n"]].assign(**{
+        name: [f"{v:.1f} ({lo:.1f}–{hi:.1f})" for v, lo, hi in zip(q[name], q[f"{name}_low"], q[f"{name}_high"])]
+        for name in ("p10", "median", "p90")})
+    display(table.set_index([*size_by, "category"]))
+    display(size_plots.size_histogram(sf, run.categories))
+    if size_by:
+        for category in run.categories:
+            display(size_plots.size_ridgeline(sf_groups, category))
+    if {"live", "dead"} <= set(run.categories):
+        display(size_plots.live_dead_sizes(sf, ("live", "dead")))
+
+# %%
 if compare_model is not None:
     from musseltools.models import detect_family
     from musseltools.models.card import read_card, settings_after

@@ -179,13 +179,18 @@ def test_demo_collection_notebooks_and_tuner_speed(tmp_path):
     text = html.read_text()
     assert "Evaluation against labels" in text and "precision" in text
     figures = re.findall(r'<img[^>]+src="data:image/png;base64,', text)
-    assert len(figures) == 10  # 4 survey figures, 3 evaluation figures, 3 by group: each shown once
+    assert len(figures) == 14  # 4 survey, 3 evaluation, 3 by group, 4 of sizes (histogram, 2 ridgelines, live/dead)
     # issue 23: the demo's sheet gives the section by group (3 sites x 2 dates, caged and open) and the methods
     for shown in ("Density and mortality by group", "Over time", "Sites", "Treatments compared with",
                   "MASS::glm.nb(", "Dispersion check", "Methods",
                   "95% intervals are t intervals", "Against labels of 40 images"):
         assert shown in text, shown
     assert re.search(r'alt="Figure: Density and mortality by site, date', text)
+    # issue 24: the sheet's scales (mm_per_px for frames, quadrat_side_m for the quadrats) give the size section
+    assert "Shell sizes" in text and "40 images of 40 have one" in text
+    assert re.search(r"<th>sheet mm_per_px</th>\s*<td>37</td>", text) and re.search(
+        r"<th>sheet quadrat_side_m</th>\s*<td>3</td>", text)
+    assert re.search(r'alt="Figure: Shell length of live by site', text)
     assert re.search(r"<th[^>]*>Narrows</th>\s*<th[^>]*>2025-05-12</th>\s*<th>live</th>\s*<td>6</td>", text)  # 6 images
     run = mt.open_run(mt.list_runs(store=store).run_id.iloc[0], store=store)
     assert run.status == "completed" and run.meta["total_images"] == 40

@@ -68,6 +68,7 @@ def test_report_embeds_figures_and_hides_code(default_report, collection):
     assert "Comparison" not in text and "second model" not in text  # no comparison section without one
     # no sample sheet: no section by group and no estimator of groups in the methods paragraph (issue 23)
     assert "by group" not in text and "sampling unit" not in text and "Treatments compared" not in text
+    assert "Shell sizes" not in text  # no image has a scale: no size section (issue 24)
     assert "Methods" in text and "Mussels were detected and counted with musseltools" in text
     assert "5 images (1 failed" in text and "1 images" not in text  # counted words agree with their numbers
     run = mt.list_runs(store=root / "store").iloc[0]
