@@ -257,15 +257,14 @@ if scales["source"].notna().any():
         "\"box\", which under-states a tilted shell: docs/survey.md gives the measured error). Millimetres come "
         f"from each image's scale: {n_of(scaled, 'image')} of {len(scales)} have one."
     ))
-    display(scales.groupby(scales["source"].fillna("none (pixels only)"))["image_id"].count()
-            .rename("images").rename_axis("scale from").to_frame())
-    flagged = scales[scales["flagged"]]
+    from musseltools.reports.report import scale_tables
+
+    by_source, flagged = scale_tables(scales)
+    display(by_source)
     if len(flagged):
         display(Markdown(f"**{n_of(len(flagged), 'drawn scale')} disagree{'s' if len(flagged) == 1 else ''} "
                          "with the sheet by more than 10 %** (the sheet's applies; check the sheet or redraw):"))
-        display(flagged.assign(image=flagged["path"].map(lambda p: Path(p).name))
-                [["image", "sheet_mm_per_px", "drawn_mm_per_px", "disagreement", "drawn_by"]].set_index("image")
-                .round(4))
+        display(flagged.round(4))
     size_by = [c for c in ("site",) if design is not None and c in design and design[c].nunique() > 1]
     sf = run.sizes(threshold=t)  # every image together
     if sf.note:

@@ -158,3 +158,20 @@ def test_the_time_series_names_each_site_and_the_map_places_the_sites_at_their_p
     assert texts[0] == f"North\n{total:.0f} per m², {dead:.0%} dead"
     assert ax.get_xlabel() == "longitude (°E)" and ax.get_ylabel() == "latitude (°N)"
     assert ax.get_aspect() == pytest.approx(1 / np.cos(np.radians(56.55)))
+
+
+def test_the_report_counts_images_per_source_of_scale_and_lists_drawn_scales_that_disagree_with_the_sheet(tmp_path):
+    from musseltools.reports.report import scale_tables
+
+    run = _run(tmp_path, sheet=False)
+    (tmp_path / "scaled.csv").write_text("image,site,area_m2,mm_per_px\na.jpg,N,0.25,0.5\nb.jpg,N,0.25,0.5\n"
+                                         "c.jpg,N,0.25,\n" + "".join(f"{i}.jpg,S,0.25,\n" for i in "defg"))
+    run.attach_sheet(tmp_path / "scaled.csv")
+    run.set_scale("a", px_length=100, mm=60, author="ana")  # 0.6 mm/px against the sheet's 0.5: 20 % off
+    run.set_scale("b", px_length=100, mm=52)  # 4 % off: not flagged
+    run.set_scale("c", px_length=200, mm=100)  # no sheet scale: the drawn one applies
+    by_source, flagged = scale_tables(run.scales())
+    assert by_source["images"].to_dict() == {"drawn": 1, "none (pixels only)": 4, "sheet mm_per_px": 2}
+    assert list(flagged.index) == ["a.jpg"] and flagged.loc["a.jpg", "drawn_by"] == "ana"
+    assert flagged.loc["a.jpg", "disagreement"] == pytest.approx(0.2)
+    assert flagged.loc["a.jpg", "sheet_mm_per_px"] == 0.5 and flagged.loc["a.jpg", "drawn_mm_per_px"] == 0.6

@@ -12,13 +12,16 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.options import OPTIONS
 from ..errors import MusselToolsError
 from .templates import prepare_template
 
-__all__ = ["report", "ReportError", "notebook_path", "render_html"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["report", "ReportError", "notebook_path", "render_html", "scale_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,18 @@ def survey_title(images: Any) -> str:
         parent = Path(os.path.abspath(path)).parent.name if "://" not in str(images) else path.parent.name
         name = parent or name
     return f"Mussel survey: {name}"
+
+
+def scale_tables(scales: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The report's scale tables from ``run.scales()``: the number of images per source of scale (``none
+    (pixels only)`` for images without one), and the drawn scales flagged for disagreeing with the sheet by
+    more than 10 % (``image, sheet_mm_per_px, drawn_mm_per_px, disagreement, drawn_by``; empty when none)."""
+    by_source = (scales.groupby(scales["source"].fillna("none (pixels only)"))["image_id"].count()
+                 .rename("images").rename_axis("scale from").to_frame())
+    flagged = scales[scales["flagged"].astype(bool)]
+    flagged = flagged.assign(image=flagged["path"].map(lambda p: Path(str(p)).name))[
+        ["image", "sheet_mm_per_px", "drawn_mm_per_px", "disagreement", "drawn_by"]].set_index("image")
+    return by_source, flagged
 
 
 def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
