@@ -256,9 +256,9 @@ class CorrectionEditor(widgets.VBox):
         if self._box(detection_id) is None:
             raise MusselToolsError(f"detection {detection_id!r} is not shown — pick a box of the image shown")
         self.selected = detection_id
-        cid = self._save("length", detection_id=detection_id, line=[float(v) for v in line])
-        box = self._box(detection_id)
-        self._show(f"length set to {box['length_px']:.1f} px" if box else "length saved")
+        x1, y1, x2, y2 = (float(v) for v in line)
+        cid = self._save("length", detection_id=detection_id, line=[x1, y1, x2, y2])
+        self._show(f"length set to {np.hypot(x2 - x1, y2 - y1):.1f} px")
         return cid
 
     def select(self, detection_id: str) -> None:
