@@ -81,14 +81,14 @@ def _drag_a_length_handle(page, run: mt.Run, mm_per_px: float) -> None:
     end = handles.nth(1).bounding_box()
     was = [float(handles.nth(1).get_attribute(k)) for k in ("cx", "cy")]  # image pixels
     per_px = page.evaluate(SCREEN_PER_IMAGE_PX)
-    _drag(page, end["x"] + end["width"] / 2, end["y"] + end["height"] / 2, 25, 15)
+    _drag(page, end["x"] + end["width"] / 2, end["y"] + end["height"] / 2, -25, -15)  # inward: never clamped at the edge
     page.wait_for_function("() => document.querySelector('.mt-editor-length').innerText.includes('(hand)')",
                            timeout=30_000)
     det = run.detections().set_index("detection_id").loc[target]
     line = run.corrections().iloc[-1]
     assert line["kind"] == "length" and line["detection_id"] == target
     moved = [line["x2"] - was[0], line["y2"] - was[1]]  # the dropped end moved with the mouse, in image pixels
-    assert moved == pytest.approx([25 / per_px, 15 / per_px], abs=0.2), moved
+    assert moved == pytest.approx([-25 / per_px, -15 / per_px], abs=0.2), moved
     expected = math.hypot(line["x2"] - line["x1"], line["y2"] - line["y1"])
     assert det["length_method"] == "hand" and det["length_px"] == pytest.approx(expected)
     assert det["length_mm"] == pytest.approx(expected * mm_per_px)
