@@ -785,8 +785,8 @@ def test_hand_built_check_names_every_bad_spec_and_saves_none():
         check_corrections(specs, _hb_context(), labels=[f"row {i + 2}" for i in range(len(specs))])
     assert str(err.value).split("\n  ") == [
         "20 of 20 corrections are not valid for run R — nothing was saved — fix them and try again:",
-        "row 2: action 'move' is not one of reclassify, delete, add, verify, unverify, undo",
-        "row 3: action None is not one of reclassify, delete, add, verify, unverify, undo",
+        "row 2: action 'move' is not one of reclassify, delete, add, verify, unverify, undo, length",
+        "row 3: action None is not one of reclassify, delete, add, verify, unverify, undo, length",
         "row 4: image 'nowhere.jpg' is not an image of run R — give its path as in the run, or its image id",
         "row 5: delete needs a detection_id (the detection_id column of run.detections())",
         "row 6: detection 'd9' is not a detection of run R — take ids from run.detections()",

@@ -3,6 +3,7 @@ shows are the run's corrected counts (the browser test drives the same messages 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
 
@@ -70,3 +71,54 @@ def test_the_canvas_is_an_anywidget_with_its_module_shipped():
     js = Path(musseltools.jupyter.editor.__file__).with_name("static") / "editor.js"  # shipped beside the editor
     assert js.exists() and "export default { render }" in js.read_text()
     assert issubclass(EditorCanvas, __import__("anywidget").AnyWidget)
+
+
+def _save_scale(ed):
+    next(w for w in ed.scale_form.children if "mt-editor-scale-save" in w._dom_classes).click()  # the button
+
+
+def test_a_scale_and_a_length_drawn_in_the_editor_are_saved_checked_and_shown(run, tmp_path):
+    from musseltools.store.scales_log import read_scales
+
+    names = sorted(run.per_image()["path"].map(lambda p: p.rsplit("/", 1)[-1]))
+    (tmp_path / "sheet.csv").write_text("image,camera,area_m2\n" + "".join(
+        f"{n},{'B' if i == len(names) - 1 else 'A'},1\n" for i, n in enumerate(names)))
+    run.attach_sheet(tmp_path / "sheet.csv")
+    ed = CorrectionEditor(run, order="path", author="ana")
+    while not ed.boxes:
+        ed.next()
+    assert "no scale" in ed.scale_html.value
+    assert [v for _label, v in ed.scale_target.options] == ["", '{"camera": "A"}']
+    ed.mode_choice.value = "scale"
+    assert ed.canvas.mode == "scale" and ed.scale_form.layout.display == "flex"
+    for line, mm, why in (([10, 10, 10, 10], "25", "zero or negative length"), ([0, 0, 30, 40], "0", "true length in millimetres"),
+                          ([0, 0, 30, 40], "ten", "not a number")):
+        _send(ed, type="scale_line", line=line)
+        ed.scale_mm.value = mm
+        _save_scale(ed)
+        assert "not saved" in ed.status_html.value and why in ed.status_html.value, ed.status_html.value
+    assert read_scales(run.store).empty
+    _send(ed, type="scale_line", line=[0, 0, 30, 40])  # 50 px
+    ed.scale_mm.value, ed.scale_target.value = "25", '{"camera": "A"}'
+    _save_scale(ed)
+    scales = run.scales().set_index("path")["mm_per_px"]
+    assert scales.iloc[:-1].tolist() == pytest.approx([0.5] * (len(names) - 1)) and pd.isna(scales.iloc[-1])
+    assert "0.5 mm/px" in ed.scale_html.value and "drawn by ana" in ed.scale_html.value
+    again = CorrectionEditor(mt.open_run(run.run_id, store=run.store.root), order="path")  # a new kernel's editor
+    assert "0.5 mm/px" in again.scale_html.value
+
+    ed.mode_choice.value = "length"
+    box = ed.boxes[0]
+    _send(ed, type="select", id=box["id"])
+    assert f"{box['length_px']:.1f} px" in ed.length_html.value
+    _send(ed, type="length", id=box["id"], line=[1, 1, 7, 9])  # 10 px = 5 mm
+    det = run.detections().set_index("detection_id").loc[box["id"]]
+    assert det[["length_px", "length_method", "length_mm"]].tolist() == [10.0, "hand", 5.0]
+    shown = next(b for b in ed.boxes if b["id"] == box["id"])
+    assert shown["line"] == [1, 1, 7, 9] and shown["length_method"] == "hand"
+    assert "10.0 px</b> = <b>5.0 mm" in ed.length_html.value
+    _send(ed, type="length", id=box["id"], line=[5, 5, 5, 5])
+    assert "not saved" in ed.status_html.value and "zero length" in ed.status_html.value
+    _send(ed, type="undo")
+    assert run.detections().set_index("detection_id").loc[box["id"], "length_px"] == box["length_px"]
+    assert next(b for b in ed.boxes if b["id"] == box["id"])["line"] == box["line"]

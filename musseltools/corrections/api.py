@@ -3,7 +3,7 @@
 Each function takes the run first (anything with what :class:`CorrectableRun` lists), so
 :class:`~musseltools.runs.run.Run` has them as its methods (``run.reclassify(...)`` is
 ``reclassify(run, ...)``): ``correct``, ``reclassify``, ``toggle_class``, ``delete_detection``,
-``add_detection``, ``verify``, ``unverify``, ``undo``, the tables ``corrections()`` and
+``add_detection``, ``set_length``, ``verify``, ``unverify``, ``undo``, the tables ``corrections()`` and
 ``corrections_report()`` and the verified images; the review queue is :mod:`musseltools.corrections.review`. Each call checks the correction against
 the run (:mod:`musseltools.corrections.check`) and saves it at once, atomically
 (:func:`musseltools.store.corrections_log.write_corrections`); nothing of an invalid call is saved.
@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store.store import Store
 
 __all__ = [
-    "CorrectableRun", "correct", "reclassify", "toggle_class", "delete_detection", "add_detection", "verify",
+    "CorrectableRun", "correct", "reclassify", "toggle_class", "delete_detection", "add_detection", "set_length",
+    "verify",
     "unverify", "undo", "corrections", "corrections_report", "corrections_applied", "verified_images",
 ]
 
@@ -71,7 +72,7 @@ def correct(run: CorrectableRun, corrections: Sequence[Mapping[str, Any]], *, th
     """Check corrections against the run and save them together, at once; returns their ids.
 
     Each correction is a mapping: ``kind`` (``reclassify``, ``delete``, ``add``, ``verify``,
-    ``unverify``, ``undo``), ``image`` (a path as in the run, or an image id), ``detection_id``,
+    ``unverify``, ``undo``, ``length``: ``line`` = its ends x1, y1, x2, y2), ``image`` (a path as in the run, or an image id), ``detection_id``,
     ``class``, ``x1, y1, x2, y2`` (or ``box``), ``polygon``, ``target`` (the correction an undo
     cancels), ``note``, ``author`` (default: the OS user), ``thresholds`` (those a ``verify`` was
     made at, e.g. from a CSV). ``threshold`` is what a ``verify`` without ``thresholds`` records as
@@ -140,6 +141,17 @@ def add_detection(run: CorrectableRun, image: str, box: Sequence[float], class_n
     """
     return _one(run, "add", image=image, box=list(box), class_name=class_name, polygon=polygon, note=note,
                 author=author)
+
+
+def set_length(run: CorrectableRun, detection_id: str, line: Sequence[float], *, note: str | None = None,
+               author: str | None = None) -> str:
+    """Measure a detection's length by hand: ``line`` = (x1, y1, x2, y2), its two ends in image pixels.
+
+    ``run.detections()`` then gives that detection ``length_px`` = the line's length (``length_mm`` with a
+    scale) and ``length_method="hand"``; nothing else changes. A later call replaces it; :func:`undo` takes it
+    back. A line of zero length, outside the image, or of an unknown detection is refused and nothing is saved.
+    Returns the correction's id."""
+    return _one(run, "length", detection_id=detection_id, line=list(line), note=note, author=author)
 
 
 def verify(run: CorrectableRun, image: str, *, threshold: Any | None = None, note: str | None = None,

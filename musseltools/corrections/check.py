@@ -75,6 +75,26 @@ def _box(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] 
     return box, None
 
 
+def _line(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] | None, str | None]:
+    """The two ends of a length line (``line`` or ``x1, y1, x2, y2``), or what is wrong with them."""
+    raw = spec.get("line")
+    vals = list(raw) if raw is not None else [spec.get(k) for k in ("x1", "y1", "x2", "y2")]
+    try:
+        line = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        return None, f"line {vals} is not four numbers — give the length's two ends x1, y1, x2, y2 in pixels"
+    if len(line) != 4 or not all(np.isfinite(line)):
+        return None, f"line {vals} is not two points — expected four finite numbers x1, y1, x2, y2 in pixels"
+    if line[0] == line[2] and line[1] == line[3]:
+        return None, (f"line {line} has zero length (its two ends are one point) — drag its ends to the two ends "
+                      "of the shell")
+    w = None if width is None or pd.isna(width) else float(width)
+    h = None if height is None or pd.isna(height) else float(height)
+    if min(line) < 0 or (w is not None and max(line[0], line[2]) > w) or (h is not None and max(line[1], line[3]) > h):
+        return None, f"line {line} reaches outside the image — give pixel coordinates inside it"
+    return line, None
+
+
 def _check_one(spec: Mapping[str, Any], ctx: RunContext, index: dict[str, str], dets: pd.DataFrame,
                images: pd.DataFrame, known: set[str]) -> dict[str, Any] | str:
     """A correction row from a spec, or what is wrong with it."""
@@ -91,7 +111,7 @@ def _check_one(spec: Mapping[str, Any], ctx: RunContext, index: dict[str, str], 
                               "created_at": None if _blank(spec.get("created_at")) else spec["created_at"],
                               "correction_id": None if _blank(spec.get("correction_id")) else str(spec["correction_id"]),
                               "run_id": ctx.run_id}
-    if kind in ("reclassify", "delete"):
+    if kind in ("reclassify", "delete", "length"):
         if det_id is None:
             return f"{kind} needs a detection_id (the detection_id column of run.detections())"
         if det_id not in dets.index:
@@ -107,6 +127,12 @@ def _check_one(spec: Mapping[str, Any], ctx: RunContext, index: dict[str, str], 
                 return (f"class {cls!r} is neither a class of the model {list(ctx.classes.names)} nor a category "
                         f"{ctx.classes.categories}")
             fields["class_name"] = str(cls)
+        if kind == "length":
+            size = images.loc[det_image] if det_image in images.index else {}
+            line, err = _line(spec, size.get("width"), size.get("height"))
+            if err:
+                return err
+            fields["box"] = line
         return correction_row(kind, **fields)
     if image_id is None:
         return f"{kind} needs an image (its path as in the run, or its image id)"

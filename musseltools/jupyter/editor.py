@@ -13,6 +13,12 @@ Mouse and keys (while the pointer is over the image)
 - ``v``: mark the image verified (again: take the mark back);
 - right arrow or ``n``: next image; left arrow or ``p``: previous;
 - ``u`` or Ctrl+Z: undo this editor's last edit (a later correction: nothing is erased);
+- mode **scale**: drag a line along a ruler or the quadrat's side, type its true length in mm, choose this
+  image or a sheet group (one camera set-up) and save: ``run.set_scale``, stored in the store, so it outlives
+  the kernel. The image's scale (mm per pixel, where it came from, a flag when it disagrees with the sheet) is
+  shown above the image;
+- mode **length**: click a box: its length line shows with a handle at each end; drag an end and drop it:
+  a ``length`` correction (``run.set_length``), undoable like every edit;
 - ``+``/``-`` or Ctrl+wheel: zoom (``0``: the whole image); Shift+arrows, Shift-drag or a middle-button
   drag: pan. An image opens zoomed so that its median box is at least 20 screen pixels (a 4000x3000
   quadrat of 600 mussels opens at 4x or 8x, from its top-left corner); every key and click works the
@@ -45,9 +51,10 @@ import traitlets
 
 from ..errors import MusselToolsError
 from ..plots import survey as plots
-from ..results import views
+from ..results import sizes, views
 from ..results.corrected import next_category_class
 from ..runs.run import Run
+from . import editor_sizes
 
 __all__ = ["CorrectionEditor", "EditorCanvas"]
 
@@ -70,6 +77,8 @@ class EditorCanvas(anywidget.AnyWidget):
     colours = traitlets.Dict().tag(sync=True)
     categories = traitlets.List().tag(sync=True)
     add_label = traitlets.Unicode("").tag(sync=True)
+    mode = traitlets.Unicode("boxes").tag(sync=True)  # boxes | scale | length
+    scale_line = traitlets.List().tag(sync=True)  # the scale line being drawn: [x1, y1, x2, y2], or []
 
 
 class CorrectionEditor(widgets.VBox):
@@ -134,10 +143,45 @@ class CorrectionEditor(widgets.VBox):
             b.on_click(lambda _b, act=action: self._safely(act))
             buttons.append(b)
         self.verify_button = buttons[2]
-        super().__init__([self.title_html, self.counts_html, widgets.HBox([*buttons, self.add_choice]), self.canvas,
-                          widgets.HTML(f"<small>{HELP}</small>"), self.status_html])
+        self.selected: str | None = None
+        self.scale: dict[str, Any] = {}
+        self.task = run.meta["model"].get("task")
+        self._sized: str | None = None
+        sizes_row = self._sizes_widgets()
+        super().__init__([self.title_html, self.counts_html, widgets.HBox([*buttons, self.add_choice]), sizes_row,
+                          self.scale_html, self.canvas, widgets.HTML(f"<small>{HELP}</small>"), self.status_html])
         self.add_class("mt-correction-editor")
         self._show()
+
+    def _sizes_widgets(self) -> widgets.Widget:
+        """The mode switch, the scale form (shown in scale mode) and the lines about the scale and a length."""
+        self.mode_choice = widgets.ToggleButtons(options=[("boxes", "boxes"), ("scale", "scale"), ("length", "length")],
+                                                 value="boxes", description="mode", style={"button_width": "6em"})
+        self.mode_choice.add_class("mt-editor-mode")
+        widgets.link((self.mode_choice, "value"), (self.canvas, "mode"))
+        self.scale_mm = widgets.Text(placeholder="true length in mm", description="line is (mm)",
+                                     layout=widgets.Layout(width="16em"))
+        self.scale_mm.add_class("mt-editor-scale-mm")
+        self.scale_target = widgets.Dropdown(options=[("this image", "")], value="", description="for",
+                                             layout=widgets.Layout(width="28em"))
+        self.scale_target.add_class("mt-editor-scale-target")
+        save = widgets.Button(description="save scale", icon="check", layout=widgets.Layout(width="9em"))
+        save.add_class("mt-editor-scale-save")
+        save.on_click(lambda _b: self._safely(self.save_scale))
+        self.scale_form = widgets.HBox([self.scale_mm, self.scale_target, save],
+                                       layout=widgets.Layout(display="none"))
+        self.scale_form.add_class("mt-editor-scale-form")
+        self.scale_html = widgets.HTML()
+        self.scale_html.add_class("mt-editor-scale")
+        self.length_html = widgets.HTML()
+        self.length_html.add_class("mt-editor-length")
+        self.canvas.observe(self._mode_changed, names="mode")
+        return widgets.VBox([self.mode_choice, self.scale_form, self.length_html])
+
+    def _mode_changed(self, change: Any) -> None:
+        self.scale_form.layout.display = "flex" if change["new"] == "scale" else "none"
+        self.length_html.value = (editor_sizes.length_text(self._box(self.selected), self.scale.get("mm_per_px"))
+                                  if change["new"] == "length" else "")
 
     # ------------------------------------------------------------------ state
     def _order(self, order: str, other: Run | None) -> list[str]:
@@ -167,8 +211,12 @@ class CorrectionEditor(widgets.VBox):
 
     @property
     def boxes(self) -> list[dict[str, Any]]:
-        """The boxes shown: ``id, x1, y1, x2, y2, label`` (category), ``source``, ``confidence``."""
+        """The boxes shown: ``id, x1, y1, x2, y2, label`` (category), ``source``, ``confidence``, and the length:
+        ``line`` (its ends), ``length_px``, ``length_method``."""
         return list(self.canvas.boxes)
+
+    def _box(self, detection_id: str | None) -> dict[str, Any] | None:
+        return next((b for b in self.canvas.boxes if b["id"] == detection_id), None)
 
     # ------------------------------------------------------------------ edits
     def _save(self, kind: str, **spec: Any) -> str:
@@ -201,6 +249,48 @@ class CorrectionEditor(widgets.VBox):
         cid = self._save("add", image=self.image_id, box=[float(v) for v in box], class_name=label)
         self._show(f"{label} box added")
         return cid
+
+    def set_length(self, detection_id: str, line: Any) -> str:
+        """Measure a detection's length by hand: ``line`` = its two ends (x1, y1, x2, y2) in image pixels;
+        saved at once as a ``length`` correction (undoable). Returns the correction id."""
+        if self._box(detection_id) is None:
+            raise MusselToolsError(f"detection {detection_id!r} is not shown — pick a box of the image shown")
+        self.selected = detection_id
+        x1, y1, x2, y2 = (float(v) for v in line)
+        cid = self._save("length", detection_id=detection_id, line=[x1, y1, x2, y2])
+        self._show(f"length set to {np.hypot(x2 - x1, y2 - y1):.1f} px")
+        return cid
+
+    def select(self, detection_id: str) -> None:
+        """Select a detection: its length is shown (length mode draws its line with a handle at each end)."""
+        self.selected = detection_id if self._box(detection_id) is not None else None
+        self.length_html.value = editor_sizes.length_text(self._box(self.selected), self.scale.get("mm_per_px"))
+
+    def draw_scale_line(self, line: Any) -> None:
+        """The scale line drawn on the image shown (x1, y1, x2, y2 in image pixels), to save with :meth:`save_scale`."""
+        x1, y1, x2, y2 = (float(v) for v in line)
+        self.canvas.scale_line = [x1, y1, x2, y2]
+        self.status_html.value = (f"scale line of {np.hypot(x2 - x1, y2 - y1):.1f} px drawn — type its true length "
+                                  "in mm, choose what it applies to and save")
+
+    def save_scale(self, mm: Any = None, target: str | dict[str, Any] | None = None) -> Any:
+        """Save the scale line drawn (:meth:`draw_scale_line`) as ``mm`` millimetres (default: the typed value)
+        for this image, or a sheet group (``target``: the dropdown's choice by default) with ``run.set_scale``;
+        returns ``run.scales()``. A zero-length line or a length of zero or below is refused with the reason."""
+        line = list(self.canvas.scale_line)
+        if len(line) != 4:
+            raise MusselToolsError("no scale line drawn — choose mode 'scale' and drag along a ruler or the "
+                                   "quadrat's side, then save")
+        mm = self.scale_mm.value if mm is None else mm
+        target = self.scale_target.value if target is None else target
+        group = editor_sizes.group_of(target) if isinstance(target, str) else target
+        t0 = time.perf_counter()
+        out = self.run.set_scale(group or self.image_id, mm=mm, line=line,
+                                 drawn_on=str(self.table.at[self.image_id, "path"]), author=self.author)
+        self.last_save_s = time.perf_counter() - t0
+        where = ", ".join(f"{k} = {v}" for k, v in group.items()) if group else "this image"
+        self._show(f"scale saved for {where}: {float(mm):g} mm over {np.hypot(line[2] - line[0], line[3] - line[1]):.1f} px")
+        return out
 
     def toggle_verified(self) -> str:
         """Mark the image verified, or take the mark back; saved at once."""
@@ -259,8 +349,40 @@ class CorrectionEditor(widgets.VBox):
             self._safely(self.undo)
         elif kind == "nav":
             self._safely(self.go, self.position + int(content.get("step", 1)))
+        elif kind == "select":
+            self._safely(self.select, str(content["id"]))
+        elif kind == "length":
+            self._safely(self.set_length, str(content["id"]), content["line"])
+        elif kind == "scale_line":
+            self._safely(self.draw_scale_line, content["line"])
 
     # ------------------------------------------------------------------ view
+    def _box_dicts(self, dets: Any, applied: Any) -> list[dict[str, Any]]:
+        """The boxes sent to the browser, with their length lines (a hand-measured one where there is one)."""
+        hand = applied[applied["kind"] == "length"] if "kind" in applied else applied.iloc[:0]
+        hand = hand.drop_duplicates("detection_id", keep="last").set_index("detection_id") if len(hand) else None
+        lines = sizes.length_lines(dets, self.task, hand)
+        return [
+            {"id": d, "x1": float(a), "y1": float(b), "x2": float(c), "y2": float(e), "class_name": n,
+             "label": self.classes.category(n), "source": s, "confidence": float(f),
+             "line": [round(float(v), 2) for v in ln], "length_px": float(lp), "length_method": lm}
+            for d, a, b, c, e, n, s, f, ln, lp, lm in zip(
+                dets["detection_id"], dets["x1"], dets["y1"], dets["x2"], dets["y2"], dets["class_name"],
+                dets["source"], dets["confidence"], lines, dets["length_px"], dets["length_method"])
+        ]
+
+    def _show_sizes(self, image_id: str, table: Any) -> None:
+        """The image's scale, what a scale drawn on it can apply to, and the selected detection's length."""
+        if self._sized != image_id:  # another image: its own groups, no scale line drawn yet, nothing selected
+            self._sized = image_id
+            self.canvas.scale_line = []
+            self.selected = None
+            self.scale_target.options = editor_sizes.scale_groups(self.run.sheet(), image_id)
+        self.scale = editor_sizes.scale_of_image(self.run, table)
+        self.scale_html.value = editor_sizes.scale_text(self.scale)
+        if self.canvas.mode == "length":
+            self.length_html.value = editor_sizes.length_text(self._box(self.selected), self.scale.get("mm_per_px"))
+
     def _image_bytes(self, image_id: str, path: str) -> bytes:
         import cv2
 
@@ -276,18 +398,14 @@ class CorrectionEditor(widgets.VBox):
             self.title_html.value = "<b>No image with results to correct</b>"
             return
         res = self.run.results(image_ids=[iid])
-        counts = views.per_image_counts(res.images, res.detections, self.rule, res.classes).iloc[0]
+        table = views.per_image_counts(res.images, res.detections, self.rule, res.classes)
+        counts = table.iloc[0]
         for c in self.classes.categories:
             self.table.at[iid, c] = int(counts[c])
         self.table.at[iid, "verified"] = bool(counts["verified"])
         self.canvas.width, self.canvas.height = int(counts["width"]), int(counts["height"])
-        dets = views.above_threshold(res.detections, self.rule)
-        self.canvas.boxes = [
-            {"id": d, "x1": float(a), "y1": float(b), "x2": float(c), "y2": float(e), "class_name": n,
-             "label": self.classes.category(n), "source": s, "confidence": float(f)}
-            for d, a, b, c, e, n, s, f in zip(dets["detection_id"], dets["x1"], dets["y1"], dets["x2"], dets["y2"],
-                                              dets["class_name"], dets["source"], dets["confidence"])
-        ]
+        self.canvas.boxes = self._box_dicts(views.above_threshold(res.detections, self.rule), res.applied)
+        self._show_sizes(iid, table)
         path = str(counts["path"])
         try:
             self.canvas.image = self._image_bytes(iid, path)

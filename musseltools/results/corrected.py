@@ -8,7 +8,7 @@ corrected results. Corrections that cannot apply to a run are kept, with the rea
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 from ..core.thresholds import ClassMap
 from ..store.corrections_log import active_corrections, member
 
-__all__ = ["Applied", "apply_corrections", "resolve_class", "next_category_class"]
+__all__ = ["Applied", "LENGTH_LINES", "apply_corrections", "resolve_class", "next_category_class"]
 
 
 # ---------------------------------------------------------------------------------------------- classes
@@ -50,6 +50,11 @@ def next_category_class(class_name: str, classes: ClassMap) -> str:
 
 
 
+#: No length measured by hand (:attr:`Applied.lengths`).
+LENGTH_LINES = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("x1", "y1", "x2", "y2")},
+                            index=pd.Index([], dtype=object, name="detection_id"))
+
+
 @dataclass(frozen=True)
 class Applied:
     """What :func:`apply_corrections` made of a run's results.
@@ -68,6 +73,9 @@ class Applied:
         Corrections of the run's images that could not be applied, with a ``reason``.
     verified : pandas.DataFrame
         ``image_id, thresholds, author, created_at`` of the images marked verified.
+    lengths : pandas.DataFrame
+        The length lines measured by hand (``length`` corrections in effect, the latest per detection):
+        ``x1, y1, x2, y2`` indexed by ``detection_id``.
     """
 
     images: pd.DataFrame
@@ -76,6 +84,7 @@ class Applied:
     applied: pd.DataFrame
     unapplied: pd.DataFrame
     verified: pd.DataFrame
+    lengths: pd.DataFrame = field(default_factory=LENGTH_LINES.copy)
 
 
 def _unapplied(rows: pd.DataFrame, reason: str | Iterable[str]) -> pd.DataFrame:
@@ -107,7 +116,7 @@ def _added_rows(adds: pd.DataFrame, images: pd.DataFrame, columns: Sequence[str]
 
 def _edits(edits: pd.DataFrame, dets: pd.DataFrame, key: str, classes: ClassMap
            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[pd.DataFrame]]:
-    """Apply reclassify and delete corrections: (detections, removed, applied, unapplied)."""
+    """Apply reclassify and delete corrections, and check length ones: (detections, removed, applied, unapplied)."""
     out: list[pd.DataFrame] = []
     if edits.empty:
         return dets, dets.iloc[:0], edits, out
@@ -137,7 +146,7 @@ def _edits(edits: pd.DataFrame, dets: pd.DataFrame, key: str, classes: ClassMap
                                                  dtype=dets["class_id"].dtype)
         dets.loc[changed & (dets["source"] == "model"), "source"] = "reclassified"
     gone = member(dets["detection_id"], set(edits.loc[edits["kind"] == "delete", "detection_id"].tolist()))
-    applied = pd.concat([edits[edits["kind"] == "delete"], recl.drop(columns="_to")])
+    applied = pd.concat([edits[edits["kind"].isin(["delete", "length"])], recl.drop(columns="_to")])
     return dets[~gone], dets[gone], applied, out
 
 
@@ -167,9 +176,11 @@ def apply_corrections(images: pd.DataFrame, detections: pd.DataFrame, correction
     unapplied += bad
     if len(added):
         dets = pd.concat([dets, added], ignore_index=True)
-    dets, removed, edits, bad = _edits(active[active["kind"].isin(["reclassify", "delete"])], dets,
+    dets, removed, edits, bad = _edits(active[active["kind"].isin(["reclassify", "delete", "length"])], dets,
                                        inference_key, classes)
     unapplied += bad
+    lines = edits[edits["kind"] == "length"].drop_duplicates("detection_id", keep="last")
+    lines = lines.set_index("detection_id")[["x1", "y1", "x2", "y2"]] if len(lines) else LENGTH_LINES
     marks = active[active["kind"].isin(["verify", "unverify"])]
     other = marks["inference_key"] != inference_key
     if other.any():
@@ -189,4 +200,4 @@ def apply_corrections(images: pd.DataFrame, detections: pd.DataFrame, correction
             "created_at", "reason"]
     report = pd.concat(unapplied, ignore_index=True) if unapplied else pd.DataFrame(columns=cols)
     return Applied(images, dets.reset_index(drop=True), removed.reset_index(drop=True),
-                   applied.reset_index(drop=True), report, verified.reset_index(drop=True))
+                   applied.reset_index(drop=True), report, verified.reset_index(drop=True), lines)

@@ -7,7 +7,8 @@ view (:mod:`musseltools.results.view`), so every view has ``length_px, width_px,
 
 ``outline``  the long and short sides of the minimum-area rectangle of the outline (shapely's
              ``minimum_rotated_rectangle``): oriented-box (``obb``) and segmentation (``segment``) models;
-``hand``     the same, of a detection drawn by hand (an added box or polygon);
+``hand``     the same, of a detection drawn by hand (an added box or polygon); or the length line measured by
+             hand in the editor (a ``length`` correction: ``length_px`` is the line's length, the width stays);
 ``box``      an axis-aligned box of a detect model: the length is the box's **long side** and the width its
              short side. An estimate with a bias: a shell tilted from the image axes has a box whose long side
              *under-states* its length (by 0 at 0° up to about 30 % at 45° for a slender shell) and whose
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["add_lengths", "lengths_mm", "image_scales", "outline_size", "outline_sizes", "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
+__all__ = ["add_lengths", "length_lines", "lengths_mm", "image_scales", "outline_size", "outline_sizes", "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
            "DISAGREEMENT", "SCALE_COLUMNS"]
 
 #: Model tasks whose polygons are outlines of the object (their length is measured, not estimated).
@@ -77,12 +78,13 @@ def outline_sizes(polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.round(np.maximum(side1, side2), 9), np.round(np.where(have >= 2, np.minimum(side1, side2), np.nan), 9)
 
 
-def add_lengths(detections: pd.DataFrame, task: str | None) -> pd.DataFrame:
+def add_lengths(detections: pd.DataFrame, task: str | None, lines: pd.DataFrame | None = None) -> pd.DataFrame:
     """``detections`` with ``length_px, width_px, length_method`` (see the module docstring).
 
     ``task`` is the model's (``detect``, ``obb``, ``segment``): the model's detections of an outline task, and
     every detection whose ``source`` is ``added`` (drawn by hand), are measured on their outline; the others
-    are estimated from their box."""
+    are estimated from their box. ``lines`` (``x1, y1, x2, y2`` by ``detection_id``): lengths measured by hand,
+    which replace the others' (:attr:`musseltools.results.corrected.Applied.lengths`)."""
     n = len(detections)
     box = detections[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) if n else np.zeros((0, 4))
     w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
@@ -106,7 +108,53 @@ def add_lengths(detections: pd.DataFrame, task: str | None) -> pd.DataFrame:
     at = np.asarray(rows, dtype=np.int64)[ok]
     length[at], width[at] = big[ok], small[ok]
     method[at] = np.where(hand[at], "hand", "outline")
+    ends = _hand_lines(detections, lines)
+    drawn = np.isfinite(ends).all(1)
+    length[drawn] = np.hypot(ends[drawn, 2] - ends[drawn, 0], ends[drawn, 3] - ends[drawn, 1])
+    method[drawn] = "hand"
     return detections.assign(length_px=length, width_px=width, length_method=method)
+
+
+def _hand_lines(detections: pd.DataFrame, lines: pd.DataFrame | None) -> np.ndarray:
+    """The hand-measured line of each detection (NaNs for those without one)."""
+    if lines is None or not len(lines) or "detection_id" not in detections:
+        return np.full((len(detections), 4), np.nan)
+    ends = lines[["x1", "y1", "x2", "y2"]].reindex(detections["detection_id"].to_numpy())
+    return ends.to_numpy(np.float64)
+
+
+def length_lines(detections: pd.DataFrame, task: str | None, lines: pd.DataFrame | None = None) -> np.ndarray:
+    """The ends ``(x1, y1, x2, y2)`` of each detection's length line, one row per detection, whose length is
+    its ``length_px`` (:func:`add_lengths`): the line measured by hand (``lines``); the long axis of the
+    outline's minimum-area rectangle (outlines, boxes drawn by hand); the box's long midline (box estimates).
+    The correction editor draws it, with a handle at each end."""
+    import shapely
+
+    n = len(detections)
+    box = detections[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) if n else np.zeros((0, 4))
+    cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
+    wide = (box[:, 2] - box[:, 0]) >= (box[:, 3] - box[:, 1])
+    out = np.where(wide[:, None], np.stack([box[:, 0], cy, box[:, 2], cy], 1),
+                   np.stack([cx, box[:, 1], cx, box[:, 3]], 1)) if n else np.zeros((0, 4))
+    measured = add_lengths(detections, task)["length_method"].to_numpy() != "box"
+    polys = detections["polygon"].to_numpy(dtype=object) if "polygon" in detections else np.full(n, None, object)
+    for i in np.flatnonzero(measured):
+        poly = polys[i] if polys[i] is not None and len(polys[i]) >= 3 else [[box[i, 0], box[i, 1]],
+                                                                            [box[i, 2], box[i, 3]]]
+        rect = shapely.minimum_rotated_rectangle(shapely.multipoints(np.asarray(
+            [np.asarray(p, np.float64) for p in poly]).reshape(-1, 2)))
+        xy = shapely.get_coordinates(rect)
+        if len(xy) >= 4:  # the midpoints of the rectangle's two short sides
+            p0, p1, p2, p3 = xy[:4]
+            a, b = ((p3 + p0) / 2, (p1 + p2) / 2) if np.hypot(*(p1 - p0)) >= np.hypot(*(p2 - p1)) else \
+                ((p0 + p1) / 2, (p2 + p3) / 2)
+            out[i] = [a[0], a[1], b[0], b[1]]
+        elif len(xy) >= 2:  # a segment (collinear points)
+            out[i] = [xy[0, 0], xy[0, 1], xy[-1, 0], xy[-1, 1]]
+    hand = _hand_lines(detections, lines)
+    drawn = np.isfinite(hand).all(1)
+    out[drawn] = hand[drawn]
+    return out
 
 
 def lengths_mm(detections: pd.DataFrame, images: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:

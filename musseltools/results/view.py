@@ -229,7 +229,7 @@ def _load(store: Store, run_id: str, meta: Mapping[str, Any], *, corrected: bool
         table = table.assign(verified=applied.images["verified"].to_numpy())
         return RunResults(table, add_lengths(dets.assign(source="model"), task), classes, floor, False,
                           verified=applied.verified)
-    return RunResults(applied.images, add_lengths(applied.detections, task), classes, floor, True, applied.removed,
+    return RunResults(applied.images, add_lengths(applied.detections, task, applied.lengths), classes, floor, True, applied.removed,
                       applied.applied, applied.unapplied, applied.verified)
 
 

@@ -68,6 +68,7 @@ class Run(SurveyMethods):
     toggle_class = corrections_api.toggle_class
     delete_detection = corrections_api.delete_detection
     add_detection = corrections_api.add_detection
+    set_length = corrections_api.set_length
     verify = corrections_api.verify
     unverify = corrections_api.unverify
     undo = corrections_api.undo

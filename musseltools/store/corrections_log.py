@@ -21,11 +21,15 @@ Kinds
     ``verify`` / ``unverify``
         the image was checked by hand (or the mark is taken back). Its corrected detections at the
         thresholds in use when it was marked are its truth (evaluation, calibration, training data).
+    ``length``
+        a detection's length measured by hand: the two ends of its length line (``x1, y1, x2, y2`` in image
+        pixels, any direction). The detection's ``length_px`` becomes the line's length (``length_method``
+        ``hand``); its box, class and width are unchanged.
     ``undo``
         cancels the correction named in ``target`` (an undo can itself be undone).
 
 Every correction carries ``author`` (the OS user by default), ``created_at`` (UTC) and an optional
-``note``. Reclassify, delete and verify name the ``inference_key`` of the results they were made on:
+``note``. Reclassify, delete, length and verify name the ``inference_key`` of the results they were made on:
 in a run of another model or other settings their detections do not exist, and they are reported
 (:meth:`musseltools.Run.corrections_report`), never silently dropped.
 
@@ -63,7 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The kinds of correction.
-KINDS = ("reclassify", "delete", "add", "verify", "unverify", "undo")
+KINDS = ("reclassify", "delete", "add", "verify", "unverify", "undo", "length")
 
 #: Arrow schema of a corrections file (one row per correction).
 CORRECTIONS_SCHEMA = pa.schema([

@@ -9,6 +9,10 @@
 //   v                      {type: "verify"}                toggle the image's "verified" mark
 //   ArrowRight / n         {type: "nav", step: 1}          next image (ArrowLeft / p: previous)
 //   u / Ctrl+Z             {type: "undo"}                  undo the last edit of this editor
+// The mode (model "mode", chosen in Python) changes what a drag does:
+//   scale:  drag a line    {type: "scale_line", line: [x1, y1, x2, y2]}  (Python asks its length in mm)
+//   length: click a box    {type: "select", id}  its length line shows, with a handle at each end;
+//           drag a handle  {type: "length", id, line: [x1, y1, x2, y2]}  when it is dropped
 // Zoom and pan (the view only, nothing is sent): Ctrl+wheel zooms around the pointer, + and - zoom, 0 fits
 // the whole image, Shift+arrows or a Shift-drag (or a middle-button drag) pan. An image opens at the
 // zoom where its median box is at least MIN_BOX_PX screen pixels (from its top-left corner); every
@@ -38,7 +42,10 @@ function render({ model, el: host }) {
   const layer = el("g", { class: "mt-editor-boxes" });
   const draft = el("rect", { class: "mt-editor-draft", fill: "none", stroke: "#fff", "stroke-dasharray": "4 3",
                              "stroke-width": 2, "vector-effect": "non-scaling-stroke", visibility: "hidden" });
-  svg.append(image, layer, draft);
+  const lineAttrs = { "stroke-width": 3, "vector-effect": "non-scaling-stroke", visibility: "hidden" };
+  const scaleLine = el("line", { class: "mt-editor-scale-line", stroke: "#ffd400", ...lineAttrs });
+  const lengthLayer = el("g", { class: "mt-editor-length-layer" });
+  svg.append(image, layer, draft, scaleLine, lengthLayer);
   const bar = document.createElement("div");
   bar.className = "mt-editor-zoombar";
   bar.style.cssText = "display: flex; gap: 0.4em; align-items: center; margin: 2px 0; font-size: 12px;";
@@ -63,6 +70,7 @@ function render({ model, el: host }) {
   let selected = null;
   let drag = null;
   let pan = null;
+  let handle = null;  // a length handle being dragged: {end: 0 | 1, line: [x1, y1, x2, y2]}
   let view = { x: 0, y: 0, zoom: 1 };  // the window in image pixels: top-left corner and zoom
   let autoZoom = true;  // choose the zoom when the view has a size (a new image)
 
@@ -77,6 +85,37 @@ function render({ model, el: host }) {
     svg.setAttribute("data-zoom", String(z));
     zoomText.textContent = z > 1 ? `zoom ${Math.round(z * 10) / 10}x \u2014 Shift+arrows or Shift-drag: pan`
                                  : "whole image \u2014 + or Ctrl+wheel: zoom";
+    drawLength();
+  }
+
+  function setLine(node, [x1, y1, x2, y2]) {
+    for (const [k, v] of Object.entries({ x1, y1, x2, y2 })) node.setAttribute(k, v);
+    node.setAttribute("visibility", "visible");
+  }
+
+  function drawScaleLine() {
+    const line = model.get("scale_line") || [];
+    if (line.length === 4) setLine(scaleLine, line);
+    else scaleLine.setAttribute("visibility", "hidden");
+  }
+
+  function drawLength() {  // the selected box's length line and its two handles (length mode only)
+    lengthLayer.replaceChildren();
+    const box = (model.get("boxes") || []).find((b) => b.id === selected);
+    if (model.get("mode") !== "length" || !box) return;
+    const line = handle ? handle.line : box.line;
+    const r = 7 * ((model.get("width") || 1) / view.zoom) / (svg.clientWidth || 1);  // 7 screen pixels
+    const path = el("line", { class: "mt-length-line", stroke: "#00e5ff", "stroke-width": 2,
+                              "vector-effect": "non-scaling-stroke", "data-id": box.id });
+    setLine(path, line);
+    lengthLayer.append(path);
+    [[line[0], line[1]], [line[2], line[3]]].forEach(([cx, cy], end) => {
+      const c = el("circle", { class: "mt-length-handle", "data-end": end, "data-id": box.id, cx, cy, r,
+                               fill: "rgba(0,229,255,0.35)", stroke: "#00e5ff", "stroke-width": 2,
+                               "vector-effect": "non-scaling-stroke" });
+      c.style.cursor = "move";
+      lengthLayer.append(c);
+    });
   }
 
   function zoomBy(factor, cx, cy) {  // around an image point (default: the view's centre)
@@ -169,8 +208,15 @@ function render({ model, el: host }) {
     }
     if (e.button !== 0) return;
     root.focus({ preventScroll: true });
+    const end = e.target.closest ? e.target.closest("circle.mt-length-handle") : null;
+    if (end) {  // length mode: drag an end of the selected box's length line
+      const box = (model.get("boxes") || []).find((b) => b.id === selected);
+      if (box) handle = { end: Number(end.getAttribute("data-end")), line: [...box.line] };
+      e.preventDefault();
+      return;
+    }
     const box = e.target.closest ? e.target.closest("rect.mt-box") : null;
-    drag = { start: toImage(e), box: box ? box.getAttribute("data-id") : null };
+    drag = { start: toImage(e), box: box ? box.getAttribute("data-id") : null, mode: model.get("mode") };
     e.preventDefault();
   });
   svg.addEventListener("wheel", (e) => {  // Ctrl+wheel (or a pinch): plain wheel scrolls the notebook
@@ -185,7 +231,20 @@ function render({ model, el: host }) {
       setView(view.zoom, pan.x - (e.clientX - pan.sx) * perPx, pan.y - (e.clientY - pan.sy) * perPx);
       return;
     }
+    if (handle) {
+      const p = toImage(e);
+      handle.line[2 * handle.end] = p.x;
+      handle.line[2 * handle.end + 1] = p.y;
+      drawLength();
+      return;
+    }
     if (!drag) return;
+    if (drag.mode === "scale") {
+      const p = toImage(e);
+      setLine(scaleLine, [drag.start.x, drag.start.y, p.x, p.y]);
+      return;
+    }
+    if (drag.mode === "length") return;
     const [x1, y1, x2, y2] = boxOf(drag.start, toImage(e));
     draft.setAttribute("x", x1);
     draft.setAttribute("y", y1);
@@ -198,11 +257,30 @@ function render({ model, el: host }) {
       pan = null;
       return;
     }
+    if (handle) {
+      const line = handle.line.map((v) => Math.round(v * 10) / 10);
+      handle = null;
+      model.send({ type: "length", id: selected, line });
+      return;
+    }
     if (!drag) return;
     const end = toImage(e);
-    const { start, box: clicked } = drag;
+    const { start, box: clicked, mode } = drag;
     drag = null;
     draft.setAttribute("visibility", "hidden");
+    if (mode === "scale") {  // a click too: Python says why a line of zero length cannot be a scale
+      const line = [start.x, start.y, end.x, end.y].map((v) => Math.round(v * 10) / 10);
+      model.send({ type: "scale_line", line });
+      return;
+    }
+    if (mode === "length") {
+      if (clicked) {
+        selected = clicked;
+        model.send({ type: "select", id: clicked });
+        drawLength();
+      }
+      return;
+    }
     if (Math.abs(end.sx - start.sx) < 4 && Math.abs(end.sy - start.sy) < 4) {  // a click, not a drag
       if (clicked) {
         selected = clicked;
@@ -255,13 +333,16 @@ function render({ model, el: host }) {
   model.on("change:image", () => { drawImage(); autoZoom = true; chooseZoom(); });  // a new image
   model.on("change:width", sizeImage);
   model.on("change:height", sizeImage);
-  model.on("change:boxes", () => { drawBoxes(); if (autoZoom) chooseZoom(); });
+  model.on("change:boxes", () => { drawBoxes(); drawLength(); if (autoZoom) chooseZoom(); });
+  model.on("change:scale_line", drawScaleLine);
+  model.on("change:mode", () => { handle = null; drawLength(); });
   model.on("change:colours", drawBoxes);
   const resized = new ResizeObserver(() => { if (autoZoom) chooseZoom(); else setView(view.zoom); });
   resized.observe(svg);
   sizeImage();
   drawImage();
   drawBoxes();
+  drawScaleLine();
   chooseZoom();
   return () => {
     resized.disconnect();
