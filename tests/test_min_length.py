@@ -1,0 +1,152 @@
+"""A minimum shell length (``min_length_mm``) leaves shorter shells out of every count, like a threshold: counts
+equal a hand calculation on images whose scale and shells are known, no stored result changes, changing it
+recounts without the model, the cube and run.json follow it, and a detection that cannot be measured is counted."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import musseltools as mt
+from musseltools.core.options import parse_min_length_mm
+from musseltools.errors import ThresholdError
+
+IDS = ["a", "b", "c"]
+# a: 0.5 mm/px; b: 0.2 mm/px; c: no scale
+SHEET = "image,site,area_m2,mm_per_px\na.jpg,N,1,0.5\nb.jpg,N,1,0.2\nc.jpg,S,1,\n"
+#          image, class, confidence, box (x1, y1, x2, y2) on a 200x100 image, its length in mm by hand
+SHELLS = [("a", "mussel", 0.9, (10, 10, 40, 30)),    # 30 px long: 15 mm
+          ("a", "mussel", 0.9, (50, 10, 58, 16)),    # 8 px: 4 mm, a recruit
+          ("a", "mussel", 0.9, (60, 10, 70, 14)),    # 10 px: 5 mm, exactly the minimum: counted
+          ("a", "shell", 0.9, (80, 10, 92, 14)),     # 12 px: 6 mm, dead
+          ("a", "mussel", 0.9, (150, 20, 250, 40)),  # reaches 50 px beyond the image: no length in mm, counted
+          ("b", "mussel", 0.9, (0, 0, 20, 5)),       # 20 px: 4 mm
+          ("b", "mussel", 0.4, (0, 10, 50, 30)),     # 50 px: 10 mm, below the threshold 0.5
+          ("c", "mussel", 0.9, (5, 5, 13, 11))]      # 8 px, no scale on its image: counted
+
+
+def _run(tmp_path):
+    """A hand-built run (no model) of three 200x100 images with the shells above, and the sheet attached."""
+    from hand_built_store import commit, images_part, write_run
+
+    from musseltools.store.store import Store
+
+    store = Store(tmp_path / "store")
+    meta = write_run(store, "r1", "k1", pd.DataFrame({"image_id": IDS, "path": [f"/s/{i}.jpg" for i in IDS]}))
+    store.write_run({**meta, "model": {**meta["model"], "task": "detect"},
+                     "collection": {"name": "s", "source": {"kind": "folder", "root": "/s"}}})
+    rows = [{"image_id": i, "path": f"/s/{i}.jpg", "class_id": {"mussel": 0, "shell": 2}[c], "class_name": c,
+             "confidence": conf, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "polygon": None}
+            for i, c, conf, b in SHELLS]
+    dets = pd.DataFrame(rows).astype({"class_id": np.int16, "confidence": np.float32, "x1": np.float32,
+                                      "y1": np.float32, "x2": np.float32, "y2": np.float32})
+    imgs = images_part(IDS, sizes=(200, 100), n=[5, 2, 1])
+    imgs["path"] = [f"/s/{i}.jpg" for i in IDS]
+    commit(store, "k1", "u1", imgs, dets)
+    (tmp_path / "survey.csv").write_text(SHEET)
+    run = mt.open_run("r1", store=store.root)
+    run.attach_sheet(tmp_path / "survey.csv")
+    return run
+
+
+def _stored(run):
+    """The bytes of every stored results part of the run."""
+    files = sorted(p for p in (run.store.root).rglob("*.parquet") if "results" in p.parts)
+    assert files
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_counts_at_a_minimum_length_equal_a_hand_calculation_and_change_no_stored_result(tmp_path):
+    run = _run(tmp_path)
+    stored, model_rows = _stored(run), run.results().detections.drop(columns=["polygon"])
+    assert run.counts() == {"live": 6, "dead": 1} and run.min_length_mm is None
+    run.save_min_length_mm(5)
+    # a: 15 mm, 5 mm and the one outside the image (live), 6 mm (dead); b: 4 mm left out, 10 mm below 0.5; c: no scale
+    table = run.per_image().set_index("image_id")
+    assert table["live"].to_dict() == {"a": 3, "b": 0, "c": 1} and table["dead"].to_dict() == {"a": 1, "b": 0, "c": 0}
+    assert table["n_detections"].to_dict() == {"a": 5, "b": 2, "c": 1}  # what is stored, whatever counts
+    assert run.counts() == {"live": 4, "dead": 1} and run.totals == run.counts() and run.meta["counts"] == run.counts()
+    assert run.counts(0.3) == {"live": 5, "dead": 1}  # the 10 mm shell of b counts at 0.3
+    assert run.counts(min_length_mm=0) == {"live": 6, "dead": 1}  # a view without the minimum
+    assert run.counts(min_length_mm=6) == {"live": 3, "dead": 1}  # the 5 mm one goes too
+    dets = run.detections()
+    assert len(dets) == 5 and ((dets["length_mm"] >= 5) | dets["length_mm"].isna()).all()
+    by_site = run.estimation_tables(["site"], None)[0].groupby("site")["live"].sum().to_dict()
+    assert by_site == {"N": 3, "S": 1}  # what by_group and compare_groups estimate from
+    assert _stored(run) == stored  # no stored result changed
+    pd.testing.assert_frame_equal(run.results().detections.drop(columns=["polygon"]), model_rows)
+
+
+def test_the_cube_follows_the_minimum_length_and_the_scales(tmp_path):
+    run = _run(tmp_path)
+    at_half = lambda cube: cube["count"].sel(threshold=0.5).sum("image").to_series().to_dict()  # noqa: E731
+    assert at_half(run.cube()) == {"live": 6, "dead": 1}
+    run.save_min_length_mm(5)
+    assert not run.cube_is_current()  # a cube built without the minimum is not re-used
+    cube = run.cube()
+    assert at_half(cube) == {"live": 4, "dead": 1} and cube.attrs["min_length_mm"] == 5.0
+    assert run.cube_is_current()
+    run.set_scale("c.jpg", px_length=10, mm=5)  # c now has a scale (0.5 mm/px): its 8 px shell is 4 mm
+    assert not run.cube_is_current()
+    assert at_half(run.cube()) == {"live": 3, "dead": 1} and run.counts() == {"live": 3, "dead": 1}
+
+
+def test_detections_without_a_length_in_mm_are_counted_and_the_run_says_how_many_images_lack_a_scale(tmp_path, caplog):
+    run = _run(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="musseltools"):
+        assert run.counts(min_length_mm=100) == {"live": 2, "dead": 0}  # the one outside a, c's one
+    said = [r.getMessage() for r in caplog.records if "min_length_mm=100" in r.getMessage()]
+    assert len(said) == 1 and "1 images with detections have none" in said[0]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), math.inf, "five", True, [5]])
+def test_a_bad_minimum_length_is_refused_with_the_reason(tmp_path, bad):
+    run = _run(tmp_path)
+    with pytest.raises(ThresholdError, match="expected a shell length in millimetres >= 0"):
+        run.save_min_length_mm(bad)
+    with pytest.raises(ThresholdError, match="min_length_mm"):
+        run.counts(min_length_mm=bad)
+    assert run.min_length_mm is None and "min_length_saved_at" not in run.meta  # nothing saved
+    if isinstance(bad, (str, float, int)) and not isinstance(bad, bool):
+        with pytest.raises(ValueError, match="expected a shell length"):
+            parse_min_length_mm(str(bad))  # --min-length-mm
+
+
+@pytest.mark.slow
+def test_a_run_asked_with_a_minimum_length_counts_at_it_and_changing_it_infers_nothing(images, tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("image,site,area_m2,mm_per_px\n" + "".join(f"{p.name},N,1,0.5\n" for p in sorted(images.iterdir())))
+    store = tmp_path / "store"
+    plain = mt.run(images, model=tiny_model, threshold=0.05, store=store, sheet=sheet, quiet=True)
+    lengths = plain.detections()
+    assert len(lengths) > 4 and lengths["length_mm"].notna().all()
+    cut = float(lengths["length_mm"].median())
+
+    def by_hand(mm):
+        kept = lengths[lengths["length_mm"] >= mm - 1e-9]
+        return {c: int((kept["class_name"] == c).sum()) for c in ("live", "dead")}
+
+    run = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=cut, store=store, sheet=sheet, quiet=True)
+    assert run.run_id != plain.run_id and run.meta["inferred_this_call"] == 0  # the same results, re-used
+    assert run.meta["counts"] == by_hand(cut) == run.counts() != plain.counts()
+    settings = run.settings_table()
+    assert settings.loc["min_length_mm", "value"] == cut and settings.loc["min_length_mm", "from"] == "given"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("musseltools.executors.task.make_predictor", no_model)
+    monkeypatch.setattr("musseltools.executors.task.load_model", no_model)
+    run.save_min_length_mm(2 * cut)  # recounted from the stored results, without the model
+    assert run.meta["counts"] == by_hand(2 * cut) == run.counts()
+    assert run.settings_table().loc["min_length_mm", "from"].startswith("saved by hand")
+    again = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=cut, store=store, quiet=True)
+    assert again.run_id == run.run_id and again.meta["inferred_this_call"] == 0
+    assert again.meta["counts"] == by_hand(2 * cut)  # the saved minimum stays, as saved thresholds do
+    assert plain.meta["counts"] == plain.counts() == by_hand(0)  # the run without a minimum is untouched
