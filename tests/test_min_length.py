@@ -123,30 +123,32 @@ def test_a_run_asked_with_a_minimum_length_counts_at_it_and_changing_it_infers_n
     sheet = tmp_path / "sheet.csv"
     sheet.write_text("image,site,area_m2,mm_per_px\n" + "".join(f"{p.name},N,1,0.5\n" for p in sorted(images.iterdir())))
     store = tmp_path / "store"
-    plain = mt.run(images, model=tiny_model, threshold=0.05, store=store, sheet=sheet, quiet=True)
-    lengths = plain.detections()
-    assert len(lengths) > 4 and lengths["length_mm"].notna().all()
-    cut = float(lengths["length_mm"].median())
+    # inferred with the minimum: run.json's counts come from the engine as the units are committed
+    run = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=20, store=store, sheet=sheet, quiet=True)
+    assert run.meta["inferred_this_call"] == 6
+    lengths = run.detections(min_length_mm=0)
+    assert lengths["length_mm"].notna().all()
 
     def by_hand(mm):
         kept = lengths[lengths["length_mm"] >= mm - 1e-9]
         return {c: int((kept["class_name"] == c).sum()) for c in ("live", "dead")}
 
-    run = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=cut, store=store, sheet=sheet, quiet=True)
-    assert run.run_id != plain.run_id and run.meta["inferred_this_call"] == 0  # the same results, re-used
-    assert run.meta["counts"] == by_hand(cut) == run.counts() != plain.counts()
+    assert by_hand(20) != by_hand(0) and min(by_hand(20).values()) > 0  # the minimum splits both classes
+    assert run.meta["counts"] == by_hand(20) == run.counts()
     settings = run.settings_table()
-    assert settings.loc["min_length_mm", "value"] == cut and settings.loc["min_length_mm", "from"] == "given"
+    assert settings.loc["min_length_mm", "value"] == 20 and settings.loc["min_length_mm", "from"] == "given"
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("musseltools.executors.task.make_predictor", no_model)
     monkeypatch.setattr("musseltools.executors.task.load_model", no_model)
-    run.save_min_length_mm(2 * cut)  # recounted from the stored results, without the model
-    assert run.meta["counts"] == by_hand(2 * cut) == run.counts()
+    plain = mt.run(images, model=tiny_model, threshold=0.05, store=store, quiet=True)
+    assert plain.run_id != run.run_id and plain.meta["inferred_this_call"] == 0  # the same results, re-used
+    assert plain.meta["counts"] == by_hand(0) == plain.counts()
+    run.save_min_length_mm(30)  # recounted from the stored results, without the model
+    assert run.meta["counts"] == by_hand(30) == run.counts() and plain.counts() == by_hand(0)
     assert run.settings_table().loc["min_length_mm", "from"].startswith("saved by hand")
-    again = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=cut, store=store, quiet=True)
+    again = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=20, store=store, quiet=True)
     assert again.run_id == run.run_id and again.meta["inferred_this_call"] == 0
-    assert again.meta["counts"] == by_hand(2 * cut)  # the saved minimum stays, as saved thresholds do
-    assert plain.meta["counts"] == plain.counts() == by_hand(0)  # the run without a minimum is untouched
+    assert again.meta["counts"] == by_hand(30)  # the saved minimum stays, as saved thresholds do
