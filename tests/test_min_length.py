@@ -152,3 +152,65 @@ def test_a_run_asked_with_a_minimum_length_counts_at_it_and_changing_it_infers_n
     again = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=20, store=store, quiet=True)
     assert again.run_id == run.run_id and again.meta["inferred_this_call"] == 0
     assert again.meta["counts"] == by_hand(30)  # the saved minimum stays, as saved thresholds do
+
+
+def test_the_editor_and_the_review_queue_count_at_the_minimum_length(tmp_path):
+    from musseltools.jupyter.editor import CorrectionEditor
+
+    run = _run(tmp_path)
+    run.save_min_length_mm(5)
+    # window 0.45 around 0.5: every shell above is near the threshold and swings; a's 4 mm one and b's 4 mm one
+    # count at no threshold (b keeps its 10 mm shell at 0.4)
+    queue = run.review_queue(n=None, window=0.45).set_index("image_id")
+    assert queue["near_threshold"].to_dict() == {"a": 4, "b": 1, "c": 1}
+    assert queue["count_swing"].to_dict() == {"a": 4, "b": 1, "c": 1}
+    assert queue["live"].to_dict() == {"a": 3, "b": 0, "c": 1} and queue["dead"].to_dict() == {"a": 1, "b": 0, "c": 0}
+    ed = CorrectionEditor(run, order="path")  # shows a, whose row it recounts from the stored results
+    assert ed.image_id == "a" and ed.image_counts == {"live": 3, "dead": 1}
+    assert len(ed.boxes) == 5 and "1 boxes under 5 mm shown, not counted" in ed.counts_html.value  # all shown
+    ed.toggle_verified()
+    assert ed.image_counts == {"live": 3, "dead": 1} and ed.survey_counts == run.counts() == {"live": 4, "dead": 1}
+
+
+def test_a_new_scale_or_sheet_recounts_run_json_on_a_run_with_a_minimum_length(tmp_path):
+    run = _run(tmp_path)
+    run.save_min_length_mm(5)
+    assert run.meta["counts"] == {"live": 4, "dead": 1}
+    run.set_scale("c.jpg", px_length=10, mm=5)  # c's 8 px shell is now 4 mm: left out
+    assert run.meta["counts"] == run.counts() == {"live": 3, "dead": 1}
+    (tmp_path / "b.csv").write_text(SHEET.replace("b.jpg,N,1,0.2", "b.jpg,N,1,0.5"))
+    run.attach_sheet(tmp_path / "b.csv")  # b's 20 px shell is now 10 mm: it counts
+    assert run.meta["counts"] == run.counts() == {"live": 4, "dead": 1}
+
+
+def _yolo(folder, labels):
+    """A YOLO label folder: ``labels`` maps an image stem to (class id, box in pixels of a 200x100 image)."""
+    folder.mkdir()
+    for stem, rows in labels.items():
+        lines = [f"{k} {(x1 + x2) / 400} {(y1 + y2) / 200} {(x2 - x1) / 200} {(y2 - y1) / 100}"
+                 for k, (x1, y1, x2, y2) in rows]
+        (folder / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_evaluation_leaves_truth_boxes_under_the_minimum_out_and_warns_of_counts_only_truth(tmp_path, caplog):
+    run = _run(tmp_path)
+    # a's labelled shells: 15 mm, 4 mm (a recruit), 5 mm live, 6 mm dead; b's: its 4 mm one; c: not labelled
+    truth = _yolo(tmp_path / "labels", {"a": [(0, (10, 10, 40, 30)), (0, (50, 10, 58, 16)), (0, (60, 10, 70, 14)),
+                                              (2, (80, 10, 92, 14))],
+                                        "b": [(0, (0, 0, 20, 5))]})
+    every = mt.evaluate(run, truth).at(0.5)["live"]
+    assert (every["tp"], every["fp"], every["fn"], every["true_total"]) == (4, 1, 0, 4)  # the outside one: a FP
+    run.save_min_length_mm(5)
+    ev = mt.evaluate(run, truth)
+    live = ev.at(0.5)["live"]
+    # both 4 mm recruits are left out of the truth as from the detections: no miss, a's 15 and 5 mm ones found
+    assert (live["tp"], live["fp"], live["fn"], live["true_total"]) == (2, 1, 0, 2)
+    assert ev.true_counts["live"].to_dict() == {"a": 2, "b": 0} and ev.at(0.5)["dead"]["tp"] == 1
+    assert mt.evaluate(run, truth, min_length_mm=0).at(0.5)["live"]["true_total"] == 4
+    counts = tmp_path / "counts.csv"
+    counts.write_text("image,live,dead\na.jpg,3,1\nb.jpg,1,0\n")
+    with caplog.at_level(logging.WARNING, logger="musseltools"):
+        assert mt.evaluate(run, counts).at(0.5)["live"]["true_total"] == 4  # cannot be filtered
+    said = [r.getMessage() for r in caplog.records if "counts only" in r.getMessage()]
+    assert len(said) == 1 and "min_length_mm=5" in said[0] and "min_length_mm=0" in said[0]

@@ -55,6 +55,9 @@ class CorrectableRun(Protocol):
 
     def rule(self, threshold: Any | None = None) -> Thresholds: ...
 
+    def at_length(self, res: RunResults, min_length_mm: Any = None, scales: pd.DataFrame | None = None
+                  ) -> RunResults: ...
+
     @property
     def class_names(self) -> list[str]: ...
 

@@ -88,7 +88,8 @@ def set_scale(run: CorrectableRun, image: str | Mapping[str, Any], *, mm: float,
     sheet group (``{"camera": "A"}``). Returns the run's scales (:func:`scales`) after saving.
 
     A line of zero length, a length of zero or below, an unknown image or group are refused with the reason,
-    and nothing is saved. A scale that disagrees with the sheet's by more than 10 % is saved and flagged."""
+    and nothing is saved. A scale that disagrees with the sheet's by more than 10 % is saved and flagged.
+    ``run.set_scale`` also recounts ``run.json``'s counts on a run with a minimum shell length."""
     mm = _number(mm, "mm", "the line's true length in millimetres, > 0")
     if line is not None:
         if len(line) != 4:

@@ -20,7 +20,7 @@ import pandas as pd
 from ..core.thresholds import ClassMap, ThresholdLike, Thresholds
 from .calibration import Objective, check_objective
 from .curves import build_curves
-from .linking import link_truth, preview, true_count_table, truth_boxes
+from .linking import link_truth, preview, true_count_table, truth_at_length, truth_boxes
 from .metrics import Evaluation
 from .truth import Truth, TruthError, load_truth
 from .verified import VERIFIED, verified_truth
@@ -45,6 +45,7 @@ def evaluate(
     iou_type: Literal["auto", "box", "obb"] = "auto",
     store: Any = None,
     corrected: bool | None = None,
+    min_length_mm: Any = None,
 ) -> Evaluation:
     """Evaluate a run against ground truth.
 
@@ -78,6 +79,10 @@ def evaluate(
     corrected : bool, optional
         Score detections with hand corrections (True) or the model alone (False). Default: True, but the
         model alone against ``"verified"`` truth (a verified image's corrected detections are its truth).
+    min_length_mm : float, optional
+        The minimum shell length (the run's by default; 0: none). Detections and truth boxes shorter than it
+        are both left out, each measured with its image's scale (:meth:`musseltools.Run.scales`); truth of
+        counts only cannot be measured, and a warning says so.
 
     Returns
     -------
@@ -105,10 +110,11 @@ def evaluate(
     cmap = ClassMap(run.class_names, run.class_map)
     thresholds = Thresholds.parse(run.thresholds if threshold is None else threshold, default=run.threshold,
                                   floor=run.conf_floor, classes=cmap)
-    meta = run.meta
+    meta, mm = run.meta, run.length_rule(min_length_mm)
+    images = run.per_image(run.conf_floor, corrected=corrected, min_length_mm=mm)
     return evaluate_detections(
-        run.per_image(run.conf_floor, corrected=corrected), run.detections(run.conf_floor, corrected=corrected),
-        truth, class_names=cmap.names,
+        images, run.detections(run.conf_floor, corrected=corrected, min_length_mm=mm),
+        truth, class_names=cmap.names, min_length_mm=mm, scales=run.scales(images) if mm else None,
         class_map=cmap.to_dict(), conf_floor=run.conf_floor, threshold=thresholds, iou=iou, objective=objective,
         names=names, unlabelled=unlabelled, root=(meta.get("collection", {}).get("source") or {}).get("root"),
         run_id=run.run_id, task=meta["model"].get("task"), iou_type=iou_type,
@@ -143,6 +149,8 @@ def evaluate_detections(
     run_id: str = "",
     task: str | None = None,
     iou_type: Literal["auto", "box", "obb"] = "auto",
+    min_length_mm: float = 0.0,
+    scales: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Evaluate detections given as tables (what :func:`evaluate` does with a run's stored results).
 
@@ -167,6 +175,10 @@ def evaluate_detections(
     task : str, optional
         The model's task (``detect``, ``segment``, ``obb``); with ``iou_type="auto"``, OBB models with
         OBB labels are matched by rotated-box IoU (``detections`` then needs a ``polygon`` column).
+    min_length_mm, scales : optional
+        The minimum shell length ``detections`` were filtered at (:meth:`musseltools.Run.at_length`), and the
+        images' scales (``image_id, mm_per_px``): truth boxes shorter than it are left out too
+        (:func:`~musseltools.evaluation.linking.truth_at_length`); a counts-only truth is warned of.
 
     Other parameters are those of :func:`evaluate`.
 
@@ -194,6 +206,7 @@ def evaluate_detections(
     mapped, present = _truth_classes(truth, cmap, run_label)
     true_counts = true_count_table(truth, mapped, classes, validated)
     boxes = truth_boxes(truth, mapped, classes, validated) if truth.has_boxes else None
+    boxes, true_counts = _truth_at_length(truth, boxes, true_counts, validated, scales, min_length_mm)
     iou_type = _choose_iou_type(iou_type, task, boxes, dets, truth)
     curves = build_curves(classes, validated["image_id"].to_numpy(), true_counts, dets, boxes, iou,
                           present=present, rotated=iou_type == "obb")
@@ -205,6 +218,26 @@ def evaluate_detections(
         unmatched_images=unmatched_images, unmatched_labels=unmatched_labels,
         failed_images=table.loc[failed_mask, "path"].astype(str).tolist(),
     )
+
+
+def _truth_at_length(truth: Truth, boxes: pd.DataFrame | None, true_counts: pd.DataFrame, validated: pd.DataFrame,
+                     scales: pd.DataFrame | None, min_length_mm: float) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """The truth at the minimum length the detections were filtered at (boxes: measured; counts: said)."""
+    if min_length_mm <= 0:
+        return boxes, true_counts
+    if boxes is None:
+        log.warning("truth %s has counts only: min_length_mm=%g cannot be applied to it, so its counts include shells "
+                    "shorter than %g mm while the detections leave them out, so the run seems to undercount — "
+                    "give labels with boxes (YOLO or COCO), or evaluate every length with min_length_mm=0",
+                    truth.source, min_length_mm, min_length_mm)
+        return boxes, true_counts
+    if scales is None:
+        scales = pd.DataFrame({"image_id": pd.Series([], dtype=object), "mm_per_px": pd.Series([], dtype="float64")})
+    boxes, true_counts, short = truth_at_length(boxes, true_counts, validated, scales, min_length_mm)
+    if short:
+        log.info("truth %s: %d boxes shorter than %g mm left out, as from the detections", truth.source, short,
+                 min_length_mm)
+    return boxes, true_counts
 
 
 def _check_options(iou: float, objective: str, unlabelled: str, iou_type: str) -> None:

@@ -8,6 +8,7 @@ stored detections: no view re-runs the model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -82,7 +83,6 @@ class Run(SurveyMethods):
     export = corrections_annotations.export_predictions
     import_annotations = corrections_annotations.import_annotations
     # Scales: drawn by hand (stored like corrections), listed with the sheet's.
-    set_scale = corrections_scales.set_scale
     scales = corrections_scales.scales
 
     def __init__(self, store: Store | str | os.PathLike | None, run_id: str) -> None:
@@ -232,17 +232,30 @@ class Run(SurveyMethods):
         thresholds: every count (per image, totals, the cube, by group, ``run.json``) leaves shorter shells out
         from then on. Nothing is inferred and no stored result changes; the counts are recounted from the store.
         Refused (``ThresholdError``) when not a number >= 0."""
-        from ..store.runmeta import update_run_meta
 
         mm = parse_min_length(min_length_mm)
         self.store.check_writable(f"save a minimum length on run {self.run_id}")
-
-        def counts_at_new_minimum(meta: dict[str, Any]) -> dict[str, Any]:
-            return {"counts": self.counts(min_length_mm=mm)}
-
-        update_run_meta(self.store, self.run_id, counts_at_new_minimum, min_length_mm=mm or None,
-                        min_length_saved_at=utcnow().isoformat())
+        self.refresh_counts(mm, min_length_mm=mm or None, min_length_saved_at=utcnow().isoformat())
         log.info("[run %s] minimum shell length saved: %s", self.run_id, f"{mm:g} mm" if mm else "none")
+
+    def refresh_counts(self, min_length_mm: Any = None, /, **fields: Any) -> None:
+        """Recount ``run.json``'s counts from the store at the minimum length (the run's by default) and write them
+        with ``fields``: after the minimum changes (:meth:`save_min_length_mm`), and, on a run with a minimum,
+        after a scale is drawn (:meth:`set_scale`) or a sheet attached (:meth:`attach_sheet`), since a new scale
+        changes which shells count. Nothing is inferred."""
+        from ..store.runmeta import update_run_meta
+
+        def recounted(meta: dict[str, Any]) -> dict[str, Any]:
+            return {"counts": self.counts(min_length_mm=min_length_mm)}
+
+        update_run_meta(self.store, self.run_id, recounted, **fields)
+
+    @functools.wraps(corrections_scales.set_scale)
+    def set_scale(self, image: Any, **kwargs: Any) -> pd.DataFrame:
+        table = corrections_scales.set_scale(self, image, **kwargs)
+        if self.length_rule():  # a new scale changes which shells count at the minimum length
+            self.refresh_counts()
+        return table
 
     # ------------------------------------------------------------------ data
     def results(self, *, corrected: bool = True, image_ids: Any = None) -> RunResults:
@@ -275,7 +288,7 @@ class Run(SurveyMethods):
         image. ``min_length_mm`` (the run's by default, 0: none): only the detections that count at it."""
         res = self.results(corrected=corrected)
         scales = self.scales(res.images)
-        res = self._at_length(res, min_length_mm, scales)
+        res = self.at_length(res, min_length_mm, scales)
         out = views.above_threshold(res.detections, self.rule(threshold)).reset_index(drop=True)
         out = sizes.lengths_mm(out, res.images, scales)
         unscaled = int(out["mm_per_px"].isna().sum())
@@ -298,11 +311,14 @@ class Run(SurveyMethods):
         columns of the detections; with a minimum length, the detections that count at it."""
         if not self.length_rule(min_length_mm):
             return load_counting(self.store, self.run_id, self.meta) if corrected else self.results(corrected=False)
-        return self._at_length(self.results(corrected=corrected), min_length_mm)
+        return self.at_length(self.results(corrected=corrected), min_length_mm)
 
-    def _at_length(self, res: RunResults, min_length_mm: Any, scales: pd.DataFrame | None = None) -> RunResults:
-        """``res`` with the detections that count at the minimum length (:func:`musseltools.results.view.at_length`,
-        the one filter of every count); says once how many images with detections have no scale."""
+    def at_length(self, res: RunResults, min_length_mm: Any = None, scales: pd.DataFrame | None = None
+                  ) -> RunResults:
+        """``res`` (:meth:`results`, or a part of it) with the detections that count at the minimum length (the
+        run's by default): :func:`musseltools.results.view.at_length`, the one filter of every count (views, the
+        editor, the review queue, the polygon export); says once how many images with detections have no scale.
+        ``scales``: :meth:`scales` of ``res.images`` when the caller has them."""
         mm = self.length_rule(min_length_mm)
         if not mm:
             return res
@@ -433,12 +449,13 @@ class Run(SurveyMethods):
         """Write one polygon JSON per image in the replaced system's format; returns the files.
 
         Files are named after the image's path (relative to the collection folder), with ``.json``;
-        names never leave ``out_dir``. ``corrected=False`` exports the model's detections alone.
+        names never leave ``out_dir``. ``corrected=False`` exports the model's detections alone. Shells shorter
+        than the run's minimum length (:attr:`min_length_mm`) are left out, as from every count.
         """
         import json
 
         t = self.rule(threshold)
-        res = self.results(corrected=corrected)
+        res = self.at_length(self.results(corrected=corrected))
         table, dets = res.images, res.detections
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
