@@ -19,6 +19,7 @@ model = "../data/models/mussel-demo.pt"  # weights: Ultralytics YOLO (.pt) or a 
 model_family = None  # "ultralytics" or "torchvision" (detected from the file by default)
 trust_pickle = False  # allow a fully pickled torchvision model (a pickle can run code: only files you trust)
 threshold = None  # confidence threshold, or one per class {"live": 0.4, "dead": 0.3} (default: the weights' card's, else 0.5)
+min_length_mm = None  # leave shells shorter than this (mm) out of counts, as protocols leave out recruits
 store = None  # results store (default: $MUSSELTOOLS_STORE, else data/store in the project root)
 title = None  # report title
 class_map = None  # e.g. {"live_mussel": "live", "gaping": "dead"}
@@ -84,7 +85,8 @@ def shown(value) -> str:
 
 # %%
 run = mt.run(
-    images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold, store=store,
+    images, model=model, model_family=model_family, trust_pickle=trust_pickle, threshold=threshold,
+    min_length_mm=min_length_mm, store=store,
     class_map=class_map, sheet=sheet, tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge, backend=backend,
     imgsz=imgsz, conf_floor=conf_floor, iou=iou, max_det=max_det,
     batch_size=batch_size, commit_every=commit_every, name=name, device=device, wait=wait, workers=workers,

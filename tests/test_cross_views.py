@@ -4,7 +4,9 @@ The views: ``Run.counts``, ``Run.per_image``, ``Run.detections``, the count cube
 ``musseltools counts --json``, the ThresholdTuner, and the counts ``run.json`` holds after the
 thresholds are saved. The reference is computed here from the raw stored Parquet parts with the rule
 the documentation states (a class a mapping leaves out keeps the run's threshold; ``confidence >= T``
-up to the one tolerance), independently of musseltools' views.
+up to the one tolerance; with a minimum shell length saved on the run, a box's longer side times its image's
+scale ``>= min_length_mm`` up to the tolerance, and every box of an image without a scale), independently of
+musseltools' views.
 """
 
 from __future__ import annotations
@@ -39,12 +41,24 @@ def runs(tmp_path_factory, tiny_model):
         r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=root / "store", quiet=True, batch_size=1,
                    threshold=RUN_THRESHOLD, class_map=cmap)
         out[i] = r
-    raw = pd.read_parquet(root / "store" / "results" / out[0].meta["inference_key"] / "detections")
+    results = root / "store" / "results" / out[0].meta["inference_key"]
+    raw = pd.read_parquet(results / "detections")
     assert len(raw) > 50  # enough detections for thresholds to matter
+    # drawn scales (kept by image, so every run has them) on three images; the other two have none
+    images = pd.read_parquet(results / "images").drop_duplicates("image_id").sort_values("path")
+    scale = dict(zip(images["image_id"][:3], SCALES))
+    for path, mm in zip(images["path"][:3], SCALES):
+        out[0].set_scale(str(path), px_length=10, mm=mm * 10)
+    box = raw[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+    raw["length_mm"] = np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) * raw["image_id"].map(scale)
     return out, raw
 
 
-def _reference(raw: pd.DataFrame, threshold, cmap) -> dict[str, int]:
+#: mm per px of the images that have a scale
+SCALES = (0.5, 1.0, 2.0)
+
+
+def _reference(raw: pd.DataFrame, threshold, cmap, min_length_mm: float = 0.0) -> dict[str, int]:
     if isinstance(threshold, dict):
         per = {}
         for key, t in threshold.items():  # categories first, class names win
@@ -55,6 +69,8 @@ def _reference(raw: pd.DataFrame, threshold, cmap) -> dict[str, int]:
     else:
         thr = pd.Series(float(threshold), index=raw.index)
     kept = raw[raw["confidence"].astype(np.float64) >= thr.astype(np.float64) - 1e-9]
+    if min_length_mm:
+        kept = kept[kept["length_mm"].isna() | (kept["length_mm"] >= min_length_mm - 1e-9)]
     cats = list(dict.fromkeys((cmap or {}).get(n, n) for n in ("live", "dead")))
     got = kept["class_name"].map(lambda n: (cmap or {}).get(n, n)).value_counts()
     return {c: int(got.get(c, 0)) for c in cats}
@@ -80,7 +96,19 @@ def test_every_view_agrees_with_the_stored_results(runs, data, capsys, tmp_path)
     i = data.draw(st.sampled_from(sorted(by_map)), label="class map")
     run, cmap = by_map[i], CLASS_MAPS[i]
     t = data.draw(thresholds(i), label="thresholds")
-    expect = _reference(raw, t, cmap)
+    measured = raw["length_mm"].dropna()
+    mm = data.draw(st.sampled_from([0.0, *np.quantile(measured, [0.25, 0.5, 0.9]).round(2)]), label="min_length_mm")
+    expect = _reference(raw, t, cmap, mm)
+    run.save_min_length_mm(mm)
+    try:
+        assert run.meta["counts"] == _reference(raw, RUN_THRESHOLD, cmap, mm)  # recounted at the minimum
+        _views_agree(run, i, t, expect, capsys, tmp_path)
+    finally:
+        run.save_min_length_mm(0)
+
+
+def _views_agree(run, i, t, expect, capsys, tmp_path):
+    cmap = CLASS_MAPS[i]
 
     assert run.counts(t) == expect
     table = run.per_image(t)

@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .thresholds import Thresholds, parse_class_map
+from .thresholds import Thresholds, parse_class_map, parse_min_length
 
 __all__ = ["RunOptions", "Option", "OPTIONS", "REQUIRED", "DEFAULT_COMMIT_EVERY", "NO_TILES", "TILE_MERGE_METHODS",
            "BACKENDS", "parse_backend",
-           "parse_positive_int", "parse_tile", "parse_threshold"]
+           "parse_positive_int", "parse_tile", "parse_threshold", "parse_min_length_mm"]
 
 #: Images per committed part when neither ``commit_every`` nor ``$MUSSELTOOLS_COMMIT_EVERY`` is set.
 DEFAULT_COMMIT_EVERY = 32
@@ -118,6 +118,21 @@ def parse_threshold(text: str) -> float | dict[str, float]:
     except ThresholdError as exc:
         raise ValueError(str(exc)) from None
     return t.default if t.default is not None else dict(t.per_class)
+
+
+def parse_min_length_mm(text: str) -> float | None:
+    """A minimum shell length in mm, >= 0 (0: none).
+
+    >>> parse_min_length_mm("5"), parse_min_length_mm("0")
+    (5.0, None)
+    """
+    from ..errors import ThresholdError
+
+    try:
+        mm = parse_min_length(text)
+    except ThresholdError as exc:
+        raise ValueError(str(exc)) from None
+    return mm or None
 
 
 # ---------------------------------------------------------------------------------------------- the declaration
@@ -216,6 +231,11 @@ class RunOptions:
     threshold: float | Mapping[str, float] | None = _opt(
         None, "confidence threshold, or one per class (live=0.4,dead=0.3) (the weights' card's, else {fallback})",
         flag="--threshold", parse=parse_threshold, metavar="T", fallback=0.5)
+    min_length_mm: float | None = _opt(
+        None, "leave shells shorter than this (mm) out of counts, as survey protocols leave out recruits; only on "
+        "images with a scale (sheet mm_per_px or quadrat_side_m, or drawn): the others count every shell. Recorded "
+        "on the run like a threshold; changes no stored result (none)", flag="--min-length-mm",
+        parse=parse_min_length_mm, metavar="MM")
     store: Any = _opt(None, "results store (default $MUSSELTOOLS_STORE, else data/store in the project root: the "
                       "working folder or its nearest parent holding data/store or pyproject.toml)", flag="--store",
                       metavar="DIR")

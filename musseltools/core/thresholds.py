@@ -42,7 +42,8 @@ import numpy as np
 
 from ..errors import ThresholdError
 
-__all__ = ["TOLERANCE", "ClassMap", "Thresholds", "ThresholdLike", "parse_class_map"]
+__all__ = ["TOLERANCE", "ClassMap", "Thresholds", "ThresholdLike", "parse_class_map", "parse_min_length",
+           "keep_length"]
 
 #: The one tolerance: a confidence counts at ``T`` when ``confidence >= T - TOLERANCE``.
 TOLERANCE = 1e-9
@@ -290,6 +291,50 @@ class Thresholds:
         if classes is not None:
             return ", ".join(f"{k} {v:.2f}" for k, v in self.by_class(classes).items())
         return str(self)
+
+
+def parse_min_length(value: Any) -> float:
+    """A minimum shell length in mm (``min_length_mm``), validated: a number >= 0 (0 or None: no minimum).
+
+    Like a threshold, it decides what counts and changes no stored result (:func:`keep_length` is its rule).
+
+    >>> parse_min_length(5), parse_min_length("2.5"), parse_min_length(None)
+    (5.0, 2.5, 0.0)
+
+    Raises
+    ------
+    ThresholdError
+        Not a number (a word, NaN, infinity, True/False), or below 0.
+    """
+    if value is None:
+        return 0.0
+    what = ("min_length_mm {!r} is {} — expected a shell length in millimetres >= 0 (0 or None: every length "
+            "counts), e.g. 5 or --min-length-mm 5")
+    if isinstance(value, bool):
+        raise ThresholdError(what.format(value, "not a number"))
+    try:
+        mm = float(value)
+    except (TypeError, ValueError):
+        raise ThresholdError(what.format(value, "not a number")) from None
+    if not math.isfinite(mm):
+        raise ThresholdError(what.format(value, "not a finite number"))
+    if mm < 0:
+        raise ThresholdError(what.format(value, "below 0"))
+    return mm
+
+
+def keep_length(length_mm: Iterable[float], min_length_mm: float) -> np.ndarray:
+    """Boolean mask of the rows that count at a minimum length: ``length_mm >= min_length_mm - TOLERANCE``, and
+    every row without a length in mm (NaN: no scale on its image, or outside the image) — a detection that
+    cannot be measured is counted, never dropped unseen.
+
+    >>> keep_length([4.0, 5.0, float("nan"), 7.5], 5.0).tolist()
+    [False, True, True, True]
+    """
+    mm = np.asarray(length_mm, dtype=np.float64).reshape(-1)
+    if min_length_mm <= 0:
+        return np.ones(len(mm), dtype=bool)
+    return np.isnan(mm) | (mm >= min_length_mm - TOLERANCE)
 
 
 def _number(value: Any, what: str) -> float:

@@ -55,7 +55,8 @@ def review_queue(run: CorrectableRun, n: int | None = 20, *, other: CorrectableR
     -------
     pandas.DataFrame
         ``image_id, path, score, near_threshold, count_swing, relative_swing, disagreement, verified``
-        and the corrected count of each category at the threshold. ``near_threshold``: detections the
+        and the corrected count of each category at the threshold (shells under the run's minimum length
+        left out, as from every count: they neither count nor swing). ``near_threshold``: detections the
         model gave (and no one corrected) with a confidence within ``window`` of their class's threshold;
         ``count_swing``: by how much the image's count changes between ``threshold - window`` and
         ``threshold + window``, summed over categories; ``relative_swing``: that, divided by the count
@@ -67,7 +68,7 @@ def review_queue(run: CorrectableRun, n: int | None = 20, *, other: CorrectableR
     """
     if not 0 < window < 1:
         raise ValueError(f"window {window!r} is not a confidence distance — expected a number in (0, 1), e.g. 0.05")
-    res = run.results()
+    res = run.at_length(run.results())  # a shell under the minimum length counts at no threshold
     t = run.rule(threshold)
     cats = res.classes.categories
     table = views.per_image_counts(res.images, res.detections, t, res.classes)

@@ -51,7 +51,7 @@ def _number(value: Any, name: str, what: str) -> float:
 
 def _images_of(run: CorrectableRun, target: str | Mapping[str, Any]) -> tuple[pd.DataFrame, str | None]:
     """The images (``image_id, path``) a scale is for, and its group's label (None for one image)."""
-    images = run.per_image()[["image_id", "path"]].drop_duplicates("image_id")
+    images = run.per_image(min_length_mm=0)[["image_id", "path"]].drop_duplicates("image_id")
     if isinstance(target, Mapping):
         sheet = stored_sheets.read_sheet(run.store, run.run_id)
         if sheet is None:
@@ -88,7 +88,8 @@ def set_scale(run: CorrectableRun, image: str | Mapping[str, Any], *, mm: float,
     sheet group (``{"camera": "A"}``). Returns the run's scales (:func:`scales`) after saving.
 
     A line of zero length, a length of zero or below, an unknown image or group are refused with the reason,
-    and nothing is saved. A scale that disagrees with the sheet's by more than 10 % is saved and flagged."""
+    and nothing is saved. A scale that disagrees with the sheet's by more than 10 % is saved and flagged.
+    ``run.set_scale`` also recounts ``run.json``'s counts on a run with a minimum shell length."""
     mm = _number(mm, "mm", "the line's true length in millimetres, > 0")
     if line is not None:
         if len(line) != 4:
@@ -112,9 +113,10 @@ def set_scale(run: CorrectableRun, image: str | Mapping[str, Any], *, mm: float,
     return scales(run)
 
 
-def scales(run: CorrectableRun) -> pd.DataFrame:
+def scales(run: CorrectableRun, images: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each image's scale (mm per pixel) and its source (see :func:`musseltools.results.sizes.image_scales`):
     ``source`` is ``sheet mm_per_px``, ``sheet quadrat_side_m``, ``drawn`` or None (lengths in pixels only);
-    ``flagged`` marks a drawn scale more than 10 % off the sheet's."""
-    images = run.per_image()
+    ``flagged`` marks a drawn scale more than 10 % off the sheet's. ``images``: the run's image table when the
+    caller has it (``image_id, path, width, height``)."""
+    images = run.per_image(min_length_mm=0) if images is None else images
     return image_scales(images, stored_sheets.read_sheet(run.store, run.run_id), read_scales(run.store))

@@ -20,7 +20,7 @@ import pandas as pd
 from ..core.thresholds import ClassMap, ThresholdLike, Thresholds
 from .calibration import Objective, check_objective
 from .curves import build_curves
-from .linking import link_truth, preview, true_count_table, truth_boxes
+from .linking import link_truth, preview, true_count_table, truth_at_length, truth_boxes
 from .metrics import Evaluation
 from .truth import Truth, TruthError, load_truth
 from .verified import VERIFIED, verified_truth
@@ -45,6 +45,7 @@ def evaluate(
     iou_type: Literal["auto", "box", "obb"] = "auto",
     store: Any = None,
     corrected: bool | None = None,
+    min_length_mm: Any = None,
 ) -> Evaluation:
     """Evaluate a run against ground truth.
 
@@ -78,6 +79,8 @@ def evaluate(
     corrected : bool, optional
         Score detections with hand corrections (True) or the model alone (False). Default: True, but the
         model alone against ``"verified"`` truth (a verified image's corrected detections are its truth).
+    min_length_mm : float, optional
+        The minimum shell length (the run's by default; 0: none) for detections and truth boxes alike.
 
     Returns
     -------
@@ -96,6 +99,9 @@ def evaluate(
     >>> import musseltools as mt                                                     # doctest: +SKIP
     >>> ev = mt.evaluate(run, "data/demo/counts.csv")                                # doctest: +SKIP
     >>> ev.calibration                                                               # doctest: +SKIP
+
+    Length: the docstring documents every option of this entry point; the body is a dozen lines that read the
+    run and hand its tables to :func:`evaluate_detections`.
     """
     run = _as_run(run, store)
     _check_options(iou, objective, unlabelled, iou_type)
@@ -105,10 +111,11 @@ def evaluate(
     cmap = ClassMap(run.class_names, run.class_map)
     thresholds = Thresholds.parse(run.thresholds if threshold is None else threshold, default=run.threshold,
                                   floor=run.conf_floor, classes=cmap)
-    meta = run.meta
+    meta, mm = run.meta, run.length_rule(min_length_mm)
+    dets = run.detections(run.conf_floor, corrected=corrected, min_length_mm=mm)
     return evaluate_detections(
-        run.per_image(run.conf_floor, corrected=corrected), run.detections(run.conf_floor, corrected=corrected),
-        truth, class_names=cmap.names,
+        run.per_image(run.conf_floor, corrected=corrected, min_length_mm=mm), dets,
+        truth, class_names=cmap.names, min_length_mm=mm, scales=run.scales() if mm else None,
         class_map=cmap.to_dict(), conf_floor=run.conf_floor, threshold=thresholds, iou=iou, objective=objective,
         names=names, unlabelled=unlabelled, root=(meta.get("collection", {}).get("source") or {}).get("root"),
         run_id=run.run_id, task=meta["model"].get("task"), iou_type=iou_type,
@@ -143,6 +150,7 @@ def evaluate_detections(
     run_id: str = "",
     task: str | None = None,
     iou_type: Literal["auto", "box", "obb"] = "auto",
+    min_length_mm: float = 0.0, scales: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Evaluate detections given as tables (what :func:`evaluate` does with a run's stored results).
 
@@ -152,8 +160,7 @@ def evaluate_detections(
         ``image_id, path, width, height`` and optionally ``error`` (images with an error are not
         evaluated) and ``processed_at`` (images without it have no result).
     detections : pandas.DataFrame
-        ``image_id, class_name, confidence, x1, y1, x2, y2`` (pixels), every detection down to
-        ``conf_floor``.
+        ``image_id, class_name, confidence, x1, y1, x2, y2`` (pixels), every detection down to ``conf_floor``.
     truth : path or Truth
     class_names : list of str
         The model's class names, in id order (names label ids without a ``data.yaml``).
@@ -168,7 +175,8 @@ def evaluate_detections(
         The model's task (``detect``, ``segment``, ``obb``); with ``iou_type="auto"``, OBB models with
         OBB labels are matched by rotated-box IoU (``detections`` then needs a ``polygon`` column).
 
-    Other parameters are those of :func:`evaluate`.
+    Other parameters are those of :func:`evaluate` (``min_length_mm``: the one ``detections`` were filtered at);
+    ``scales`` (``image_id, mm_per_px``) measures the truth boxes at it (:func:`.linking.truth_at_length`).
 
     Examples
     --------
@@ -192,8 +200,7 @@ def evaluate_detections(
                                                                       unlabelled, run_label)
     classes = cmap.categories
     mapped, present = _truth_classes(truth, cmap, run_label)
-    true_counts = true_count_table(truth, mapped, classes, validated)
-    boxes = truth_boxes(truth, mapped, classes, validated) if truth.has_boxes else None
+    true_counts, boxes = _truth_tables(truth, mapped, classes, validated, scales, min_length_mm)
     iou_type = _choose_iou_type(iou_type, task, boxes, dets, truth)
     curves = build_curves(classes, validated["image_id"].to_numpy(), true_counts, dets, boxes, iou,
                           present=present, rotated=iou_type == "obb")
@@ -205,6 +212,29 @@ def evaluate_detections(
         unmatched_images=unmatched_images, unmatched_labels=unmatched_labels,
         failed_images=table.loc[failed_mask, "path"].astype(str).tolist(),
     )
+
+
+def _truth_tables(truth: Truth, mapped: Mapping[str, str], classes: Sequence[str], validated: pd.DataFrame,
+                  scales: pd.DataFrame | None, min_length_mm: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """True counts and truth boxes (None for counts only) of the validated images, at the minimum length the
+    detections were filtered at: boxes measured and left out as detections are; counts only: a warning."""
+    true_counts = true_count_table(truth, mapped, classes, validated)
+    boxes = truth_boxes(truth, mapped, classes, validated) if truth.has_boxes else None
+    if min_length_mm <= 0:
+        return true_counts, boxes
+    if boxes is None:
+        log.warning("truth %s has counts only: min_length_mm=%g cannot be applied to it: its counts include shells "
+                    "shorter than %g mm, which the detections leave out, so the run seems to undercount — "
+                    "give labels with boxes (YOLO or COCO), or evaluate every length with min_length_mm=0",
+                    truth.source, min_length_mm, min_length_mm)
+        return true_counts, boxes
+    if scales is None:
+        scales = pd.DataFrame({"image_id": pd.Series([], dtype=object), "mm_per_px": pd.Series([], dtype="float64")})
+    boxes, true_counts, short = truth_at_length(boxes, true_counts, validated, scales, min_length_mm)
+    if short:
+        log.info("truth %s: %d boxes shorter than %g mm left out, as from the detections", truth.source, short,
+                 min_length_mm)
+    return true_counts, boxes
 
 
 def _check_options(iou: float, objective: str, unlabelled: str, iou_type: str) -> None:

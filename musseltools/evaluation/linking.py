@@ -3,7 +3,8 @@
 Truth is linked to images by relative path (without suffix), else by file stem; a stem shared by
 several images is resolved by the longest common trailing path, and what stays ambiguous or unpaired
 is reported, never guessed. Linked truth becomes true counts per image and class, and truth boxes in
-the images' pixels.
+the images' pixels; with a minimum shell length, the truth boxes shorter than it are left out as the run's
+detections are (:func:`truth_at_length`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from ..results.sizes import add_lengths, at_min_length
 from .truth import Truth, TruthError
 
-__all__ = ["link_truth", "true_count_table", "truth_boxes", "preview"]
+__all__ = ["link_truth", "true_count_table", "truth_boxes", "truth_at_length", "preview"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +190,25 @@ def _scale_pixel_boxes(obj: pd.DataFrame, truth: Truth, norm: np.ndarray) -> Non
                  truth.source, obj.loc[(sx != 1) | (sy != 1), "key"].nunique())
         for col, f in (("x1", sx), ("x2", sx), ("y1", sy), ("y2", sy)):
             obj[col] = obj[col].to_numpy(np.float64) * f
+
+
+def truth_at_length(boxes: pd.DataFrame, true_counts: pd.DataFrame, images: pd.DataFrame, scales: pd.DataFrame,
+                    min_length_mm: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The truth boxes (:func:`truth_boxes`) and true counts (:func:`true_count_table`) at a minimum shell
+    length, and how many boxes were left out.
+
+    A box is measured as a detection is (:func:`musseltools.results.sizes.add_lengths`: an OBB label on its
+    corners, any other on its box) with its image's scale (``scales``: ``image_id, mm_per_px``; ``images``:
+    ``image_id, width, height``), and left out by the rule of the run's counts
+    (:func:`musseltools.results.sizes.at_min_length`): a labelled recruit is then no miss of a run that leaves
+    recruits out, and a box without a length in mm (no scale) stays, as such a detection counts."""
+    if min_length_mm <= 0 or not len(boxes):
+        return boxes, true_counts, 0
+    outline = "corners" in boxes
+    measured = add_lengths(boxes.assign(polygon=boxes["corners"] if outline else None), "obb" if outline else None)
+    kept, _ = at_min_length(measured, images, scales, min_length_mm)
+    short = boxes.loc[boxes.index.difference(kept.index)]
+    true_counts = true_counts.copy()
+    for (image_id, cls), n in short.groupby(["image_id", "class"]).size().items():
+        true_counts.loc[image_id, cls] -= int(n)
+    return boxes.loc[kept.index], true_counts, len(short)

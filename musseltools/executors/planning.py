@@ -93,11 +93,13 @@ def make_run_id(
     settings: InferenceSettings,
     class_map: Mapping[str, str] | None = None,
     family: str = LEGACY_FAMILY,
+    min_length_mm: float | None = None,
 ) -> str:
     """Runs are identified by what the researcher asks: collection, model file, class map, threshold, settings.
 
     The threshold is one number, or one per class or category (a mapping). The family enters the id only
-    when it is not the ``ultralytics`` one (ids of existing runs are kept).
+    when it is not the ``ultralytics`` one, and the minimum shell length only when one is asked (ids of
+    existing runs are kept).
     """
     t: Any = ({str(k): round(float(v), 6) for k, v in sorted(threshold.items())} if isinstance(threshold, Mapping)
               else round(float(threshold), 6))
@@ -107,4 +109,6 @@ def make_run_id(
         payload["class_map"] = dict(sorted(class_map.items()))
     if family != LEGACY_FAMILY:
         payload["family"] = family
+    if min_length_mm:
+        payload["min_length_mm"] = round(float(min_length_mm), 6)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -398,13 +398,17 @@ class CorrectionEditor(widgets.VBox):
             self.title_html.value = "<b>No image with results to correct</b>"
             return
         res = self.run.results(image_ids=[iid])
-        table = views.per_image_counts(res.images, res.detections, self.rule, res.classes)
+        counted = self.run.at_length(res)  # what counts: shells under the run's minimum length left out
+        table = views.per_image_counts(counted.images, counted.detections, self.rule, res.classes)
         counts = table.iloc[0]
         for c in self.classes.categories:
             self.table.at[iid, c] = int(counts[c])
         self.table.at[iid, "verified"] = bool(counts["verified"])
         self.canvas.width, self.canvas.height = int(counts["width"]), int(counts["height"])
-        self.canvas.boxes = self._box_dicts(views.above_threshold(res.detections, self.rule), res.applied)
+        dets = views.above_threshold(res.detections, self.rule)
+        # every box is shown, so that it can be corrected; those under the minimum length are said not to count
+        short = len(dets) - len(views.above_threshold(counted.detections, self.rule))
+        self.canvas.boxes = self._box_dicts(dets, res.applied)
         self._show_sizes(iid, table)
         path = str(counts["path"])
         try:
@@ -423,6 +427,8 @@ class CorrectionEditor(widgets.VBox):
         self.counts_html.value = (
             f"<span class='mt-editor-image-counts'>This image: {fmt(f'{c} <b>{v}</b>' for c, v in self.image_counts.items())}</span>"
             f" &nbsp;|&nbsp; <span class='mt-editor-survey-counts'>Survey: "
-            f"{fmt(f'{c} <b>{v}</b>' for c, v in self.survey_counts.items())}</span>")
+            f"{fmt(f'{c} <b>{v}</b>' for c, v in self.survey_counts.items())}</span>"
+            + (f" &nbsp;|&nbsp; <span class='mt-editor-short'>{short} boxes under {self.run.min_length_mm:g} mm shown, "
+               "not counted</span>" if short else ""))
         if message:
             self.status_html.value = f"{html.escape(message)} — saved in {self.last_save_s * 1000:.0f} ms"

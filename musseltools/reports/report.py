@@ -174,7 +174,7 @@ def _parameters(values: Mapping[str, Any], collection: str) -> dict[str, Any]:
     params = {o.name: values[o.name] for o in OPTIONS.notebook_parameters()}
     for key in ("images", "model", "truth", "compare_model", "sheet"):
         params[key] = _absolute(params[key])
-    for key, kind in (("threshold", float), ("tile_overlap", float), ("conf_floor", float), ("iou", float),
+    for key, kind in (("threshold", float), ("min_length_mm", float), ("tile_overlap", float), ("conf_floor", float), ("iou", float),
                       ("max_det", int), ("n_samples", int), ("imgsz", int)):
         if params[key] is not None and not isinstance(params[key], Mapping):
             params[key] = kind(params[key])
@@ -192,6 +192,7 @@ def report(
     model_family: str | None = OPTIONS.model_family.default,
     trust_pickle: bool = OPTIONS.trust_pickle.default,
     threshold: float | Mapping[str, float] | None = OPTIONS.threshold.default,
+    min_length_mm: float | None = OPTIONS.min_length_mm.default,
     store: str | os.PathLike | None = OPTIONS.store.default,
     truth: str | os.PathLike | None = OPTIONS.truth.default,
     out: str | os.PathLike | None = OPTIONS.out.default,
@@ -231,8 +232,8 @@ def report(
 
     Parameters
     ----------
-    images, model, threshold, store, class_map, sheet, tile, tile_overlap, imgsz, conf_floor, iou, max_det,
-    batch_size, commit_every, name, device, wait, workers, scheduler, scheduler_file
+    images, model, threshold, min_length_mm, store, class_map, sheet, tile, tile_overlap, imgsz, conf_floor, iou,
+    max_det, batch_size, commit_every, name, device, wait, workers, scheduler, scheduler_file
         As in :func:`musseltools.run` (paths are made absolute before they reach the kernel).
     truth : path, optional
         Labels (YOLO label folder, COCO JSON or counts CSV): adds an evaluation section.

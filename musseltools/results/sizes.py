@@ -21,6 +21,13 @@ view (:mod:`musseltools.results.view`), so every view has ``length_px, width_px,
 Millimetres (:func:`lengths_mm`): ``length_mm = length_px * mm_per_px`` of the detection's image
 (:func:`image_scales`), NaN for an image without a scale and for a detection outside its image (a box reaching
 more than :data:`EDGE_TOLERANCE_PX` beyond the image's edges: its geometry is not the shell's).
+
+A minimum length (``min_length_mm``, :func:`at_min_length`) leaves shells shorter than it out of counts, as survey
+protocols leave out recruits. Like a threshold it is applied when a view counts and changes no stored result.
+A detection without a length in mm (its image has no scale, or it reaches outside its image) cannot be compared
+with it: it is **counted**, and the run says how many images with detections lack a scale. Counting it is the
+protocol-free count a researcher had before asking for a minimum; dropping it would lose every shell, adult or
+not, of an image whose scale was forgotten, without a sign in the totals.
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["add_lengths", "length_lines", "lengths_mm", "image_scales", "outline_size", "outline_sizes", "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
+from ..core.thresholds import keep_length
+
+__all__ = ["add_lengths", "length_lines", "lengths_mm", "at_min_length", "image_scales", "outline_size", "outline_sizes",
+           "OUTLINE_TASKS", "EDGE_TOLERANCE_PX",
            "DISAGREEMENT", "SCALE_COLUMNS"]
 
 #: Model tasks whose polygons are outlines of the object (their length is measured, not estimated).
@@ -173,6 +183,22 @@ def lengths_mm(detections: pd.DataFrame, images: pd.DataFrame, scales: pd.DataFr
     scale = np.where(inside & (scale > 0), scale, np.nan)
     return detections.assign(mm_per_px=scale, length_mm=detections["length_px"].to_numpy(np.float64) * scale,
                              width_mm=detections["width_px"].to_numpy(np.float64) * scale)
+
+
+def at_min_length(detections: pd.DataFrame, images: pd.DataFrame, scales: pd.DataFrame,
+                  min_length_mm: float) -> tuple[pd.DataFrame, int]:
+    """The rows of ``detections`` (with :func:`add_lengths`' columns) that count at a minimum shell length, and
+    how many images holding detections have no scale (their detections all count: see the module docstring).
+
+    The rule is :func:`musseltools.core.thresholds.keep_length` on :func:`lengths_mm`; ``min_length_mm`` 0 keeps
+    every row. The rows keep their columns (no ``length_mm`` is added)."""
+    if min_length_mm <= 0 or not len(detections):
+        return detections, 0
+    measured = lengths_mm(detections, images, scales)
+    kept = detections[keep_length(measured["length_mm"].to_numpy(np.float64), min_length_mm)]
+    scaled = scales.loc[pd.to_numeric(scales["mm_per_px"], errors="coerce") > 0, "image_id"]
+    unscaled = int(pd.Index(detections["image_id"].unique()).difference(pd.Index(scaled)).size)
+    return kept, unscaled
 
 
 def image_scales(images: pd.DataFrame, sheet: pd.DataFrame | None, drawn: pd.DataFrame) -> pd.DataFrame:

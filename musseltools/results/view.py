@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -31,9 +31,10 @@ from ..core.thresholds import ClassMap, Thresholds
 from ..store.corrections_log import NO_CORRECTIONS, corrections_signature, member, read_corrections
 from ..store.store import Store
 from .corrected import apply_corrections
-from .sizes import add_lengths
+from .sizes import add_lengths, at_min_length
 
-__all__ = ["RunResults", "load_results", "load_counting", "counting_tables", "results_signature", "class_map_of", "thresholds_of"]
+__all__ = ["RunResults", "load_results", "load_counting", "counting_tables", "results_signature", "class_map_of",
+           "thresholds_of", "at_length", "scales_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,35 @@ def count_index(res: RunResults) -> dict[str, Any]:
 
 
 _COUNT_INDEX: dict[int, tuple[RunResults, dict[str, Any]]] = {}
+
+
+def at_length(res: RunResults, scales: pd.DataFrame, min_length_mm: float) -> tuple[RunResults, int]:
+    """The one minimum-length filter of every counting view (per-image counts, totals, the cube, detections, the
+    counts in ``run.json``): ``res`` with only the detections that count at ``min_length_mm`` (the rule of
+    :func:`musseltools.results.sizes.at_min_length`; ``scales``: :func:`~musseltools.results.sizes.image_scales`),
+    and how many images holding detections have no scale. ``res`` itself is returned when no minimum is asked.
+    The same filtered object is returned while ``res``, the scales and the minimum are unchanged, so that
+    :func:`count_index` is computed once."""
+    if min_length_mm <= 0:
+        return res, 0
+    key = (min_length_mm, scales_signature(scales))
+    hit = _LENGTH_CACHE.get(id(res))
+    if hit is not None and hit[0] is res and hit[1] == key:
+        return hit[2]
+    kept, unscaled = at_min_length(res.detections, res.images, scales, min_length_mm)
+    out = (replace(res, detections=kept.reset_index(drop=True)), unscaled)
+    _LENGTH_CACHE.clear()
+    _LENGTH_CACHE[id(res)] = (res, key, out)
+    return out
+
+
+def scales_signature(scales: pd.DataFrame) -> str:
+    """What counting at a minimum length depends on besides the results: each image's scale."""
+    table = scales[["image_id", "mm_per_px"]].drop_duplicates("image_id").sort_values("image_id")
+    return hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+
+_LENGTH_CACHE: dict[int, tuple[RunResults, tuple, tuple[RunResults, int]]] = {}
 
 #: (store, run, corrected, what the run's results depend on) -> (results signature, RunResults)
 _RESULTS_CACHE: dict[tuple, tuple[str, RunResults]] = {}

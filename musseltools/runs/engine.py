@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from ..core.options import DEFAULT_COMMIT_EVERY, OPTIONS, parse_positive_int
-from ..core.thresholds import Thresholds
+from ..core.thresholds import Thresholds, parse_min_length
 from ..errors import (
     CorruptStoreError,
     ModelChangedError,
@@ -42,7 +43,7 @@ from ..executors.task import RunTask
 from ..images.collection import Collection, ImagesLike, scan
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..models.card import CARD_SETTINGS
-from ..results.view import results_signature
+from ..results.view import results_signature, scales_signature
 from ..store.runmeta import update_run_meta
 from ..store.store import Store, utcnow
 from .handle import RunHandle, already_running
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Store cache of model cards (class names, task, training size) by the weights' SHA-256.
 MODEL_CARDS = "models.json"
+#: With a minimum shell length, the live counts in run.json are recounted from the store (lengths need the
+#: images' scales) at most this often while the run goes; the final counts are always exact.
+RECOUNT_EVERY_S = 10.0
 #: Fingerprints of the card-less models this process already said so of (:meth:`_Job.say_if_cardless`).
 _CARDLESS_SAID: set[str] = set()
 
@@ -100,6 +104,7 @@ def run(
     model_family: str | None = OPTIONS.model_family.default,
     trust_pickle: bool = OPTIONS.trust_pickle.default,
     threshold: float | Mapping[str, float] | None = OPTIONS.threshold.default,
+    min_length_mm: float | None = OPTIONS.min_length_mm.default,
     store: str | os.PathLike | Store | None = OPTIONS.store.default,
     batch_size: int | None = OPTIONS.batch_size.default,
     commit_every: int | None = OPTIONS.commit_every.default,
@@ -138,6 +143,10 @@ def run(
     of it. ``quiet`` hides the progress bar, ``background`` returns at once with a :class:`RunHandle`.
     ``sheet``: a sample sheet (CSV or ``.xlsx``, one row per image), checked before any inference and attached
     (:meth:`Run.attach_sheet`); no inference setting, so a new sheet re-uses every result.
+    ``min_length_mm``: shells shorter than this (mm) are left out of every count, as survey protocols leave out
+    recruits; recorded on the run like a threshold (a run of its own, re-using every result; change it later
+    with :meth:`Run.save_min_length_mm`). It applies on images with a scale (:meth:`Run.scales`); the detections
+    of an image without one are all counted, and the run says how many such images there are.
 
     Where the work runs: ``workers=N`` worker processes (1: this process); by default one per core when
     there are enough images to pay back starting them, and this process on a GPU. ``client`` (a
@@ -224,6 +233,7 @@ class _Job:
     settings_from: dict[str, Any] = field(default_factory=dict)
     tally: Tally | None = None
     has_card: bool = True
+    min_length_mm: float | None = None
 
     @classmethod
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
@@ -237,6 +247,8 @@ class _Job:
         settings = InferenceSettings(**{o.name: resolved.values[o.name] for o in OPTIONS.inference_settings()})
         threshold = _run_threshold(resolved.values["threshold"], settings.conf_floor, loaded)
         resolved.origins["threshold"]["value"] = threshold
+        min_length = parse_min_length(options.get("min_length_mm")) or None
+        resolved.origins["min_length_mm"] = {"value": min_length, "from": "given" if min_length else "default"}
         batch_size = options["batch_size"] or _env_int("MUSSELTOOLS_BATCH_SIZE")
         commit_every = options["commit_every"] or _env_int("MUSSELTOOLS_COMMIT_EVERY") or DEFAULT_COMMIT_EVERY
         if batch_size is not None and batch_size < 1 or commit_every < 1:
@@ -244,13 +256,14 @@ class _Job:
 
         collection = scan(images, name=options["name"], cache=st.scan_cache())
         info = loaded.info
-        run_id = make_run_id(collection.identity, info.path, threshold, settings, info.class_map, info.family)
+        run_id = make_run_id(collection.identity, info.path, threshold, settings, info.class_map, info.family,
+                             min_length)
         key = settings.key(info.fingerprint, info.family)
         job = cls(st, run_id, collection, loaded, settings, key, batch_size, commit_every, options["device"],
                   options["wait"], quiet, executor, threading.Event(), _RunLog(log, {"run_id": run_id}), new_cards,
                   options=dict(options), client=client,
                   commit_every_given=bool(options["commit_every"] or os.environ.get("MUSSELTOOLS_COMMIT_EVERY")),
-                  settings_from=resolved.origins, has_card=card is not None)
+                  settings_from=resolved.origins, has_card=card is not None, min_length_mm=min_length)
         job.create_or_check(threshold)
         return job
 
@@ -278,6 +291,7 @@ class _Job:
                 model=info.to_dict(), settings=self.settings.to_dict(), settings_from=self.settings_from,
                 threshold=OPTIONS.threshold.fallback if isinstance(threshold, Mapping) else threshold,
                 saved_thresholds=dict(threshold) if isinstance(threshold, Mapping) else None,
+                min_length_mm=self.min_length_mm,
                 inference_key=self.key, total_images=len(self.collection), processed_count=0, failed_count=0,
                 counts={c: 0 for c in info.categories}, error=None, store=st.location,
             )
@@ -431,7 +445,7 @@ class _Job:
         else:
             done_before = self._state(run)
         # what this call commits is added to it, image by image, unless something makes that inexact
-        self.tally = Tally.start(done_before, self.store)
+        self.tally = Tally.start(done_before, self.store) if not run.length_rule() else None
         update_run_meta(
             self.store, self.run_id, status="running", total_images=total, started_at=utcnow().isoformat(),
             finished_at=None, error=None, inferred_this_call=0, commit_every=units[0].size if units else None,
@@ -469,14 +483,21 @@ class _Job:
         processed, failed_new = done_before["processed"], 0
         runtimes: tuple[str, ...] = ()
         counts = dict(done_before["counts"])
+        length = {"mm": run.length_rule(), "at": 0.0, "counts": counts}
 
         def recount_if_thresholds_changed(meta: dict[str, Any]) -> dict[str, Any]:
             nonlocal counts
             now, default = meta.get("saved_thresholds") or float(meta["threshold"]), float(meta["threshold"])
-            if (now, default) != (task.thresholds, task.threshold):  # saved by another process meanwhile
-                task.thresholds, task.threshold = now, default
+            mm = parse_min_length(meta.get("min_length_mm"))
+            if (now, default, mm) != (task.thresholds, task.threshold, length["mm"]):  # saved by another process
+                task.thresholds, task.threshold, length["mm"] = now, default, mm
                 counts = run.counts(now)
                 self.tally = None
+                length.update(at=time.monotonic(), counts=counts)
+            if mm:  # the units' counts know no lengths: recounted from the store, at most every RECOUNT_EVERY_S
+                if time.monotonic() - length["at"] >= RECOUNT_EVERY_S:
+                    length.update(at=time.monotonic(), counts=run.counts(now))
+                counts = dict(length["counts"])
             threads = (executor.threads if isinstance(executor, ProcessExecutor) else  # a Dask worker's: its own
                        getattr(task.predictor, "threads", None) if isinstance(executor, LocalExecutor) else None)
             now = task.inferred_with(threads, runtimes)
@@ -524,6 +545,9 @@ class _Job:
     def _state_signature(self, meta: dict[str, Any]) -> str:
         what = [results_signature(self.store, self.run_id, meta), meta.get("saved_thresholds"), meta.get("threshold"),
                 meta.get("status")]
+        if meta.get("min_length_mm"):  # counts at a minimum length depend on the scales too
+            run = Run(self.store, self.run_id)
+            what += [meta["min_length_mm"], scales_signature(run.scales(run.results().images))]
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _finish(self, run: Run, status: str, task: RunTask, error: str | None = None) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Runs: a researcher's question (collection, model, threshold, settings) as a view over results.
 
 A :class:`Run` reads everything from the store, so it shows the same numbers in any process, while
-the run is going on or long after. Thresholds apply to stored detections: no view re-runs the model.
+the run is going on or long after. Thresholds, and a minimum shell length (``min_length_mm``), apply to
+stored detections: no view re-runs the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -17,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..core.thresholds import ClassMap, Thresholds
+from ..core.thresholds import ClassMap, Thresholds, parse_min_length
 from ..corrections import annotations as corrections_annotations
 from ..corrections import api as corrections_api
 from ..corrections import scales as corrections_scales
@@ -26,11 +28,13 @@ from ..errors import CorruptStoreError, MusselToolsError
 from ..results import sizes, views
 from ..results.view import (
     RunResults,
+    at_length,
     class_map_of,
     count_index,
     load_counting,
     load_results,
     results_signature,
+    scales_signature,
     thresholds_of,
 )
 from ..store.store import Store, atomic_write_bytes, temp_path, utcnow
@@ -80,7 +84,6 @@ class Run(SurveyMethods):
     export = corrections_annotations.export_predictions
     import_annotations = corrections_annotations.import_annotations
     # Scales: drawn by hand (stored like corrections), listed with the sheet's.
-    set_scale = corrections_scales.set_scale
     scales = corrections_scales.scales
 
     def __init__(self, store: Store | str | os.PathLike | None, run_id: str) -> None:
@@ -128,6 +131,18 @@ class Run(SurveyMethods):
         return thresholds_of(self.meta, threshold)
 
     @property
+    def min_length_mm(self) -> float | None:
+        """The minimum shell length in mm in effect (asked with the run, or saved with :meth:`save_min_length_mm`):
+        shorter shells are left out of every count; None: every length counts."""
+        return self.length_rule() or None
+
+    def length_rule(self, min_length_mm: Any = None) -> float:
+        """A minimum shell length validated (:func:`~musseltools.core.thresholds.parse_min_length`), else the
+        run's; 0.0 when none applies. Its rule is :func:`~musseltools.core.thresholds.keep_length`: a detection
+        without a length in mm (no scale on its image, or outside it) is counted."""
+        return parse_min_length(self.meta.get("min_length_mm") if min_length_mm is None else min_length_mm)
+
+    @property
     def conf_floor(self) -> float:
         return float(self.meta["settings"]["conf_floor"])
 
@@ -164,11 +179,14 @@ class Run(SurveyMethods):
         meta = self.meta
         recorded = meta.get("settings_from") or {}
         rows = []
-        for name, value in {"threshold": self.thresholds, **meta["settings"]}.items():
+        length = {"min_length_mm": meta.get("min_length_mm")} if "min_length_mm" in recorded or \
+            meta.get("min_length_mm") is not None else {}
+        for name, value in {"threshold": self.thresholds, **length, **meta["settings"]}.items():
             origin = recorded.get(name, {"from": "not recorded (a run made before runs recorded it)"})
             where = origin["from"]
-            if name == "threshold" and recorded and value != origin.get("value"):
-                when = str(meta.get("thresholds_saved_at") or "")[:10]
+            saved = {"threshold": "thresholds_saved_at", "min_length_mm": "min_length_saved_at"}.get(name)
+            if saved and recorded and value != origin.get("value"):
+                when = str(meta.get(saved) or "")[:10]
                 where, origin = f"saved by hand{', ' + when if when else ''}", {}  # the card's how no longer applies
             elif where == "card":
                 where = f"card ({origin.get('source')})"
@@ -210,6 +228,36 @@ class Run(SurveyMethods):
                         **({} if isinstance(plain, Mapping) else {"threshold": plain}))
         log.info("[run %s] thresholds saved: %s", self.run_id, t.label(self.class_names))
 
+    def save_min_length_mm(self, min_length_mm: Any) -> None:
+        """Record a minimum shell length in mm on the run (0 or None: none), as :meth:`save_thresholds` records
+        thresholds: every count (per image, totals, the cube, by group, ``run.json``) leaves shorter shells out
+        from then on. Nothing is inferred and no stored result changes; the counts are recounted from the store.
+        Refused (``ThresholdError``) when not a number >= 0."""
+
+        mm = parse_min_length(min_length_mm)
+        self.store.check_writable(f"save a minimum length on run {self.run_id}")
+        self.refresh_counts(mm, min_length_mm=mm or None, min_length_saved_at=utcnow().isoformat())
+        log.info("[run %s] minimum shell length saved: %s", self.run_id, f"{mm:g} mm" if mm else "none")
+
+    def refresh_counts(self, min_length_mm: Any = None, /, **fields: Any) -> None:
+        """Recount ``run.json``'s counts from the store at the minimum length (the run's by default) and write them
+        with ``fields``: after the minimum changes (:meth:`save_min_length_mm`), and, on a run with a minimum,
+        after a scale is drawn (:meth:`set_scale`) or a sheet attached (:meth:`attach_sheet`), since a new scale
+        changes which shells count. Nothing is inferred."""
+        from ..store.runmeta import update_run_meta
+
+        def recounted(meta: dict[str, Any]) -> dict[str, Any]:
+            return {"counts": self.counts(min_length_mm=min_length_mm)}
+
+        update_run_meta(self.store, self.run_id, recounted, **fields)
+
+    @functools.wraps(corrections_scales.set_scale)
+    def set_scale(self, image: Any, **kwargs: Any) -> pd.DataFrame:
+        table = corrections_scales.set_scale(self, image, **kwargs)
+        if self.length_rule():  # a new scale changes which shells count at the minimum length
+            self.refresh_counts()
+        return table
+
     # ------------------------------------------------------------------ data
     def results(self, *, corrected: bool = True, image_ids: Any = None) -> RunResults:
         """Every stored result of the run's images (see :mod:`musseltools.results.view`): the source of all views.
@@ -218,15 +266,19 @@ class Run(SurveyMethods):
         """
         return load_results(self.store, self.run_id, self.meta, corrected=corrected, image_ids=image_ids)
 
-    def per_image(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
+    def per_image(self, threshold: Any | None = None, *, corrected: bool = True,
+                  min_length_mm: Any = None) -> pd.DataFrame:
         """One row per image: ``image_id, path, width, height, n_detections, cap_hit, error,
         processed_at, verified`` and one count column per category at the threshold.
 
-        ``corrected=False`` counts the model's detections alone (no hand corrections)."""
-        res = self._counting(corrected)
+        ``corrected=False`` counts the model's detections alone (no hand corrections). ``min_length_mm`` (the
+        run's by default, 0: none) leaves shorter shells out of the counts (:meth:`length_rule`);
+        ``n_detections`` stays the stored number."""
+        res = self._counting(corrected, min_length_mm)
         return views.per_image_counts(res.images, res.detections, self.rule(threshold), res.classes)
 
-    def detections(self, threshold: Any | None = None, *, corrected: bool = True) -> pd.DataFrame:
+    def detections(self, threshold: Any | None = None, *, corrected: bool = True,
+                   min_length_mm: Any = None) -> pd.DataFrame:
         """One row per detection that counts at the threshold (``polygon`` as a list of [x, y]), with its
         stable ``detection_id`` and its ``source`` (``model``, ``reclassified``, ``added``); with a class
         map, a ``category`` column. ``corrected=False``: the model's detections alone.
@@ -234,10 +286,12 @@ class Run(SurveyMethods):
         Sizes (:mod:`musseltools.results.sizes`): ``length_px, width_px, length_method`` always;
         ``mm_per_px, length_mm, width_mm`` from the image's scale (:meth:`scales`), NaN for an image without
         one (lengths in pixels only: the table's ``attrs["lengths"]`` says so) and for a detection outside its
-        image."""
+        image. ``min_length_mm`` (the run's by default, 0: none): only the detections that count at it."""
         res = self.results(corrected=corrected)
+        scales = self.scales(res.images)
+        res = self.at_length(res, min_length_mm, scales)
         out = views.above_threshold(res.detections, self.rule(threshold)).reset_index(drop=True)
-        out = sizes.lengths_mm(out, res.images, self.scales())
+        out = sizes.lengths_mm(out, res.images, scales)
         unscaled = int(out["mm_per_px"].isna().sum())
         out.attrs["lengths"] = ("in mm" if not unscaled else
                                 f"in pixels only for {unscaled} of {len(out)} detections (no scale on their image, "
@@ -246,15 +300,49 @@ class Run(SurveyMethods):
             out["category"] = res.classes.categories_of(out["class_name"])
         return out
 
-    def counts(self, threshold: Any | None = None, *, corrected: bool = True) -> dict[str, int]:
+    def counts(self, threshold: Any | None = None, *, corrected: bool = True,
+               min_length_mm: Any = None) -> dict[str, int]:
         """Totals per category at the threshold (the run's thresholds by default); ``corrected=False``:
-        the model alone."""
-        res = self._counting(corrected)
+        the model alone; ``min_length_mm``: as :meth:`per_image`."""
+        res = self._counting(corrected, min_length_mm)
         return views.totals_at(count_index(res), self.rule(threshold), res.classes)
 
-    def _counting(self, corrected: bool) -> RunResults:
-        """The results counting needs: without corrections in the store, three columns of the detections."""
-        return load_counting(self.store, self.run_id, self.meta) if corrected else self.results(corrected=False)
+    def _counting(self, corrected: bool, min_length_mm: Any = None) -> RunResults:
+        """The results counting needs: without corrections in the store and without a minimum length, three
+        columns of the detections; with a minimum length, the detections that count at it."""
+        if not self.length_rule(min_length_mm):
+            return load_counting(self.store, self.run_id, self.meta) if corrected else self.results(corrected=False)
+        return self.at_length(self.results(corrected=corrected), min_length_mm)
+
+    def at_length(self, res: RunResults, min_length_mm: Any = None, scales: pd.DataFrame | None = None
+                  ) -> RunResults:
+        """``res`` (:meth:`results`, or a part of it) with the detections that count at the minimum length (the
+        run's by default): :func:`musseltools.results.view.at_length`, the one filter of every count (views, the
+        editor, the review queue, the polygon export); says once how many images with detections have no scale.
+        ``scales``: :meth:`scales` of ``res.images`` when the caller has them."""
+        mm = self.length_rule(min_length_mm)
+        if not mm:
+            return res
+        res, unscaled = at_length(res, self.scales(res.images) if scales is None else scales, mm)
+        said = (str(self.store.root), self.run_id, mm, unscaled)
+        if unscaled and said not in _UNSCALED_SAID:
+            _UNSCALED_SAID.add(said)
+            log.warning("[run %s] min_length_mm=%g applies only to images with a scale: %d images with detections have "
+                        "none, and all their detections are counted (lengths in pixels only) — give them a scale "
+                        "(the sheet's mm_per_px or quadrat_side_m, or run.set_scale) — run.scales() lists them",
+                        self.run_id, mm, unscaled)
+        return res
+
+    def cube_signature(self) -> str:
+        """What the stored cube must have been built from to be current: the results and corrections
+        (:func:`~musseltools.results.view.results_signature`) and, with a minimum length, it and the scales."""
+        meta = self.meta
+        signature = results_signature(self.store, self.run_id, meta)
+        mm = self.length_rule()
+        if not mm:
+            return signature
+        scales = scales_signature(self.scales(self.results().images))
+        return f"{signature}-min{mm:g}-{scales}"
 
     def cube(self, *, rebuild: bool = False, corrected: bool = True):
         """The count-versus-threshold cube (``xarray.Dataset``), from ``cube.zarr`` when it is current.
@@ -272,14 +360,14 @@ class Run(SurveyMethods):
 
         if not corrected:
             m = self.meta
-            res = self.results(corrected=False)
+            res = self._counting(False)
             extra = sorted(set(self.rule().by_class(res.classes).values()) | {float(m["threshold"])})
             return views.build_cube(res.images, res.detections, res.classes, res.conf_floor, extra_thresholds=extra,
                                     attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
-                                           "corrected": 0, "model_sha256": m["model"]["fingerprint"],
+                                           "corrected": 0, "min_length_mm": self.length_rule(), "model_sha256": m["model"]["fingerprint"],
                                            "inference_key": m["inference_key"]})
         path = f"{self.store.run_dir(self.run_id)}/cube.zarr"
-        signature = results_signature(self.store, self.run_id, self.meta)
+        signature = self.cube_signature()
         if not rebuild and self.store.exists(path):
             try:
                 ds = xr.open_zarr(path)
@@ -300,26 +388,26 @@ class Run(SurveyMethods):
 
         if self.store.remote:
             try:
-                return self.cube().attrs.get("signature") == results_signature(self.store, self.run_id, self.meta)
+                return self.cube().attrs.get("signature") == self.cube_signature()
             except Exception:  # noqa: BLE001 - unreadable: not current
                 return False
         try:
             doc = json.loads((self.store.run_dir(self.run_id) / "cube.zarr" / "zarr.json").read_text())
         except (OSError, ValueError):
             return False
-        return doc.get("attributes", {}).get("signature") == results_signature(self.store, self.run_id, self.meta)
+        return doc.get("attributes", {}).get("signature") == self.cube_signature()
 
     def _built_cube(self):
         """The corrected count-versus-threshold cube built from the Parquet results, in memory."""
         m = self.meta
-        res = load_counting(self.store, self.run_id, m)  # without corrections: three columns of detections
+        res = self._counting(True)  # without corrections nor a minimum length: three columns of detections
         images, detections, applied = res.images, res.detections, len(res.applied)
         classes = self.classes
         extra = sorted(set(self.rule().by_class(classes).values()) | {float(m["threshold"])})
         return views.build_cube(
             images, detections, classes, self.conf_floor, extra_thresholds=extra,
             attrs={"run_id": self.run_id, "threshold": float(m["threshold"]),
-                   "signature": results_signature(self.store, self.run_id, m),
+                   "signature": self.cube_signature(), "min_length_mm": self.length_rule(),
                    "model_sha256": m["model"]["fingerprint"], "inference_key": m["inference_key"],
                    "corrected": 1, "corrections_applied": applied, "created_at": utcnow().isoformat()},
         )
@@ -362,12 +450,13 @@ class Run(SurveyMethods):
         """Write one polygon JSON per image in the replaced system's format; returns the files.
 
         Files are named after the image's path (relative to the collection folder), with ``.json``;
-        names never leave ``out_dir``. ``corrected=False`` exports the model's detections alone.
+        names never leave ``out_dir``. ``corrected=False`` exports the model's detections alone. Shells shorter
+        than the run's minimum length (:attr:`min_length_mm`) are left out, as from every count.
         """
         import json
 
         t = self.rule(threshold)
-        res = self.results(corrected=corrected)
+        res = self.at_length(self.results(corrected=corrected))
         table, dets = res.images, res.detections
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -400,6 +489,9 @@ class Run(SurveyMethods):
             written.append(target)
         return written
 
+
+#: (store, run, minimum length, images without a scale) already said in this process
+_UNSCALED_SAID: set[tuple[str, str, float, int]] = set()
 
 _UNSAFE = re.compile(r"[\x00-\x1f]")
 

@@ -77,8 +77,12 @@ class SurveyMethods:
 
         Every bad row raises one :class:`~musseltools.survey.sheet.SheetError` listing them all, and nothing is
         attached. A valid sheet becomes the current version (earlier ones are kept: :meth:`sheet_versions`);
-        the model is not run again."""
-        return attach_sheet(self, sheet)
+        the model is not run again. On a run with a minimum shell length, ``run.json``'s counts are recounted
+        (the sheet's scales change which shells count)."""
+        table = attach_sheet(self, sheet)
+        if self.length_rule():
+            self.refresh_counts()
+        return table
 
     def sheet(self: Run, version: str | None = None) -> pd.DataFrame | None:
         """The run's sample sheet as stored (``image_id, sheet_row, sheet_image`` and the sheet's columns): the

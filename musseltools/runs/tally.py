@@ -21,7 +21,8 @@ class Tally:
 
     Exact only when the state it started from was, and nothing but this call changed the results: no
     image that had failed is tried again (it would be counted twice), no correction exists (they change
-    counts), the thresholds stayed those the units were counted at, and the run completed (a unit a
+    counts), the thresholds stayed those the units were counted at, no minimum shell length applies (the units'
+    counts know no lengths), and the run completed (a unit a
     worker committed after its run failed sends no summary). Otherwise the run is counted from the store.
     """
 
@@ -46,7 +47,8 @@ class Tally:
 
     def still_exact(self, meta: Mapping[str, Any], task: RunTask) -> bool:
         thresholds = (meta.get("saved_thresholds") or float(meta["threshold"]), float(meta["threshold"]))
-        return thresholds == (task.thresholds, task.threshold) and corrections_signature(task.store) == self.corrections
+        return (thresholds == (task.thresholds, task.threshold) and not meta.get("min_length_mm")
+                and corrections_signature(task.store) == self.corrections)
 
     def state(self, signature: str) -> dict[str, Any]:
         return {"processed": self.processed, "failed": self.failed, "counts": dict(self.counts),
