@@ -58,3 +58,16 @@ def test_a_bad_length_line_is_refused_with_the_reason_and_nothing_is_saved(tmp_p
     with pytest.raises(CorrectionError, match=match):
         run.set_length(detection or _first_of_a(run), line)
     assert read_corrections(run.store).empty
+
+
+def test_a_hand_length_decides_whether_the_shell_counts_at_a_minimum_length(tmp_path):
+    run = _run(tmp_path)
+    run.attach_sheet(tmp_path / "survey.csv")  # image a: 0.5 mm/px; the target's box estimate 30 px = 15 mm
+    target = _first_of_a(run)
+    run.save_min_length_mm(12)
+    assert target in set(run.detections()["detection_id"])  # 15 mm from its box: counted
+    before = run.counts()
+    run.set_length(target, (10, 10, 22, 26))  # 20 px by hand = 10 mm: under the minimum
+    assert target not in set(run.detections()["detection_id"])
+    category = run.classes.category(run.detections(min_length_mm=0).set_index("detection_id").loc[target, "class_name"])
+    assert run.counts()[category] == before[category] - 1
