@@ -16,16 +16,19 @@ Export, cached by content
     SHA-256, the family, imgsz, the opset, the settings baked into the graph (Faster R-CNN: floor, IoU, cap)
     and the versions of the libraries involved. It is written atomically and recorded with its SHA-256;
     a graph whose bytes do not match (a damaged file) is exported again, never used. YOLO graphs come from
-    Ultralytics' exporter, with a dynamic batch and image size (measured faster on 2 cores than a static
-    square input, and they take the very tensor the torch model takes); Faster R-CNN graphs from
+    Ultralytics' exporter, with a dynamic batch and image size (they take the very tensor the torch
+    model takes; measured on 2 cores, interleaved, demo model at 320 px: a static square 1x3x320x320
+    graph 0.85x the dynamic one's forwards/s at 1 and 2 threads, a static graph of the exact 256x320
+    input 1.12x and 0.95x, within the noise and one graph per input shape); Faster R-CNN graphs from
     ``torch.onnx.export`` (opset 11+), one image per call.
 
 A check before use
     The first images a process infers with a graph that has no verdict yet run through both the graph and
     torch (:data:`CHECK_IMAGES` images). The graph passes when, per class, the counts at every threshold
     of :data:`CHECK_THRESHOLDS` are equal but for detections within 1e-3 of that threshold, and every
-    detection above the floor has a match in the other set with its box corners within 0.5 px. The
-    verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
+    detection above the floor has a match in the other set with its box corners within 0.5 px (OBB: the
+    rotated box's four corners; segment: also its mask outline, within 1.5 mask pixels vertex to outline or
+    overlapping by IoU 0.9, see :func:`compare_detections`). The verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
     torch. So does a family or variant that cannot be exported (one warning line, the reason).
 
 Threads: one ONNX Runtime session per graph in a process (:data:`SESSIONS`, like the worker's model
