@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import IMGSZ, write_images
@@ -56,15 +57,16 @@ def _record(graph: Path) -> dict:
 
 def assert_parity(onnx_run, torch_run, box_tol: float = 0.5) -> None:
     """The parity rule of the check (musseltools.models.onnx.compare_detections), image by image, on the
-    stored boxes (a segment's is its outline's: the contract's 1 px per vertex)."""
+    stored detections: boxes, and by the model's task the rotated boxes' corners or the mask outlines."""
     assert (onnx_run.meta["processed_count"], onnx_run.meta["failed_count"]) == (
         torch_run.meta["processed_count"], torch_run.meta["failed_count"])
+    task = torch_run.meta["model"].get("task") or "detect"
     a, b = onnx_run.detections(onnx_run.conf_floor), torch_run.detections(torch_run.conf_floor)
     for image_id in set(a["image_id"]) | set(b["image_id"]):
         da, db = (Detections(d[["x1", "y1", "x2", "y2"]].to_numpy(), d["confidence"].to_numpy(),
-                             d["class_id"].to_numpy())
+                             d["class_id"].to_numpy(), [np.array([list(v) for v in p], float).reshape(-1, 2) for p in d["polygon"]])
                   for d in (a[a["image_id"] == image_id], b[b["image_id"] == image_id]))
-        assert compare_detections(da, db, onnx_run.conf_floor, box_tol) is None, image_id
+        assert compare_detections(da, db, onnx_run.conf_floor, box_tol, iou=0.7, task=task) is None, image_id
 
 
 def test_torch_keys_and_run_ids_are_those_made_before_backends_existed():
@@ -78,7 +80,8 @@ def test_torch_keys_and_run_ids_are_those_made_before_backends_existed():
         InferenceSettings(backend="tensorrt")
 
 
-@pytest.mark.parametrize("task", ["detect"])  # segment, obb: graphs not used (models.onnx.TASKS), tested below
+@pytest.mark.parametrize("task", ["detect", pytest.param("segment", marks=pytest.mark.slow),
+                                  pytest.param("obb", marks=pytest.mark.slow)])
 def test_onnx_gives_torchs_results_by_the_contract_and_is_deterministic(model_factory, folder, tmp_path, task):
     model = model_factory(task)
     torch_run = mt.run(folder, model=model, store=tmp_path / "torch", **KW)
@@ -90,7 +93,8 @@ def test_onnx_gives_torchs_results_by_the_contract_and_is_deterministic(model_fa
     assert how.startswith("cpu, 1 onnxruntime threads"), how  # what ran, with its threads
     [graph] = _graphs(tmp_path / "onnx")
     assert _record(graph)["check"]["passed"] is True
-    assert_parity(onnx_run, torch_run, 1.0 if task == "segment" else 0.5)
+    assert onnx_run.meta["model"]["task"] == task and onnx_run.detections(onnx_run.conf_floor).shape[0] > 0
+    assert_parity(onnx_run, torch_run)
     again = mt.run(folder, model=model, store=tmp_path / "onnx2", backend="onnx", **KW)  # a new export, same bytes
     for a, b in zip(comparable(again), comparable(onnx_run)):
         pd.testing.assert_frame_equal(a, b)  # ORT on CPU, fixed threads, batch 1: bit-identical
@@ -215,15 +219,72 @@ def test_faster_rcnn_exports_passes_its_check_and_gives_torchs_results(folder, t
     assert_parity(onnx_run, torch_run)  # counts at every threshold but for detections within 1e-3 of it
 
 
-def test_a_segment_run_on_onnx_runs_torch_and_says_so(model_factory, folder, tmp_path, caplog):
-    """Segment graphs are not used (their outlines moved over 1 px from torch's after the checked images): the
-    run completes with torch's results, exactly, with one warning line, and records that torch ran."""
-    model = model_factory("segment")
+@pytest.mark.parametrize("task", ["segment", "obb"])
+def test_a_segment_or_obb_graph_that_fails_its_check_is_not_used(model_factory, folder, tmp_path, monkeypatch,
+                                                                 caplog, task):
+    """A segment or OBB graph whose boxes come out 2 px off fails its check: the run completes with torch's
+    results, exactly, says why, and records that torch ran."""
+    model = model_factory(task)
+    monkeypatch.setenv("MUSSELTOOLS_FAILPOINTS", "onnx-perturb")
     with caplog.at_level(logging.WARNING, logger="musseltools"):
         onnx_run = mt.run(folder, model=model, store=tmp_path / "onnx", backend="onnx", **KW)
-    [line] = [rec.getMessage() for rec in caplog.records if "ONNX" in rec.getMessage()]
-    assert "segment models" in line and "going on with torch" in line
+    assert "the ONNX graph failed its check against torch" in caplog.text and "going on with torch" in caplog.text
+    [graph] = _graphs(tmp_path / "onnx")
+    assert _record(graph)["check"]["passed"] is False
+    monkeypatch.delenv("MUSSELTOOLS_FAILPOINTS")
     torch_run = mt.run(folder, model=model, store=tmp_path / "torch", **KW)
-    assert onnx_run.status == "completed" and not _graphs(tmp_path / "onnx")  # nothing exported for nothing
-    assert onnx_run.meta["inferred_with"] == torch_run.meta["inferred_with"]
+    assert onnx_run.status == "completed" and onnx_run.meta["inferred_with"] == torch_run.meta["inferred_with"]
     _exact(onnx_run, torch_run)
+
+
+def test_the_check_matches_rotated_boxes_by_corners_and_outlines_by_mask_pixels():
+    names = {0: "live", 1: "dead"}
+
+    def one(poly, conf=0.8):
+        poly = np.asarray(poly, float)
+        return Detections([[*poly.min(0), *poly.max(0)]], [conf], [0], [poly], names=names)
+
+    def seg(poly, conf=0.8):  # a segment's box is the box head's, not its outline's
+        return Detections([[0, 0, 20, 20]], [conf], [0], [poly], names=names)
+
+    turned = np.array([[20, 5], [35, 20], [20, 35], [5, 20]], float)  # a rotated box
+    assert compare_detections(one(turned), one(np.roll(turned, 1, axis=0)), 0.01, task="obb") is None  # same box
+    c, s = np.cos(0.04), np.sin(0.04)  # turned 0.04 rad more: corners 0.6 px away, the hull within 0.02 px
+    swapped = ((turned - 20) @ np.array([[c, s], [-s, c]]) + 20)[::-1]  # and listed the other way round
+    assert "px from the nearest" in compare_detections(one(turned), one(swapped), 0.01, task="obb")
+    assert compare_detections(one(turned), one(swapped), 0.01) is None  # as plain boxes: the same hull
+    ring = np.array([[10 + 10 * np.cos(t), 10 + 10 * np.sin(t)] for t in np.linspace(0, 2 * np.pi, 40)[:-1]])
+    spur = ring.copy()
+    spur[5] += (spur[5] - 10) * 0.25  # one vertex 2.5 px out: 1.7 mask px at 1.5 image px per mask px
+    assert compare_detections(seg(ring), seg(spur), 0.01, task="segment", mask_px=1.5) is None  # IoU over 0.9
+    small = ring * 0.3 + 7  # a 6 px disc with one vertex 2.5 * 0.3 = 0.75 px out: within 1.5 mask px
+    assert compare_detections(seg(small), seg(spur * 0.3 + 7), 0.01, task="segment", mask_px=1.0) is None
+    shifted = ring + [0, 2.0]  # the whole outline 2 px down (IoU about 0.87)
+    assert "outline" in compare_detections(seg(ring), seg(shifted), 0.01, task="segment", mask_px=1.0)
+    assert compare_detections(seg(ring), seg(shifted), 0.01, task="segment", mask_px=1.5) is None
+    assert compare_detections(seg(ring), seg(shifted), 0.01) is None  # detect: outlines are not compared
+    assert compare_detections(seg(ring, 1.0), seg(shifted, 1.0), 0.01, task="segment") is None  # saturated tie
+
+
+@pytest.mark.slow
+def test_auto_picks_onnx_runtime_on_a_cpu_when_installed_and_torch_otherwise(tiny_model, folder, monkeypatch):
+    """``auto``: ONNX Runtime on a CPU when it is installed (and its graph passes the check), else torch."""
+    import importlib.metadata
+
+    from musseltools.models import onnx
+
+    assert onnx.backend_in_use("auto", "cpu") == "onnx" and onnx.backend_in_use("auto", "cuda:0") == "torch"
+    r = mt.run(folder, model=tiny_model, store="auto", backend="auto", **KW)
+    assert all("onnxruntime" in w for w in r.meta["inferred_with"]) and _record(_graphs(Path("auto"))[0])["check"]
+    real = importlib.metadata.version
+
+    def without_ort(name):
+        if name == "onnxruntime":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", without_ort)
+    assert onnx.backend_in_use("auto", "cpu") == "torch" and onnx.backend_in_use("onnx", "cpu") == "onnx"
+    _new_process()
+    r = mt.run(folder, model=tiny_model, store="auto2", backend="auto", **KW)
+    assert all("torch threads" in w for w in r.meta["inferred_with"]) and not _graphs(Path("auto2"))

@@ -16,16 +16,19 @@ Export, cached by content
     SHA-256, the family, imgsz, the opset, the settings baked into the graph (Faster R-CNN: floor, IoU, cap)
     and the versions of the libraries involved. It is written atomically and recorded with its SHA-256;
     a graph whose bytes do not match (a damaged file) is exported again, never used. YOLO graphs come from
-    Ultralytics' exporter, with a dynamic batch and image size (measured faster on 2 cores than a static
-    square input, and they take the very tensor the torch model takes); Faster R-CNN graphs from
+    Ultralytics' exporter, with a dynamic batch and image size (they take the very tensor the torch
+    model takes; measured on 2 cores, interleaved, demo model at 320 px: a static square 1x3x320x320
+    graph 0.85x the dynamic one's forwards/s at 1 and 2 threads, a static graph of the exact 256x320
+    input 1.12x and 0.95x, within the noise and one graph per input shape); Faster R-CNN graphs from
     ``torch.onnx.export`` (opset 11+), one image per call.
 
 A check before use
     The first images a process infers with a graph that has no verdict yet run through both the graph and
     torch (:data:`CHECK_IMAGES` images). The graph passes when, per class, the counts at every threshold
     of :data:`CHECK_THRESHOLDS` are equal but for detections within 1e-3 of that threshold, and every
-    detection above the floor has a match in the other set with its box corners within 0.5 px. The
-    verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
+    detection above the floor has a match in the other set with its box corners within 0.5 px (OBB: the
+    rotated box's four corners; segment: also its mask outline, within 1.5 mask pixels vertex to outline or
+    overlapping by IoU 0.9, see :func:`compare_detections`). The verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
     torch. So does a family or variant that cannot be exported (one warning line, the reason).
 
 Threads: one ONNX Runtime session per graph in a process (:data:`SESSIONS`, like the worker's model
@@ -68,12 +71,16 @@ OPSET = 17
 CHECK_IMAGES = 4
 #: Thresholds at which the check compares counts: any threshold a run may later be tuned to lies among them.
 CHECK_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: The tasks whose graphs are used: a segment model's outlines (from the graph's mask coefficients) moved
-#: over 1 px from torch's on images after the checked ones; OBB graphs were not shown to pass.
-TASKS = ("detect",)
+#: The tasks whose graphs are used: all that musseltools stores. The graph replaces the forward pass only:
+#: NMS (rotated for OBB) and the masks from the graph's coefficients and prototypes stay Ultralytics' own.
+TASKS = ("detect", "segment", "obb")
 #: The check's tolerances: confidences near a threshold may fall either side; box corners in pixels.
 CONF_TOL = 1e-3
 BOX_TOL = 0.5
+#: Segment outlines agree within this many pixels of the mask (vertex to outline), or when they overlap by
+#: :data:`OUTLINE_IOU` (intersection over union).
+OUTLINE_TOL = 1.5
+OUTLINE_IOU = 0.9
 #: This process's ONNX Runtime sessions by (graph path, threads): one per graph, shared by tile streams.
 SESSIONS: dict[tuple[str, int], Any] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -224,27 +231,80 @@ def _session(graph: Path, threads: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- the check
-def _nearest(one: Detections, other: Detections) -> tuple[np.ndarray, np.ndarray]:
+def _corner_gap(p: np.ndarray, q: np.ndarray) -> float:
+    """The largest distance between paired corners of two rotated boxes, paired as the rectangles' corners
+    (the same rectangle listed from another corner, or the other way round, is 0 px away)."""
+    return min(float(np.abs(np.roll(r, k, axis=0) - p).max()) for r in (q, q[::-1]) for k in range(len(q)))
+
+
+def _nearest(one: Detections, other: Detections, rotated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For each detection of ``one``: the index of the nearest box of its class in ``other`` (-1: none) and
-    the largest corner distance to it (inf: none)."""
+    the largest corner distance to it (inf: none); ``rotated``: the rotated boxes' corners, not the boxes'."""
     index, gap = np.full(len(one), -1), np.full(len(one), np.inf)
     for i in range(len(one)):
         same = np.flatnonzero(other.class_id == one.class_id[i])
         if len(same):
-            d = np.abs(other.xyxy[same] - one.xyxy[i]).max(axis=1)
+            d = (np.array([_corner_gap(one.polygons[i], other.polygons[j]) for j in same]) if rotated
+                 else np.abs(other.xyxy[same] - one.xyxy[i]).max(axis=1))
             index[i], gap[i] = same[d.argmin()], d.min()
     return index, gap
 
 
-def _tied_rival(one: Detections, i: int, other: Detections, iou: float | None) -> bool:
+def _polygon_iou(p: np.ndarray, qs: Sequence[np.ndarray]) -> np.ndarray:
+    """Intersection over union of the outline ``p`` with each of ``qs`` (as areas; a self-crossing outline
+    is taken as the area it encloses)."""
+    import shapely
+
+    a = shapely.make_valid(shapely.Polygon(p))
+    bs = shapely.make_valid(shapely.polygons(list(qs))) if len(qs) else np.zeros(0, object)
+    inter = shapely.area(shapely.intersection(a, bs))
+    return inter / np.maximum(a.area + shapely.area(bs) - inter, 1e-9)
+
+
+def _outlines_agree(p: np.ndarray, q: np.ndarray, mask_px: float) -> bool:
+    """Two mask outlines of one detection agree: every vertex of each lies within :data:`OUTLINE_TOL` mask
+    pixels of the other outline (mask edge pixels flip with the last bits of the mask's logits), or the
+    outlines overlap by :data:`OUTLINE_IOU` (a one-pixel spur or gap of the mask appears in one only)."""
+    import shapely
+
+    if len(p) < 3 or len(q) < 3:
+        return len(p) == len(q) and np.allclose(p, q, atol=OUTLINE_TOL * mask_px)
+    if _polygon_iou(p, [q])[0] >= OUTLINE_IOU:
+        return True
+    return bool(shapely.hausdorff_distance(shapely.LinearRing(p), shapely.LinearRing(q)) <= OUTLINE_TOL * mask_px)
+
+
+def _outline_mismatch(a: Detections, b: Detections, floor: float, box_tol: float, mask_px: float) -> str | None:
+    """Why a segment's outline in one set has no counterpart in the other, else None. Its counterparts are
+    the other set's detections of its class with the box within ``box_tol`` and the confidence within 1e-3;
+    one must agree (:func:`_outlines_agree`). A saturated detection (confidence within 1e-3 of 1) is
+    forgiven: NMS keeps one of several anchors tied at 1.0 over one box, each with its own mask."""
+    for one, other in ((a, b), (b, a)):
+        for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (one.confidence < 1 - CONF_TOL)):
+            twins = np.flatnonzero((other.class_id == one.class_id[i])
+                                   & (np.abs(other.xyxy - one.xyxy[i]).max(axis=1) <= box_tol)
+                                   & (np.abs(other.confidence - one.confidence[i]) <= CONF_TOL))
+            if len(twins) and not any(_outlines_agree(one.polygons[i], other.polygons[j], mask_px) for j in twins):
+                return (f"the outline of a class {one.class_id[i]} detection at {one.xyxy[i].round(1).tolist()} is "
+                        f"over {OUTLINE_TOL:g} mask px from the other's, and overlaps it by under {OUTLINE_IOU:g}")
+    return None
+
+
+def _tied_rival(one: Detections, i: int, other: Detections, iou: float | None, rotated: bool = False) -> bool:
     """Whether ``other`` keeps, instead of ``one``'s detection ``i``, a box of its class that NMS would let
     suppress it (overlap over ``iou``) with a confidence within 1e-3: a tie NMS broke the other way (a
-    saturated tile gives dozens of boxes at confidence 1.0)."""
+    saturated tile gives dozens of boxes at confidence 1.0). ``rotated``: overlaps of the rotated boxes (area
+    IoU; Ultralytics' rotated NMS measures it with probiou, close to it); its NMS is "fast NMS", where a box
+    suppressed by a box itself suppressed is gone too, so a saturated box (confidence within 1e-3 of 1)
+    needs only a tied rival that overlaps it at all."""
     if iou is None:
         return False
     same = (other.class_id == one.class_id[i]) & (np.abs(other.confidence - one.confidence[i]) <= CONF_TOL)
     if not same.any():
         return False
+    if rotated:  # fast NMS: a box suppressed by one that is itself suppressed, so the rival need not be kept
+        limit = 0.0 if one.confidence[i] >= 1 - CONF_TOL else iou
+        return bool((_polygon_iou(one.polygons[i], [other.polygons[j] for j in np.flatnonzero(same)]) > limit).any())
     box, boxes = one.xyxy[i], other.xyxy[same]
     inter = (np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
              * np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None))
@@ -253,7 +313,7 @@ def _tied_rival(one: Detections, i: int, other: Detections, iou: float | None) -
 
 
 def compare_detections(a: Detections, b: Detections, floor: float, box_tol: float = BOX_TOL,
-                       iou: float | None = None) -> str | None:
+                       iou: float | None = None, task: str = "detect", mask_px: float = 1.0) -> str | None:
     """None when two sets of detections of one image agree by the check's rule, else why not.
 
     Every detection above the floor (by more than 1e-3) has a box of its class in the other set within
@@ -264,13 +324,20 @@ def compare_detections(a: Detections, b: Detections, floor: float, box_tol: floa
     1e-4 on an unclipped box decides it). With ``iou`` (the NMS IoU), a detection without a match is also
     forgiven when the other set keeps instead a box of its class overlapping it by more than ``iou`` with a
     confidence within 1e-3 (NMS broke a tie the other way).
+
+    By task (the model's): ``obb`` matches the rotated boxes' four corners within 0.5 px (the corners paired
+    as the rectangles', whichever corner each lists first) and measures NMS's overlap on the rotated boxes;
+    ``segment`` also compares each mask outline with those of its twins in the other set (box within
+    0.5 px, confidence within 1e-3): one must lie within 1.5 mask pixels (``mask_px``: image pixels per
+    pixel of the mask) of it vertex by vertex, or overlap it by 0.9 (:func:`_outline_mismatch`).
     """
-    na_, ga = _nearest(a, b)
-    nb_, gb = _nearest(b, a)
+    rotated = task == "obb"
+    na_, ga = _nearest(a, b, rotated)
+    nb_, gb = _nearest(b, a, rotated)
     for one, index, gap in ((a, na_, ga), (b, nb_, gb)):
         other = b if one is a else a
         for i in np.flatnonzero((one.confidence >= floor + CONF_TOL) & (gap > box_tol)):
-            if _tied_rival(one, i, other, iou):
+            if _tied_rival(one, i, other, iou, rotated):
                 continue
             where = "has no match" if index[i] < 0 else f"is {gap[i]:.2f} px from the nearest (over {box_tol})"
             return f"a class {one.class_id[i]} box at {one.xyxy[i].round(1).tolist()} {where}"
@@ -288,7 +355,7 @@ def compare_detections(a: Detections, b: Detections, floor: float, box_tol: floa
             crossing = sum(near) if t - CONF_TOL < floor else min(near)
             if abs(n[0] - n[1]) > crossing + shared:
                 return f"class {cls}: {n[0]} against {n[1]} detections at threshold {t:g}"
-    return None
+    return _outline_mismatch(a, b, floor, box_tol, mask_px) if task == "segment" else None
 
 
 # ---------------------------------------------------------------------------------------------- the predictor
@@ -349,8 +416,7 @@ class OnnxPredictor:
             if self.backend != "pending":
                 return
             if self.task not in TASKS:
-                return self._fall_back(f"ONNX Runtime is not used for {self.task} models yet (their graphs passed "
-                                       "the check on a few images, then outlined others over 1 px from torch)")
+                return self._fall_back(f"ONNX Runtime is not used for {self.task} models")
             try:
                 graph, record = self._graph()
                 runner = self._runner(_session(graph, self.inner.threads or 1))
@@ -394,9 +460,9 @@ class OnnxPredictor:
             torch_dets = self.inner.predict(batch)
         finally:
             self.inner.runner = runner
-        why = next((w for g, t in zip(graph_dets, torch_dets)
-                    if (w := compare_detections(g, t, self.settings.conf_floor, iou=self._nms_iou)) is not None),
-                   None)
+        why = next((w for g, t, item in zip(graph_dets, torch_dets, batch)
+                    if (w := compare_detections(g, t, self.settings.conf_floor, iou=self._nms_iou, task=self.task,
+                                                mask_px=_mask_pixel(item))) is not None), None)
         self._checked += len(batch)
         if why is not None or self._checked >= CHECK_IMAGES:
             self._record_check(why)
@@ -422,6 +488,15 @@ class OnnxPredictor:
     def _fall_back(self, reason: str) -> None:
         self.backend, self.reason = "torch", reason
         log.warning("%s — going on with torch", reason)
+
+
+def _mask_pixel(item: Prepared) -> float:
+    """Image pixels per pixel of the model input (a segment's mask is made at the input's size and scaled up)."""
+    shape = getattr(getattr(item, "tensor", None), "shape", None)
+    if shape is None or len(shape) != 4:
+        return 1.0
+    (h, w), (th, tw) = item.image.shape[:2], shape[2:]
+    return float(1 / min(th / h, tw / w))
 
 
 def _perturbed(run: Any) -> Any:
