@@ -15,6 +15,7 @@ from typing import Any
 from .base import Executor, UnitTask
 from .dask import DaskExecutor, connect
 from .local import LocalExecutor, default_decode_workers
+from ..machine import cuda_possible
 from .processes import MAX_ATTEMPTS, ProcessExecutor, cpu_cores
 
 __all__ = [
@@ -65,6 +66,8 @@ def choose_executor(*, workers: int | None, client: Any, device: str | None, n_i
 
 
 def _cuda() -> bool:
+    if not cuda_possible():  # no GPU here: this process need not import torch to know it
+        return False
     import torch
 
     return torch.cuda.is_available()
