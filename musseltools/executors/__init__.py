@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..machine import cuda_possible
 from .base import Executor, UnitTask
 from .dask import DaskExecutor, connect
 from .local import LocalExecutor, default_decode_workers
-from ..machine import cuda_possible
 from .processes import MAX_ATTEMPTS, ProcessExecutor, cpu_cores
 
 __all__ = [
