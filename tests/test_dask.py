@@ -175,3 +175,25 @@ def _pid() -> int:
 
     return os.getpid()
 
+
+
+def test_a_dask_worker_gets_its_hosts_cores_among_the_workers_threads_as_a_worker_process_does(
+        folder, tiny_model, tmp_path, monkeypatch):
+    # one worker of one thread: all the host's cores, as ProcessExecutor gives cores // workers (it took all
+    # cores but one, whatever the number of workers, before); the nanny's OMP_NUM_THREADS=1 does not decide
+    monkeypatch.delenv("MUSSELTOOLS_TORCH_THREADS")
+    from distributed import Client, LocalCluster
+
+    from musseltools.executors import cpu_cores
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, client=client)
+        assert r.status == "completed"
+        assert list(client.run(_torch_threads).values()) == [cpu_cores()]
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
