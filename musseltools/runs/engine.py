@@ -39,6 +39,7 @@ from ..errors import (
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
 from ..executors.task import RunTask, user_cache_dir
+from ..executors.warmup import start_early
 from ..images.collection import Collection, ImagesLike, scan
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..models.card import CARD_SETTINGS
@@ -247,6 +248,7 @@ class _Job:
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
              client: Any = None) -> _Job:
         """Check the options, describe the model, scan the collection, create or check the run."""
+        start_early(images, options, executor=executor, client=client)  # workers' imports overlap the scan
         store = options["store"]
         st = store if isinstance(store, Store) else Store(store)
         loaded, new_cards = _describe(st, options)
