@@ -63,3 +63,28 @@ def test_a_damaged_machine_card_cache_is_ignored_and_rewritten(tiny_model, image
     run = mt.run(images, model=tiny_model, store=tmp_path / "s", quiet=True, workers=1)
     assert run.meta["processed_count"] == 6
     assert len(json.loads((cache / "models.json").read_text())) == 1
+
+
+EXITING = textwrap.dedent("""
+    import atexit, sys
+    from musseltools.cli import main
+    atexit.register(lambda: print("an exit handler ran", file=sys.stderr))
+    sys.argv = ["musseltools", *sys.argv[1:]]
+    main()  # the command line of this process: main ends the process itself
+    print("main returned", file=sys.stderr)
+""")
+
+
+def test_the_command_ends_its_process_with_its_status_its_whole_output_and_the_exit_handlers_run(
+        tiny_model, images, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    store = tmp_path / "store"
+    run = mt.run(images, model=tiny_model, store=store, quiet=True, workers=1)
+    ok = subprocess.run([sys.executable, "-c", EXITING, "status", run.run_id, "--store", str(store), "--json"],
+                        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout)["processed_count"] == 6  # written whole before the process ended
+    assert "an exit handler ran" in ok.stderr and "main returned" not in ok.stderr
+    missing = subprocess.run([sys.executable, "-c", EXITING, "status", "nosuchrun", "--store", str(store)], env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 1 and "nosuchrun" in missing.stderr and "an exit handler ran" in missing.stderr
