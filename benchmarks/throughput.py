@@ -6,7 +6,7 @@ worker start included:
 (a) Ultralytics: ``YOLO(w).predict(source=dir, stream=True)``, as a user would write it;
 (b) musseltools with 1 worker (``workers=1``: this process, a decode thread ahead of the model);
 (d) musseltools with the default workers (one process per core when the images pay back their start);
-(e) musseltools on a Dask ``LocalCluster`` (one worker process per core, no nanny, 1 thread each);
+(e) musseltools on a Dask ``LocalCluster`` (one worker process per core, 1 thread each);
 (c) model only, one process: forward + NMS on images already decoded and letterboxed (the ceiling per
     process, without loading).
 
@@ -99,15 +99,15 @@ def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int, ba
 
 
 def _cluster():
-    """A Dask LocalCluster of one worker process per core (no nanny: it halves the overhead here)."""
-    import distributed
+    """A Dask LocalCluster of one worker process per core, 1 thread each. Its nannies start the worker
+    processes: with ``worker_class=distributed.Worker`` a LocalCluster runs its workers inside this process
+    (threads sharing one interpreter), which inferred no faster than one worker (see ``--dask``)."""
     from distributed import Client, LocalCluster
 
     from musseltools.executors import cpu_cores
 
     n = cpu_cores()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           worker_class=distributed.Worker)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
     return cluster, Client(cluster), n
 
 
