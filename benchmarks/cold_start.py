@@ -17,6 +17,7 @@ from its stderr as it is written).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -63,8 +64,9 @@ class Timed:
     def _stdout(self, stream) -> None:  # Ultralytics' script: "epoch-time n" per result
         for line in stream:
             parts = line.split()
-            if len(parts) == 2:
-                self.marks.append((float(parts[0]), int(parts[1])))
+            if len(parts) == 2 and parts[1].isdigit():  # musseltools' summary has lines of two words too
+                with contextlib.suppress(ValueError):
+                    self.marks.append((float(parts[0]), int(parts[1])))
 
     def _stderr(self, stream) -> None:  # musseltools' progress bar: "| n/N [" as it is written
         self.err = b""
