@@ -6,7 +6,7 @@ worker start included:
 (a) Ultralytics: ``YOLO(w).predict(source=dir, stream=True)``, as a user would write it;
 (b) musseltools with 1 worker (``workers=1``: this process, a decode thread ahead of the model);
 (d) musseltools with the default workers (one process per core when the images pay back their start);
-(e) musseltools on a Dask ``LocalCluster`` (one worker process per core, no nanny, 1 thread each);
+(e) musseltools on a Dask ``LocalCluster`` (one worker process per core, 1 thread each);
 (c) model only, one process: forward + NMS on images already decoded and letterboxed (the ceiling per
     process, without loading).
 
@@ -26,6 +26,7 @@ starts its workers and loads the model in each.
     python benchmarks/throughput.py --synth 300          # 300 generated survey frames (seed 7)
     python benchmarks/throughput.py                      # the 40 demo images (start-up costs dominate)
     python benchmarks/throughput.py IMAGES --model W.pt --imgsz 640 --repeat 3 --no-dask
+    python benchmarks/throughput.py --cold --onnx --synth 300 --frame-size 640x480 --repeat 3   # new processes
 """
 
 from __future__ import annotations
@@ -98,15 +99,15 @@ def bench_model_only(folder: Path, weights: str, imgsz: int, batch_size: int, ba
 
 
 def _cluster():
-    """A Dask LocalCluster of one worker process per core (no nanny: it halves the overhead here)."""
-    import distributed
+    """A Dask LocalCluster of one worker process per core, 1 thread each. Its nannies start the worker
+    processes: with ``worker_class=distributed.Worker`` a LocalCluster runs its workers inside this process
+    (threads sharing one interpreter), which inferred no faster than one worker (see ``--dask``)."""
     from distributed import Client, LocalCluster
 
     from musseltools.executors import cpu_cores
 
     n = cpu_cores()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           worker_class=distributed.Worker)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
     return cluster, Client(cluster), n
 
 
@@ -119,18 +120,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth", type=int, metavar="N", help="use N synthetic survey frames instead of IMAGES")
     ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
     ap.add_argument("--onnx", action="store_true", help="add the ONNX Runtime rows (f) to (j)")
+    ap.add_argument("--cold", action="store_true",
+                    help="time whole new processes instead (benchmarks/cold_start.py): a plain Ultralytics script "
+                         "against `musseltools run` (and --backend onnx with --onnx), median of --repeat")
+    ap.add_argument("--dask", action="store_true",
+                    help="Dask workers against process workers on the same shape (one process per core, 1 thread "
+                         "each), both warm, in this process; also the issue's LocalCluster(worker_class=Worker)")
+    ap.add_argument("--frame-size", metavar="WxH", help="size of the --synth frames (default: varied)")
+    ap.add_argument("--iou", type=float, help="NMS IoU of every contender (default 0.7, Ultralytics' own; --cold: 0.4)")
     args = ap.parse_args(argv)
     folder = Path(args.images)
     if args.synth:
         from musseltools import synth
 
         folder = Path(tempfile.mkdtemp(prefix="mt-bench-")) / "survey"
-        synth.generate(folder, n=args.synth, seed=7)
+        size = tuple(int(v) for v in args.frame_size.lower().split("x")) if args.frame_size else None
+        synth.generate(folder, n=args.synth, seed=7, size=size)
         folder = folder / "images"
     n = len(_images(folder))
     if not n:
         print(f"no images in {folder}", file=sys.stderr)
         return 1
+    if args.cold:
+        return _cold(folder, args)
+    if args.dask:
+        return _dask(folder, args)
+    globals()["IOU"] = args.iou or IOU
     import torch
 
     print(f"{n} images in {folder}, weights {args.model}, imgsz {args.imgsz or 'of the model'}, torch {torch.__version__}, "
@@ -196,6 +211,50 @@ def main(argv: list[str] | None = None) -> int:
             print(f"({k}) {what:<48s} {best[k]:8.1f} images/s   x{best[k] / a:.2f}")
         print(f"onnx_default_vs_ultralytics_onnx={best['h'] / best['f']:.2f}")
     print(f"ratio_vs_ultralytics={best['d'] / a:.2f}")
+    return 0
+
+
+def _dask(folder: Path, args: argparse.Namespace) -> int:
+    """(d) process workers, (e) a Dask LocalCluster of worker processes (its nannies start them), (k) the same
+    shape as Dask workers inside this process (``worker_class=distributed.Worker``: threads of one interpreter).
+    Each is warmed by a first run (workers started, model loaded), then timed interleaved; best of --repeat."""
+    import distributed
+    from distributed import Client, LocalCluster
+
+    from musseltools.executors import cpu_cores
+
+    n = cpu_cores()
+    shape = {"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    clusters = {"e": LocalCluster(**shape), "k": LocalCluster(**shape, worker_class=distributed.Worker)}
+    clients = {k: Client(c) for k, c in clusters.items()}
+    how = {"d": {"workers": n}, **{k: {"client": c} for k, c in clients.items()}}
+    rates: dict[str, list[float]] = {k: [] for k in how}
+    for kw in how.values():  # warm: workers started and models loaded before timing
+        bench_musseltools(folder, args.model, args.imgsz, **kw)
+    for _ in range(args.repeat):
+        for k, kw in how.items():
+            rates[k].append(bench_musseltools(folder, args.model, args.imgsz, **kw)[0])
+    for k in clients:
+        clients[k].close()
+        clusters[k].close()
+    best = {k: max(v) for k, v in rates.items()}
+    print(f"(d) musseltools, {n} worker processes, warm                {best['d']:8.1f} images/s")
+    print(f"(e) musseltools on Dask, {n} worker processes x 1 thread    {best['e']:8.1f} images/s   "
+          f"x{best['e'] / best['d']:.2f} of (d)")
+    print(f"(k) Dask workers inside this process (worker_class=Worker) {best['k']:8.1f} images/s   "
+          f"x{best['k'] / best['d']:.2f} of (d)")
+    print(f"dask_vs_processes={best['e'] / best['d']:.2f}")
+    return 0
+
+
+def _cold(folder: Path, args: argparse.Namespace) -> int:
+    from cold_start import cold, report
+
+    imgsz, iou = args.imgsz or 320, args.iou or 0.4
+    print(f"cold start: {len(_images(folder))} images in {folder}, weights {args.model}, imgsz {imgsz}, iou {iou}, "
+          f"median of {args.repeat} whole processes each, {os.cpu_count()} CPUs")
+    result, n = cold(folder, args.model, imgsz, iou, max(1, args.repeat), args.onnx)
+    print(f"ratio_vs_ultralytics={report(result, n):.2f}")
     return 0
 
 

@@ -175,3 +175,56 @@ def _pid() -> int:
 
     return os.getpid()
 
+
+
+def test_a_dask_worker_gets_its_hosts_cores_among_the_workers_threads_as_a_worker_process_does(
+        folder, tiny_model, tmp_path, monkeypatch):
+    # one worker of one thread: all the host's cores, as ProcessExecutor gives cores // workers (it took all
+    # cores but one, whatever the number of workers, before); the nanny's OMP_NUM_THREADS=1 does not decide
+    monkeypatch.delenv("MUSSELTOOLS_TORCH_THREADS")
+    from distributed import Client, LocalCluster
+
+    from musseltools.executors import cpu_cores
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, client=client)
+        assert r.status == "completed"
+        assert list(client.run(_torch_threads).values()) == [cpu_cores()]
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_a_nanny_started_worker_reuses_freed_tensor_memory_instead_of_mapping_it_afresh(folder, tiny_model, client,
+                                                                                       tmp_path):
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then maps every buffer over 128 KiB
+    # anew (fresh zeroed pages for each tensor, 25-30% fewer images/s); a run's first task undoes it
+    r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=tmp_path / "store", quiet=True, client=client)
+    assert r.status == "completed"
+    probes = client.run(_one_mib_buffer_is_mapped)
+    assert probes and all(env for env, _ in probes.values())  # the nanny did set it: the check means something
+    assert not any(mapped for _, mapped in probes.values()), probes
+
+
+def _one_mib_buffer_is_mapped() -> tuple[bool, bool]:
+    """(MALLOC_TRIM_THRESHOLD_ is set here, a 1 MiB malloc here is a fresh mmap rather than heap memory)."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    before = libc.mallinfo2().hblks
+    buffer = libc.malloc(1 << 20)
+    mapped = libc.mallinfo2().hblks > before
+    libc.free(ctypes.c_void_p(buffer))
+    return bool(os.environ.get("MALLOC_TRIM_THRESHOLD_")), mapped

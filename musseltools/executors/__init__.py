@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..machine import cuda_possible
 from .base import Executor, UnitTask
 from .dask import DaskExecutor, connect
 from .local import LocalExecutor, default_decode_workers
@@ -65,6 +66,8 @@ def choose_executor(*, workers: int | None, client: Any, device: str | None, n_i
 
 
 def _cuda() -> bool:
+    if not cuda_possible():  # no GPU here: this process need not import torch to know it
+        return False
     import torch
 
     return torch.cuda.is_available()

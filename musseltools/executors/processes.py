@@ -41,7 +41,7 @@ from ..machine import cpu_cores
 from .base import UnitTask
 from .planning import Unit, UnitSummary
 
-__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores"]
+__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores", "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,19 @@ def _context() -> Any:
         ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         return ctx
     return mp.get_context("spawn")
+
+
+def start_server() -> bool:
+    """Start the fork server now (its imports run in the background); whether there is one on this platform.
+    The pool started later forks its workers from it (:mod:`~musseltools.executors.warmup`)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    from multiprocessing import forkserver
+
+    _context()
+    with _main_module_hidden():
+        forkserver.ensure_running()
+    return True
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ from ..core.detections import Detections
 from ..core.options import OPTIONS
 from ..core.thresholds import ClassMap
 from ..errors import ModelChangedError, ModelLoadError
+from ..machine import cuda_possible
 
 __all__ = [
     "DEFAULT_FAMILY",
@@ -122,7 +123,10 @@ LEGACY_TILE_MERGE = "edge"
 
 
 def default_device() -> str:
-    """``cuda:0`` when a CUDA GPU is usable, else ``cpu``."""
+    """``cuda:0`` when a CUDA GPU is usable, else ``cpu`` (without importing torch where no GPU can be:
+    :func:`~musseltools.machine.cuda_possible`)."""
+    if not cuda_possible():
+        return "cpu"
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -39,13 +39,14 @@ from ..errors import (
 )
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
-from ..executors.task import RunTask
+from ..executors.task import RunTask, user_cache_dir
+from ..executors.warmup import start_early
 from ..images.collection import Collection, ImagesLike, scan
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..models.card import CARD_SETTINGS
 from ..results.view import results_signature, scales_signature
 from ..store.runmeta import update_run_meta
-from ..store.store import Store, utcnow
+from ..store.store import Store, atomic_write_bytes, utcnow
 from .handle import RunHandle, already_running
 from .progress import (
     InferredCounter,
@@ -199,11 +200,29 @@ def _run_threshold(threshold: Any, conf_floor: float, model: LoadedModel) -> flo
 
 
 def _describe(st: Store, options: Mapping[str, Any]) -> tuple[LoadedModel, dict[str, Any] | None]:
-    """The model, built only when the store has no card of it; and the cards to save when it had none."""
+    """The model, built only when neither the store nor this machine's cache has a card of it; and the
+    store's cards to save when it had none.
+
+    A card is keyed by the weights' SHA-256, so the machine's cache (:func:`user_cache_dir`) serves every
+    store: a first run into a new store need not build the model here (importing torch and loading the
+    weights, about 3 s) when worker processes infer. A damaged card is ignored and the model is built."""
     cards = st.read_json_cache(MODEL_CARDS)
+    machine_file = user_cache_dir() / MODEL_CARDS
+    machine: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        machine = dict(json.loads(machine_file.read_text()))
+    known = {**machine, **cards}
     loaded = describe_model(options["model"], class_map=options["class_map"], family=options["model_family"],
-                            cards=cards, trust_pickle=options["trust_pickle"])
-    return loaded, (cards if loaded.model is not None else None)
+                            cards=known, trust_pickle=options["trust_pickle"])
+    fp = loaded.info.fingerprint
+    if loaded.model is not None or fp not in machine:
+        machine[fp] = known[fp]
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(machine_file, json.dumps(machine, indent=2, sort_keys=True).encode())
+    if fp in cards and loaded.model is None:
+        return loaded, None
+    cards[fp] = known[fp]
+    return loaded, cards
 
 
 @dataclass
@@ -239,6 +258,7 @@ class _Job:
     def open(cls, images: ImagesLike, options: Mapping[str, Any], *, quiet: bool, executor: Executor | None,
              client: Any = None) -> _Job:
         """Check the options, describe the model, scan the collection, create or check the run."""
+        start_early(images, options, executor=executor, client=client)  # workers' imports overlap the scan
         store = options["store"]
         st = store if isinstance(store, Store) else Store(store)
         loaded, new_cards = _describe(st, options)

@@ -1,0 +1,90 @@
+"""Cold start: a run whose worker processes infer leaves torch out of the process that started it.
+
+Importing torch costs the parent 1-2 s at start and as much again at exit (its teardown), for nothing when
+the network runs in worker processes. The model's card (class names, task, training size) comes from the
+machine's cache by the weights' SHA-256, so a run into a new store need not build the model here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import musseltools as mt
+from musseltools.models import fingerprint
+from musseltools.store.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# units committed as failed by a stand-in for the process executor: the engine's whole path in the parent
+# (plan, start, commit, finish, cube), without starting worker processes
+CHILD = textwrap.dedent("""
+    import json, sys
+    import musseltools as mt
+    from musseltools.executors import ProcessExecutor
+
+    class NoWorkers(ProcessExecutor):
+        def process(self, task, units, *, cancel, on_progress=lambda n: None):
+            for unit in units:
+                yield task.commit_failed(unit, "not inferred: a test stand-in for the worker processes")
+
+    images, model, store = sys.argv[1:4]
+    run = mt.run(images, model=model, store=store, quiet=True, executor=NoWorkers(2), device=None)
+    print(json.dumps({"torch": "torch" in sys.modules, "ultralytics": "ultralytics" in sys.modules,
+                      "processed": run.meta["processed_count"], "names": sorted(run.meta["model"]["names"].values())}))
+""")
+
+
+def _child(images: Path, model: Path, store: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(images), str(model), str(store)], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_new_store_on_a_machine_that_knows_the_weights_does_not_import_torch_in_the_parent(
+        tiny_model, images, tmp_path):
+    mt.run(images, model=tiny_model, store=tmp_path / "first", quiet=True, workers=1)  # the machine learns the card
+    got = _child(images, tiny_model, tmp_path / "second")
+    assert got == {"torch": False, "ultralytics": False, "processed": 6, "names": ["dead", "live"]}
+    # the new store keeps the card too (its next run reads it from there)
+    assert list(Store(tmp_path / "second").read_json_cache("models.json")) == [fingerprint(tiny_model)]
+
+
+def test_a_damaged_machine_card_cache_is_ignored_and_rewritten(tiny_model, images, tmp_path):
+    cache = Path(os.environ["MUSSELTOOLS_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "models.json").write_text("{not json")
+    run = mt.run(images, model=tiny_model, store=tmp_path / "s", quiet=True, workers=1)
+    assert run.meta["processed_count"] == 6
+    assert len(json.loads((cache / "models.json").read_text())) == 1
+
+
+EXITING = textwrap.dedent("""
+    import atexit, sys
+    from musseltools.cli import main
+    atexit.register(lambda: print("an exit handler ran", file=sys.stderr))
+    sys.argv = ["musseltools", *sys.argv[1:]]
+    main()  # the command line of this process: main ends the process itself
+    print("main returned", file=sys.stderr)
+""")
+
+
+def test_the_command_ends_its_process_with_its_status_its_whole_output_and_the_exit_handlers_run(
+        tiny_model, images, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    store = tmp_path / "store"
+    run = mt.run(images, model=tiny_model, store=store, quiet=True, workers=1)
+    ok = subprocess.run([sys.executable, "-c", EXITING, "status", run.run_id, "--store", str(store), "--json"],
+                        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout)["processed_count"] == 6  # written whole before the process ended
+    assert "an exit handler ran" in ok.stderr and "main returned" not in ok.stderr
+    missing = subprocess.run([sys.executable, "-c", EXITING, "status", "nosuchrun", "--store", str(store)], env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 1 and "nosuchrun" in missing.stderr and "an exit handler ran" in missing.stderr
