@@ -6,7 +6,8 @@ oriented box's long side is the shell's length. This script:
 1. generates whole small survey frames (416x320..640x480, density 0.5-2.0) with ``musseltools.synth``
    through ``scripts/train_demo_model.py``'s frame specs, from the generator seeds in ``SEEDS`` (never the
    demo collection's 2026, nor ``benchmarks/sizes.py``'s 11); the synth's ``obb/`` labels are the targets;
-2. trains YOLOv8n-OBB from ``yolov8n-obb.yaml`` (no pretrained weights, nothing downloaded) at imgsz 640, so a
+2. trains YOLOv8n-OBB from ``yolov8n-obb.yaml``, its layers started from the demo detector's
+   (``data/models/mussel-demo.pt``, trained by ``train_demo_model.py``; nothing downloaded) at imgsz 640, so a
    640x480 frame is seen at its native resolution (downscaling to 320 halves the pixels a length is read
    from), within an Ultralytics ``time`` budget, checkpointing every epoch so that ``--resume`` continues;
 3. ``--ship`` copies ``best.pt`` (optimizer stripped by Ultralytics) to ``data/models/mussel-obb.pt`` and
@@ -90,7 +91,10 @@ def train(data_yaml: Path, work: Path, a: argparse.Namespace) -> Path:
     )
     if a.hours:
         kwargs["time"] = a.hours
-    YOLO("yolov8n-obb.yaml").train(**kwargs)
+    model = YOLO("yolov8n-obb.yaml")
+    if a.init:  # layers of the same name and shape (backbone, neck, box and class branches) start from it
+        model.load(a.init)
+    model.train(**kwargs)
     return run_dir
 
 
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--hours", type=float, default=None, help="Ultralytics time budget (overrides epochs)")
     ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--init", default=str(MODELS / "mussel-demo.pt"),
+                    help="weights to start from (the demo detector: it already knows mussels); '' for none")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--degrees", type=float, default=0.0, help="rotation augmentation (shells lie at every angle)")
     ap.add_argument("--close-mosaic", type=int, default=5)
