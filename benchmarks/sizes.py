@@ -1,15 +1,19 @@
-"""Shell length accuracy: lengths from the demo detector's boxes against the synthetic shells' true lengths.
+"""Shell length accuracy: lengths measured by the shipped models against the synthetic shells' true lengths.
 
 Synthetic frames (``musseltools.synth``) write every shell's true length in pixels (``lengths.csv``). A known
-scale (``--mm-per-px``, given in the sample sheet) turns pixels into millimetres. The demo detector
-(axis-aligned boxes: ``length_method="box"``, the box's long side) runs on the frames; each whole live shell
-(nothing hidden) is matched one to one to a detection of its class with IoU >= 0.5 (greedy by confidence), and
-its length error is ``length_mm - true length``. Printed: the median and 90th percentile of the absolute error
-in mm and in %, and the signed median (the bias). For reference, the same for the two box estimators on the
-*true* boxes (long side, diagonal): what chose the long side (docs: ``musseltools.results.sizes``).
+scale (``--mm-per-px``, given in the sample sheet) turns pixels into millimetres. Each model runs on the frames
+through ``mt.run`` with its card's settings: the demo detector (axis-aligned boxes: ``length_method="box"``,
+the box's long side) and the oriented-box model ``mussel-obb.pt`` (``length_method="outline"``: the long side
+of the oriented box, the outline's minimum-area rectangle). Each whole live shell (nothing hidden) is matched
+one to one to a detection of its class with IoU >= 0.5 of the axis-aligned boxes (greedy by confidence), and
+its length error is ``length_mm - true length``. Printed per model: the median and 90th percentile of the
+absolute error in mm and in %, and the signed median (the bias). For reference, the same for the two box
+estimators on the *true* boxes (long side, diagonal): what chose the long side (docs:
+``musseltools.results.sizes``).
 
-    python benchmarks/sizes.py                      # 12 frames of 640x480, the demo model
+    python benchmarks/sizes.py                      # 12 frames of 640x480, both shipped models
     python benchmarks/sizes.py --frames 40 --mm-per-px 0.25
+    python benchmarks/sizes.py --model /work/mt-train-obb/runs/obb/weights/last.pt@640   # a checkpoint
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import musseltools as mt
 from musseltools.synth.frames import FrameSpec, generate_frames
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The shipped models measured by default: the demo detector (boxes) and the oriented-box model (outlines).
+SHIPPED = (ROOT / "data/models/mussel-demo.pt", ROOT / "data/models/mussel-obb.pt")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,6 +58,30 @@ def truth(out: Path, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def measure(out: Path, work: Path, model: str, whole: pd.DataFrame, mm_per_px: float, **options) -> tuple:
+    """Run ``model`` on the frames; (measured mm, true mm, length methods) of the whole live shells matched one
+    to one to a detection of their class with IoU >= 0.5 of the axis-aligned boxes (greedy by confidence)."""
+    run = mt.run(out / "images", model=model, store=work / f"store-{Path(model).stem}-{len(options)}",
+                 sheet=work / "sheet.csv", **options)
+    dets = run.detections()
+    dets = dets.assign(image=dets["path"].map(lambda p: Path(p).name))
+    cls_of = {"live": 0, "dead": 1}
+    errs = []
+    for name, t in whole.groupby("image"):
+        d = dets[(dets["image"] == name)].sort_values("confidence", ascending=False)
+        used: set[int] = set()
+        iou = _iou(d[["x1", "y1", "x2", "y2"]].to_numpy(float), t[["x1", "y1", "x2", "y2"]].to_numpy(float))
+        dcls = d["category"].map(cls_of).to_numpy() if "category" in d else d["class_id"].to_numpy()
+        for i in range(len(d)):
+            cand = [(iou[i, j], j) for j in range(len(t)) if j not in used and dcls[i] == t["cls"].iat[j]]
+            if cand and max(cand)[0] >= 0.5:
+                j = max(cand)[1]
+                used.add(j)
+                errs.append((d["length_mm"].iat[i], t["true_px"].iat[j] * mm_per_px))
+    got, want = np.array(errs).T
+    return got, want, sorted(set(dets["length_method"]))
+
+
 def figures(err_mm: np.ndarray, err_pct: np.ndarray) -> str:
     return (f"n={len(err_mm)} median_abs_mm={np.median(np.abs(err_mm)):.2f} p90_abs_mm={np.quantile(np.abs(err_mm), .9):.2f} "
             f"median_abs_pct={np.median(np.abs(err_pct)):.1f} p90_abs_pct={np.quantile(np.abs(err_pct), .9):.1f} "
@@ -63,7 +93,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--mm-per-px", type=float, default=0.2)
-    ap.add_argument("--model", default=str(ROOT / "data/models/mussel-demo.pt"))
+    ap.add_argument("--model", action="append", metavar="PATH[@IMGSZ]",
+                    help="a model to measure (repeat for several; @IMGSZ sets its input size, else its card's);"
+                    " default: every shipped model (mussel-demo.pt, mussel-obb.pt)")
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
@@ -81,25 +113,13 @@ def main() -> None:
         e = (est - whole["true_px"].to_numpy()) * args.mm_per_px
         print(f"{label:32s} {figures(e, 100 * e / (whole['true_px'].to_numpy() * args.mm_per_px))}")
 
-    run = mt.run(out / "images", model=args.model, store=work / "store", sheet=work / "sheet.csv")
-    dets = run.detections()
-    dets = dets.assign(image=dets["path"].map(lambda p: Path(p).name))
-    errs = []
-    for name, t in whole.groupby("image"):
-        d = dets[(dets["image"] == name)].sort_values("confidence", ascending=False)
-        cls_of = {"live": 0, "dead": 1}
-        used: set[int] = set()
-        iou = _iou(d[["x1", "y1", "x2", "y2"]].to_numpy(float), t[["x1", "y1", "x2", "y2"]].to_numpy(float))
-        dcls = d["category"].map(cls_of).to_numpy() if "category" in d else d["class_id"].to_numpy()
-        for i in range(len(d)):
-            cand = [(iou[i, j], j) for j in range(len(t)) if j not in used and dcls[i] == t["cls"].iat[j]]
-            if cand and max(cand)[0] >= 0.5:
-                j = max(cand)[1]
-                used.add(j)
-                errs.append((d["length_mm"].iat[i], t["true_px"].iat[j] * args.mm_per_px))
-    got, want = np.array(errs).T
-    print(f"{'demo detector (boxes), matched':32s} {figures(got - want, 100 * (got - want) / want)} "
-          f"(of {len(whole)} whole live shells; method {sorted(set(dets['length_method']))})")
+    for spec in args.model or [str(m) for m in SHIPPED if m.exists()]:
+        path, _, imgsz = spec.partition("@")
+        opts = {"imgsz": int(imgsz)} if imgsz else {}
+        got, want, methods = measure(out, work, path, whole, args.mm_per_px, **opts)
+        label = f"{Path(path).name}{'@' + imgsz if imgsz else ''}, matched"
+        print(f"{label:32s} {figures(got - want, 100 * (got - want) / want)} "
+              f"(of {len(whole)} whole live shells; method {methods})")
 
 
 if __name__ == "__main__":
