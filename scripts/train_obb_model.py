@@ -100,7 +100,7 @@ def train(data_yaml: Path, work: Path, a: argparse.Namespace) -> Path:
 
 def ship(work: Path, a: argparse.Namespace) -> int:
     """Copy best.pt to ``data/models/mussel-obb.pt`` and write its settings card and ``train.json``."""
-    from musseltools.models.card import write_card
+    from musseltools.models.card import card_names, write_card
 
     run_dir = work / "runs" / "obb"
     best = run_dir / "weights" / "best.pt"
@@ -116,14 +116,14 @@ def ship(work: Path, a: argparse.Namespace) -> int:
             "last_epoch_metrics": rows[-1] if rows else None, "header": rows[0] if rows else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU (shared with other jobs)"} | timing
     (work / "train.json").write_text(json.dumps(info, indent=2) + "\n")
-    recommended = {"imgsz": a.imgsz, "tile": "auto", "iou": 0.5}
+    recommended = {"imgsz": a.imgsz, "tile": "auto"}
     how = {
         "imgsz": f"The model was trained at {a.imgsz} px on whole 416x320..640x480 survey frames, so 640x480 frames"
         " are read at native resolution (scripts/train_obb_model.py).",
         "tile": f"Not tuned: images longer than 2 x {a.imgsz} px are cut into {a.imgsz}-px tiles at native"
-        " resolution; the model was trained and measured on whole frames.",
-        "iou": "Not tuned: the value benchmarks/sizes.py measured the lengths with.",
+        " resolution (quadrat photos); the model was trained and measured on whole frames only.",
     }
+    card_names(dest)[0].unlink(missing_ok=True)  # regenerated whole from this run
     write_card(dest, recommended, how)
     log.info("shipped %s (%d bytes) and its card", dest, dest.stat().st_size)
     return 0
