@@ -301,6 +301,28 @@ def _stop_server(server: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
+def _notebook_page(base: str, token: str, notebook: str, viewport: dict, failure: Path):
+    """A headless Chromium page showing ``notebook`` in the JupyterLab at ``base``, its kernel idle; on a
+    failure inside the block a full-page screenshot is saved to ``failure``; the browser is closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport=viewport)
+        try:
+            page.goto(f"{base}/lab/tree/{notebook}?token={token}", timeout=120_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            _wait_for_idle_kernel(page, timeout=180)
+            yield page
+        except BaseException:
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(failure), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
 def _jupyterlab(root: Path, tmp_path: Path):
     """JupyterLab serving ``root`` on a free port with a token: yields its base URL and the token."""
     port, token = _free_port(), secrets.token_hex(16)
@@ -329,7 +351,6 @@ def test_progress_display_of_a_background_run_through_cancel_and_resume(tmp_path
     display, in the first cell's output area, counts the run's images to the end, with those done before
     the resume. No other cell shows a progress bar."""
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing — install Debian's chromium (make dev does)"
-    from playwright.sync_api import sync_playwright
 
     root = tmp_path / "lab"
     write_images(root / "images", 6, seed=19)
@@ -347,39 +368,29 @@ def test_progress_display_of_a_background_run_through_cancel_and_resume(tmp_path
     ]
     nbformat.write(nb, root / "progress.ipynb")
     artifact = ARTIFACT.with_name("progress-cancel-resume.png")
-    with _jupyterlab(root, tmp_path) as (base, token), sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        try:
-            page.goto(f"{base}/lab/tree/progress.ipynb?token={token}", timeout=120_000)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-            _wait_for_idle_kernel(page, timeout=180)
-            page.evaluate(WATCH_STATUS)
-            page.get_by_role("menuitem", name="Run").first.click(force=True)
-            page.get_by_role("menuitem", name="Run All Cells").first.click(force=True)
-            page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output')]"
-                                   ".some(e => e.innerText.includes('resumed:'))", timeout=240_000)
-            page.wait_for_function("() => window.mtStatus.some(t => t.includes('completed'))", timeout=60_000)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
-            assert not errors.count(), errors.first.inner_text()
-            cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
-            monitors = page.locator(".mt-run-monitor")
-            assert monitors.count() == 1 and cells.nth(1).locator(".mt-run-monitor").count() == 1
-            before = int(re.search(r"resumed: completed (\d+)", cells.nth(3).inner_text()).group(1))
-            texts = page.evaluate("() => window.mtStatus")
-            assert any("cancelled" in t for t in texts), texts
-            first_cancel = next(i for i, t in enumerate(texts) if "cancelled" in t)
-            assert any("running" in t for t in texts[first_cancel:]), texts  # it came back to life
-            final = monitors.first.inner_text()
-            assert "completed" in final and f"6/6 images ({before} before this call)" in final, final
-            assert 2 <= before < 6, final
-            for k in (0, 2, 3):  # no progress bar in the other cells (one display per run)
-                assert "img" not in cells.nth(k).locator(".jp-OutputArea").inner_text(), cells.nth(k).inner_text()
-            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-            monitors.first.screenshot(path=str(artifact))
-        except BaseException:
-            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(artifact.with_name("progress-cancel-resume-failure.png")), full_page=True)
-            raise
-        finally:
-            browser.close()
+    with _jupyterlab(root, tmp_path) as (base, token), _notebook_page(
+            base, token, "progress.ipynb", {"width": 1280, "height": 800},
+            artifact.with_name("progress-cancel-resume-failure.png")) as page:
+        page.evaluate(WATCH_STATUS)
+        page.get_by_role("menuitem", name="Run").first.click(force=True)
+        page.get_by_role("menuitem", name="Run All Cells").first.click(force=True)
+        page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output')]"
+                               ".some(e => e.innerText.includes('resumed:'))", timeout=240_000)
+        page.wait_for_function("() => window.mtStatus.some(t => t.includes('completed'))", timeout=60_000)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+        assert not errors.count(), errors.first.inner_text()
+        cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
+        monitors = page.locator(".mt-run-monitor")
+        assert monitors.count() == 1 and cells.nth(1).locator(".mt-run-monitor").count() == 1
+        before = int(re.search(r"resumed: completed (\d+)", cells.nth(3).inner_text()).group(1))
+        texts = page.evaluate("() => window.mtStatus")
+        assert any("cancelled" in t for t in texts), texts
+        first_cancel = next(i for i, t in enumerate(texts) if "cancelled" in t)
+        assert any("running" in t for t in texts[first_cancel:]), texts  # it came back to life
+        final = monitors.first.inner_text()
+        assert "completed" in final and f"6/6 images ({before} before this call)" in final, final
+        assert 2 <= before < 6, final
+        for k in (0, 2, 3):  # no progress bar in the other cells (one display per run)
+            assert "img" not in cells.nth(k).locator(".jp-OutputArea").inner_text(), cells.nth(k).inner_text()
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        monitors.first.screenshot(path=str(artifact))

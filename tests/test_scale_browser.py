@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import IMGSZ, write_images
-from test_browser import ARGS, CHROMIUM, _accept_kernel_dialog, _jupyterlab, _wait_for_idle_kernel
+from test_browser import CHROMIUM, _accept_kernel_dialog, _jupyterlab, _notebook_page
 from test_editor_browser import FIND_POINT, _point
 
 import musseltools as mt
@@ -99,7 +99,6 @@ def _drag_a_length_handle(page, run: mt.Run, mm_per_px: float) -> None:
 
 def test_scale_tool_survives_a_kernel_restart_and_a_length_handle_sets_a_length(tmp_path, tiny_model):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing — install Debian's chromium (make dev does)"
-    from playwright.sync_api import sync_playwright
 
     root = tmp_path / "lab"
     write_images(root / "images", 2, seed=17)
@@ -112,29 +111,19 @@ def test_scale_tool_survives_a_kernel_restart_and_a_length_handle_sets_a_length(
         "editor = CorrectionEditor(run, order='path', author='browser')\neditor"),
         nbformat.v4.new_code_cell("print('scales:', run.scales()[['mm_per_px', 'source']].values.tolist())")]
     nbformat.write(nb, root / "scale.ipynb")
-    with _jupyterlab(root, tmp_path) as (base, token), sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        try:
-            page.goto(f"{base}/lab/tree/scale.ipynb?token={token}", timeout=120_000)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-            _wait_for_idle_kernel(page, timeout=180)
-            _run_all(page)
-            assert "no scale" in page.locator(".mt-editor-scale").inner_text()
-            px = _draw_and_save_a_scale(page, run)
-            _run_all(page, restart=True)  # a new kernel: only the store remembers the scale
-            printed = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea")
-            page.wait_for_function("() => document.querySelectorAll('.jp-CodeCell')[1].innerText.includes('drawn')",
-                                   timeout=120_000)
-            mm_per_px = 30 / px
-            assert re.search(r"\[\[([\d.e-]+), 'drawn'\]", printed.inner_text()).group(1) == repr(mm_per_px)
-            assert f"{mm_per_px:.4g} mm/px" in page.locator(".mt-editor-scale").inner_text()
-            _drag_a_length_handle(page, run, mm_per_px)
-            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-            page.locator(".mt-correction-editor").first.screenshot(path=str(ARTIFACT))
-        except BaseException:
-            ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACT.with_name("scale_tool-failure.png")), full_page=True)
-            raise
-        finally:
-            browser.close()
+    with _jupyterlab(root, tmp_path) as (base, token), _notebook_page(
+            base, token, "scale.ipynb", {"width": 1280, "height": 1100},
+            ARTIFACT.with_name("scale_tool-failure.png")) as page:
+        _run_all(page)
+        assert "no scale" in page.locator(".mt-editor-scale").inner_text()
+        px = _draw_and_save_a_scale(page, run)
+        _run_all(page, restart=True)  # a new kernel: only the store remembers the scale
+        printed = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea")
+        page.wait_for_function("() => document.querySelectorAll('.jp-CodeCell')[1].innerText.includes('drawn')",
+                               timeout=120_000)
+        mm_per_px = 30 / px
+        assert re.search(r"\[\[([\d.e-]+), 'drawn'\]", printed.inner_text()).group(1) == repr(mm_per_px)
+        assert f"{mm_per_px:.4g} mm/px" in page.locator(".mt-editor-scale").inner_text()
+        _drag_a_length_handle(page, run, mm_per_px)
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        page.locator(".mt-correction-editor").first.screenshot(path=str(ARTIFACT))
