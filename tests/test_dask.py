@@ -98,6 +98,7 @@ def test_every_task_key_is_the_units_own_and_the_same_in_another_run(folder, tin
                                                                       tmp_path):
     seen = []
     for store in (tmp_path / "one", tmp_path / "two"):
+        _key_log(client)  # forget the keys of the module's other runs on this cluster (tests run in any order)
         r = mt.run(folder, model=tiny_model, imgsz=IMGSZ, store=store, quiet=True, commit_every=2, client=client)
         assert r.meta["executor"].startswith("DaskExecutor(") and r.meta["inferred_this_call"] == N
         assert_same_results(r, reference)
