@@ -119,7 +119,7 @@ def test_a_bad_minimum_length_is_refused_with_the_reason(tmp_path, bad):
 
 @pytest.mark.slow
 def test_a_run_asked_with_a_minimum_length_counts_at_it_and_changing_it_infers_nothing(images, tiny_model, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capsys):
     sheet = tmp_path / "sheet.csv"
     sheet.write_text("image,site,area_m2,mm_per_px\n" + "".join(f"{p.name},N,1,0.5\n" for p in sorted(images.iterdir())))
     store = tmp_path / "store"
@@ -152,6 +152,14 @@ def test_a_run_asked_with_a_minimum_length_counts_at_it_and_changing_it_infers_n
     again = mt.run(images, model=tiny_model, threshold=0.05, min_length_mm=20, store=store, quiet=True)
     assert again.run_id == run.run_id and again.meta["inferred_this_call"] == 0
     assert again.meta["counts"] == by_hand(30)  # the saved minimum stays, as saved thresholds do
+    from musseltools.cli import main  # the command's summary says the minimum beside the counts it made
+
+    assert main(["run", str(images), "--model", str(tiny_model), "--threshold", "0.05", "--min-length-mm", "20",
+                 "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 0.05   shells from 30 mm" in out and f"live {by_hand(30)['live']}" in out, out
+    assert main(["run", str(images), "--model", str(tiny_model), "--threshold", "0.05", "--store", str(store)]) == 0
+    assert "shells from" not in capsys.readouterr().out  # no minimum, nothing said
 
 
 def test_the_editor_and_the_review_queue_count_at_the_minimum_length(tmp_path):

@@ -50,7 +50,8 @@ def _summary(r: Any, m: dict[str, Any], seconds: float) -> str:
     )
     lines = [
         f"run {r.run_id}  {m['status']}  ({m['collection']['name']}, model {m['model']['path'].rsplit('/', 1)[-1]})",
-        f"  images  {m['total_images']}   failed {m['failed_count']}   threshold {r.rule().label(r.class_names)}",
+        f"  images  {m['total_images']}   failed {m['failed_count']}   threshold {r.rule().label(r.class_names)}"
+        + (f"   shells from {r.length_rule():g} mm" if r.length_rule() else ""),
         f"  counts  {counts}",
         f"  {reuse}; {seconds:.1f} s",
         f"  store   {r.store.root}",
