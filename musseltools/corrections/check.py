@@ -58,18 +58,34 @@ class RunContext:
     rule: Callable[[Any], str] | None = None
 
 
-def _box(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] | None, str | None]:
-    raw = spec.get("box")
+def _four_numbers(spec: Mapping[str, Any], key: str) -> tuple[list[Any], list[float] | None]:
+    """``spec[key]`` (or its ``x1, y1, x2, y2``) as given, and as floats (None when they are not numbers)."""
+    raw = spec.get(key)
     vals = list(raw) if raw is not None else [spec.get(k) for k in ("x1", "y1", "x2", "y2")]
     try:
-        box = [float(v) for v in vals]
+        return vals, [float(v) for v in vals]
     except (TypeError, ValueError):
+        return vals, None
+
+
+def _size(width: Any, height: Any) -> tuple[float | None, float | None]:
+    return (None if width is None or pd.isna(width) else float(width),
+            None if height is None or pd.isna(height) else float(height))
+
+
+def _outside(xy: list[float], w: float | None, h: float | None) -> bool:
+    """Whether the points ``x1, y1, x2, y2`` reach outside an image of ``w`` x ``h`` pixels (None: unknown)."""
+    return min(xy) < 0 or (w is not None and max(xy[0], xy[2]) > w) or (h is not None and max(xy[1], xy[3]) > h)
+
+
+def _box(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] | None, str | None]:
+    vals, box = _four_numbers(spec, "box")
+    if box is None:
         return None, f"box {vals} is not four numbers — give x1, y1, x2, y2 in pixels"
     if len(box) != 4 or not all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
         return None, f"box {vals} is not a box — expected finite x1 < x2 and y1 < y2 in pixels"
-    w = None if width is None or pd.isna(width) else float(width)
-    h = None if height is None or pd.isna(height) else float(height)
-    if min(box) < 0 or (w is not None and max(box[0], box[2]) > w) or (h is not None and max(box[1], box[3]) > h):
+    w, h = _size(width, height)
+    if _outside(box, w, h):
         size = f" ({w:g} x {h:g} pixels)" if w and h else ""
         return None, f"box {box} lies outside the image{size} — give pixel coordinates inside it"
     return box, None
@@ -77,20 +93,15 @@ def _box(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] 
 
 def _line(spec: Mapping[str, Any], width: Any, height: Any) -> tuple[list[float] | None, str | None]:
     """The two ends of a length line (``line`` or ``x1, y1, x2, y2``), or what is wrong with them."""
-    raw = spec.get("line")
-    vals = list(raw) if raw is not None else [spec.get(k) for k in ("x1", "y1", "x2", "y2")]
-    try:
-        line = [float(v) for v in vals]
-    except (TypeError, ValueError):
+    vals, line = _four_numbers(spec, "line")
+    if line is None:
         return None, f"line {vals} is not four numbers — give the length's two ends x1, y1, x2, y2 in pixels"
     if len(line) != 4 or not all(np.isfinite(line)):
         return None, f"line {vals} is not two points — expected four finite numbers x1, y1, x2, y2 in pixels"
     if line[0] == line[2] and line[1] == line[3]:
         return None, (f"line {line} has zero length (its two ends are one point) — drag its ends to the two ends "
                       "of the shell")
-    w = None if width is None or pd.isna(width) else float(width)
-    h = None if height is None or pd.isna(height) else float(height)
-    if min(line) < 0 or (w is not None and max(line[0], line[2]) > w) or (h is not None and max(line[1], line[3]) > h):
+    if _outside(line, *_size(width, height)):
         return None, f"line {line} reaches outside the image — give pixel coordinates inside it"
     return line, None
 

@@ -72,8 +72,13 @@ def size_histogram(sf: SizeFrequency, categories: Sequence[str] | None = None, *
         ax.bar(lows + k * share, n, width=share, align="edge", color=colours[c], label=f"{c} ({int(n.sum())})")
     where = "" if not group else " — " + ", ".join(f"{k} {v}" for k, v in group.items())
     ax.set_title(title or f"Shell length{where}", fontsize=FONT + 2)
+    return _labelled(fig, ax, sf, "shells (count)")
+
+
+def _labelled(fig: Figure, ax: Any, sf: SizeFrequency, ylabel: str) -> Figure:
+    """Axis labels, legend and grid of a figure with length on x."""
     ax.set_xlabel(_axis(sf), fontsize=FONT + 1)
-    ax.set_ylabel("shells (count)", fontsize=FONT + 1)
+    ax.set_ylabel(ylabel, fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
     ax.legend(frameon=False, fontsize=FONT)
     ax.grid(axis="y", alpha=0.3)
@@ -135,9 +140,4 @@ def live_dead_sizes(sf: SizeFrequency, categories: Sequence[str] = ("live", "dea
                         color=colours[c], marker="D", capsize=4)
     ax.set_title(title or f"Live against dead: shell length (diamonds: median, {sf.level:.0%} interval)",
                  fontsize=FONT + 2)
-    ax.set_xlabel(_axis(sf), fontsize=FONT + 1)
-    ax.set_ylabel("share of the category's shells", fontsize=FONT + 1)
-    ax.tick_params(labelsize=FONT)
-    ax.legend(frameon=False, fontsize=FONT)
-    ax.grid(axis="y", alpha=0.3)
-    return fig
+    return _labelled(fig, ax, sf, "share of the category's shells")

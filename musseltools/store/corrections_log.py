@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .store import Store, atomic_write_bytes, remove_dead_temporaries, utcnow
+from .logfiles import append_table, read_log_file
+from .store import Store, utcnow
 
 __all__ = [
     "NO_CORRECTIONS", "KINDS", "CORRECTIONS_SCHEMA", "corrections_dir", "read_corrections", "write_corrections",
@@ -155,23 +155,12 @@ def write_corrections(store: Store, rows: Sequence[Mapping[str, Any]] | pd.DataF
     A process killed during the save leaves no file (only a hidden temporary that readers ignore and
     the next save removes), so a save is all or nothing.
     """
-    if store.remote:
-        from ..errors import StoreError
-
-        raise StoreError(f"corrections cannot be saved to an object store yet ({store.root}) — use a local store")
-    store.check_writable(f"save {len(rows)} corrections")
-    folder = corrections_dir(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(folder)
     if isinstance(rows, pd.DataFrame):
         table = pa.Table.from_pandas(rows[CORRECTIONS_SCHEMA.names], schema=CORRECTIONS_SCHEMA, preserve_index=False)
     else:
         table = pa.Table.from_pylist([dict(r) for r in rows], schema=CORRECTIONS_SCHEMA)
-    stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
-    path = folder / f"{_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes(), failpoint_name="correction-written")
+    path = append_table(store, corrections_dir(store), _PREFIX, table, what="corrections",
+                        doing=f"save {len(rows)} corrections", failpoint_name="correction-written")
     log.info("saved %d corrections to %s", table.num_rows, path.name)
     return path
 
@@ -203,17 +192,9 @@ def _read_file(store: Store, path: Path) -> pd.DataFrame | None:
     if hit is not None and hit[0] == size:
         return hit[1]
     try:
-        table = pq.read_table(path).select(CORRECTIONS_SCHEMA.names).cast(CORRECTIONS_SCHEMA).to_pandas()
+        table = read_log_file(path, CORRECTIONS_SCHEMA, "corrections")
     except FileNotFoundError:
         return None
-    except Exception as exc:  # noqa: BLE001 - a damaged file is named, not skipped silently
-        from ..errors import CorruptStoreError
-
-        raise CorruptStoreError(
-            f"corrections file {str(path)!r} is damaged ({type(exc).__name__}: {exc}) — corrections are saved "
-            "atomically, so it was changed by hand or by a disk fault — restore it from a backup, or move it "
-            "aside to drop its corrections"
-        ) from exc
     table["_file"] = path.name
     table["_row"] = np.arange(len(table))
     _FILE_CACHE[key] = (size, table)

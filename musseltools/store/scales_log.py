@@ -11,16 +11,15 @@ content), so every run of the same images sees them. Record them through
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .store import Store, atomic_write_bytes, remove_dead_temporaries, utcnow
+from .logfiles import append_table, read_log_file
+from .store import Store
 
 __all__ = ["SCALES_SCHEMA", "scales_dir", "write_scales", "read_scales"]
 
@@ -51,19 +50,9 @@ def scales_dir(store: Store) -> Path:
 
 def write_scales(store: Store, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Save rows of :data:`SCALES_SCHEMA` as one new file, atomically; returns it."""
-    if store.remote:
-        from ..errors import StoreError
-
-        raise StoreError(f"scales cannot be saved to an object store yet ({store.root}) — use a local store")
-    store.check_writable(f"save a scale for {len(rows)} images")
-    folder = scales_dir(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(folder)
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=SCALES_SCHEMA)
-    path = folder / f"{_PREFIX}{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    path = append_table(store, scales_dir(store), _PREFIX, table, what="scales",
+                        doing=f"save a scale for {len(rows)} images")
     log.info("saved a drawn scale for %d images to %s", table.num_rows, path.name)
     return path
 
@@ -77,15 +66,7 @@ def read_scales(store: Store) -> pd.DataFrame:
         p for p in folder.iterdir() if p.name.startswith(_PREFIX) and p.suffix == ".parquet")
     tables = []
     for p in files:
-        try:
-            t = pq.read_table(p).select(SCALES_SCHEMA.names).cast(SCALES_SCHEMA).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - a damaged file is named, not skipped silently
-            from ..errors import CorruptStoreError
-
-            raise CorruptStoreError(
-                f"scales file {str(p)!r} is damaged ({type(exc).__name__}: {exc}) — scales are saved atomically, so "
-                "it was changed by hand or by a disk fault — restore it from a backup, or move it aside to drop "
-                "its scales") from exc
+        t = read_log_file(p, SCALES_SCHEMA, "scales")
         tables.append(t.assign(_file=p.name))
     if not tables:
         return SCALES_SCHEMA.empty_table().to_pandas()
