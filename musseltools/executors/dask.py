@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -39,37 +38,12 @@ def run_unit_on_worker(task: UnitTask, unit: Unit, threads: Mapping[str, int] | 
 
     ``threads``: torch threads by worker address (:func:`threads_by_worker`); ``$MUSSELTOOLS_TORCH_THREADS``
     on the worker, or threads set on the task, win."""
-    _keep_freed_memory_for_reuse()
     if threads and getattr(task, "threads", 1) is None and not os.environ.get("MUSSELTOOLS_TORCH_THREADS"):
         from distributed import get_worker
 
         with contextlib.suppress(ValueError):  # not on a worker (a test calling it directly)
             task.threads = threads.get(get_worker().address)  # type: ignore[attr-defined]
     return task(unit)
-
-
-#: glibc's mallopt parameters, and the values of its dynamic mmap threshold at its ceiling (64-bit)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
-_MALLOC_TUNED: list[bool] = []
-
-
-def _keep_freed_memory_for_reuse() -> None:
-    """Undo, once per worker process, the ``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny sets (65536, its
-    ``distributed.nanny.pre-spawn-environ``). With it glibc maps every buffer over 128 KiB afresh and gives it
-    back when freed, so each tensor of every forward pass pays for new zeroed pages: 25-30% fewer images/s
-    with this model on CPU. The thresholds are set where glibc's own dynamic ones end (32 MiB mmap, 64 MiB
-    trim): freed tensors are reused, and memory past that is still returned."""
-    if _MALLOC_TUNED or not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
-        return
-    _MALLOC_TUNED.append(True)
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
 def worker_process() -> tuple[str, int, int]:

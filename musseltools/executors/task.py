@@ -26,6 +26,7 @@ from ..core.detections import DETECTIONS_SCHEMA, Detections
 from ..core.thresholds import Thresholds
 from ..errors import InferenceError, MusselToolsError
 from ..images.decode import decode_image, read_regular_file
+from ..machine import keep_freed_memory_for_reuse
 from ..models import (
     InferenceSettings,
     LoadedModel,
@@ -149,6 +150,7 @@ class RunTask:
     @property
     def predictor(self) -> Predictor:
         """The model's predictor, built on first use (the model loaded first when it is not built yet)."""
+        keep_freed_memory_for_reuse()  # in whatever process infers: a Dask nanny's worker, a pool after a cluster
         with self._lock:
             if self._predictor is None:
                 key = self._cache_key()
