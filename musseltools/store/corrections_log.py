@@ -159,7 +159,7 @@ def write_corrections(store: Store, rows: Sequence[Mapping[str, Any]] | pd.DataF
         table = pa.Table.from_pandas(rows[CORRECTIONS_SCHEMA.names], schema=CORRECTIONS_SCHEMA, preserve_index=False)
     else:
         table = pa.Table.from_pylist([dict(r) for r in rows], schema=CORRECTIONS_SCHEMA)
-    path = append_table(store, corrections_dir(store), _PREFIX, table, what="corrections",
+    path = append_table(store, corrections_dir, _PREFIX, table, what="corrections",
                         doing=f"save {len(rows)} corrections", failpoint_name="correction-written")
     log.info("saved %d corrections to %s", table.num_rows, path.name)
     return path

@@ -4,6 +4,7 @@ file written atomically and never rewritten; a file that cannot be read is named
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +17,18 @@ from .store import Store, atomic_write_bytes, remove_dead_temporaries, utcnow
 __all__ = ["append_table", "read_log_file"]
 
 
-def append_table(store: Store, folder: Path, prefix: str, table: pa.Table, *, what: str, doing: str,
+def append_table(store: Store, folder: Callable[[Store], Path], prefix: str, table: pa.Table, *, what: str, doing: str,
                  failpoint_name: str | None = None) -> Path:
-    """Save ``table`` as one new ``prefix<time>-<random>.parquet`` in ``folder`` of a local store, atomically
+    """Save ``table`` as one new ``prefix<time>-<random>.parquet`` in ``folder(store)`` of a local store, atomically
     (temporary file, fsync, rename), after removing dead writers' temporaries; returns the file. ``what``
     names the log (``corrections``), ``doing`` the save (``save 3 corrections``) in the errors."""
     if store.remote:
         raise StoreError(f"{what} cannot be saved to an object store yet ({store.root}) — use a local store")
     store.check_writable(doing)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(folder)
-    path = folder / f"{prefix}{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+    where = folder(store)  # a local store's path: asked only after the store is known to be local
+    where.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(where)
+    path = where / f"{prefix}{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes(), failpoint_name=failpoint_name)

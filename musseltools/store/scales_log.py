@@ -51,7 +51,7 @@ def scales_dir(store: Store) -> Path:
 def write_scales(store: Store, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Save rows of :data:`SCALES_SCHEMA` as one new file, atomically; returns it."""
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=SCALES_SCHEMA)
-    path = append_table(store, scales_dir(store), _PREFIX, table, what="scales",
+    path = append_table(store, scales_dir, _PREFIX, table, what="scales",
                         doing=f"save a scale for {len(rows)} images")
     log.info("saved a drawn scale for %d images to %s", table.num_rows, path.name)
     return path
