@@ -88,3 +88,80 @@ def test_the_command_ends_its_process_with_its_status_its_whole_output_and_the_e
     missing = subprocess.run([sys.executable, "-c", EXITING, "status", "nosuchrun", "--store", str(store)], env=env,
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "nosuchrun" in missing.stderr and "an exit handler ran" in missing.stderr
+
+
+# A fork server preloading a module whose object says, when the interpreter's tear-down collects it, that it
+# was torn down: with musseltools' exit module preloaded first, the server's end skips that tear-down (it
+# took ~1.2 s of CPU with torch imported, while holding the command's output pipe open).
+SERVER = textwrap.dedent("""
+    import multiprocessing as mp, sys
+    from multiprocessing import forkserver
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(sys.argv[1:])
+    p = ctx.Process(target=print, args=("a worker ran",))
+    p.start()
+    p.join()
+    print(forkserver._forkserver._forkserver_pid, flush=True)
+""")
+TORN_DOWN = textwrap.dedent("""
+    import os, sys
+    class Marker:
+        def __init__(self, path):
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        def __del__(self):
+            os.write(self.fd, b"torn down")
+    MARKER = Marker(os.path.join(os.path.dirname(__file__), "torn-down.txt"))
+""")
+
+
+def _server_tear_down(tmp_path: Path, preload: list[str]) -> str:
+    import time
+
+    tmp_path.mkdir()
+    (tmp_path / "marked.py").write_text(TORN_DOWN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", SERVER, *preload], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0 and "a worker ran" in out.stdout, out.stderr[-2000:]
+    pid = int(out.stdout.strip().splitlines()[-1])
+    for _ in range(600):  # the server exits once its client is gone
+        if not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the fork server {pid} did not exit after its client")
+    marker = tmp_path / "torn-down.txt"
+    return marker.read_text() if marker.exists() else ""
+
+
+def test_the_workers_fork_server_ends_without_tearing_down_what_it_imported(tmp_path):
+    assert _server_tear_down(tmp_path / "plain", ["marked"]) == "torn down"  # the tear-down this saves
+    assert _server_tear_down(tmp_path / "quick", ["musseltools.executors.serverexit", "marked"]) == ""
+
+
+def test_the_exit_module_changes_nothing_outside_the_fork_server():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", "import atexit, sys; import musseltools.executors.serverexit; "
+                          "atexit.register(print, 'exit handlers ran'); sys.exit(3)"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 3 and "exit handlers ran" in out.stdout
+
+
+IMPORTS = textwrap.dedent("""
+    import json, sys
+    from musseltools.executors.warmup import CUBE_MODULES, import_in_background
+    before = [m in sys.modules for m in CUBE_MODULES]
+    thread = import_in_background()
+    thread.join()
+    print(json.dumps({"before": before, "after": [m in sys.modules for m in CUBE_MODULES],
+                      "again": import_in_background() is None,
+                      "missing": import_in_background(["no_such_module_here"]) is None}))
+""")
+
+
+def test_the_cube_modules_are_imported_in_the_background_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", IMPORTS], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"before": [False] * 3, "after": [True] * 3, "again": True, "missing": True}

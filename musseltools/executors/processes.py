@@ -135,8 +135,9 @@ def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
 
 #: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
 #: Ultralytics imports when a predictor warms up (for its NMS) and which imports ``torch._dynamo``: about
-#: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped).
-FORKSERVER_PRELOAD = ["musseltools.executors.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
+#: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped). First,
+#: :mod:`~musseltools.executors.serverexit`: the server's exit skips the tear-down of all that.
+FORKSERVER_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
 
 
 def _context() -> Any:

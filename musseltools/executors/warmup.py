@@ -10,19 +10,32 @@ It is started only when :func:`~musseltools.executors.choose_executor` would cho
 the whole collection (a quick count of its image files, stopped at the number needed), on a machine
 without a GPU (known without importing torch). A run that then has less to infer (a resume) leaves the
 server idle; it serves this process's later runs and exits with it.
+
+While the workers start and infer, this process mostly waits. :func:`import_in_background` uses that time
+for the imports the end of the run needs (the Zarr cube: xarray, which imports dask.array when Dask is
+installed, and zarr; about 1 s on this project's 2 cores, once per process), which a cold
+``musseltools run`` otherwise paid after its last image.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..images.collection import IMAGE_SUFFIXES
 from ..machine import cpu_cores, cuda_possible
 from .processes import start_server
 
-__all__ = ["start_early", "count_images"]
+__all__ = ["start_early", "count_images", "import_in_background", "CUBE_MODULES"]
+
+#: What writing a run's cube imports: xarray, zarr, and dask.array when Dask is installed (xarray then looks
+#: for Dask arrays among the cube's data).
+CUBE_MODULES = ("xarray", "zarr", "dask.array")
 
 
 def count_images(images: Any, limit: int) -> int:
@@ -54,3 +67,24 @@ def start_early(images: Any, options: Mapping[str, Any], *, executor: Any = None
         if cpu_cores() < 2 or count_images(images, 2 * MIN_IMAGES_PER_WORKER) * weight < 2 * MIN_IMAGES_PER_WORKER:
             return False
     return start_server()
+
+
+def import_in_background(modules: Sequence[str] = CUBE_MODULES) -> threading.Thread | None:
+    """Import ``modules`` (those installed and not imported yet) in a daemon thread; the thread, or None when
+    there is nothing to import. Meant for a process that waits on worker processes: the imports take no time
+    from inference in this process. Join the thread before using the modules' results in earnest: a module
+    imported at the same time by two threads is complete when its import returns in either."""
+    todo = [m for m in modules if m not in sys.modules and importlib.util.find_spec(m.partition(".")[0]) is not None]
+    if not todo:
+        return None
+
+    def run() -> None:
+        for name in todo:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the import is tried again, and its error shown, where it is used
+                return
+
+    thread = threading.Thread(target=run, name="musseltools-imports", daemon=True)
+    thread.start()
+    return thread

@@ -40,7 +40,7 @@ from ..errors import (
 from ..executors import Executor, LocalExecutor, ProcessExecutor, choose_executor, connect
 from ..executors.planning import ImageRef, Unit, make_run_id, make_units
 from ..executors.task import RunTask, user_cache_dir
-from ..executors.warmup import start_early
+from ..executors.warmup import import_in_background, start_early
 from ..images.collection import Collection, ImagesLike, scan
 from ..models import InferenceSettings, LoadedModel, describe_model, read_card, resolve_settings
 from ..models.card import CARD_SETTINGS
@@ -343,6 +343,8 @@ class _Job:
                 units = make_units(refs, self.key, self._unit_size(executor, len(refs)))
                 done_before = self._start(run, units, fresh, executor)
                 task = self._task(run, executor)
+                # this process waits while worker processes infer: the cube's imports are done meanwhile
+                imports = import_in_background() if isinstance(executor, ProcessExecutor) and units else None
                 try:
                     self._process(run, task, units, done_before, executor)
                 except (KeyboardInterrupt, RunCancelled) as exc:
@@ -362,6 +364,8 @@ class _Job:
                 final = self._finish(run, "completed", task)
                 with contextlib.suppress(Exception):
                     if not run.cube_is_current():  # rebuilt only when the results changed
+                        if imports is not None:
+                            imports.join()
                         run.write_cube()
                 self.log.info(
                     "completed: %d images, %d failed, %d inferred in this call, counts %s",
