@@ -23,7 +23,9 @@ included; each contender with its own default torch threads):
 - musseltools with 1 worker (``workers=1``: this process);
 - musseltools with the default workers (what ``musseltools run`` chooses);
 - musseltools on a Dask ``LocalCluster`` (one worker process per core, one thread each);
-- the model-only ceiling: the tiled predictor on decoded images in this process (no store).
+- the model-only ceiling: the tiled predictor on decoded images in this process (no store);
+- with ``--onnx``, musseltools with ``backend="onnx"`` and the default workers (its graph exported and checked
+  once before timing, and copied into each fresh store, as a store keeps it).
 
 The last line is ``ratio_vs_sahi=X.XX``: musseltools' default end to end over SAHI end to end.
 
@@ -233,19 +235,39 @@ def e2e_sahi(paths: list[Path], weights: str, imgsz: int, tile: int, overlap: fl
     return len(paths) / (time.perf_counter() - t0)
 
 
-def e2e_musseltools(folder: Path, weights: str, settings: dict, **how) -> tuple[float, str]:
-    """Images/s of ``mt.run`` into a fresh store (every image inferred), and the executor it used."""
+def e2e_musseltools(folder: Path, weights: str, settings: dict, graphs: Path | None = None,
+                    **how) -> tuple[float, str]:
+    """Images/s of ``mt.run`` into a fresh store (every image inferred), and the executor it used; ``graphs``:
+    ONNX graphs (exported and checked before) copied into the store's cache first, as a store keeps them."""
+    import shutil
     import tempfile
 
     import musseltools as mt
 
     with tempfile.TemporaryDirectory() as store:
+        if graphs is not None:
+            shutil.copytree(graphs, Path(store) / "cache" / "onnx")
         t0 = time.perf_counter()
         run = mt.run(folder, model=weights, store=store, quiet=True, **settings, **how)
         dt = time.perf_counter() - t0
         meta = run.meta
     assert meta["inferred_this_call"] == meta["total_images"], meta
     return meta["total_images"] / dt, str(meta.get("executor"))
+
+
+def _onnx_graphs(folder: Path, weights: str, settings: dict) -> Path:
+    """A folder of the ONNX graph musseltools exports and checks for these settings (one run into a store kept
+    for it); the timed ``backend=onnx`` runs copy it into their fresh stores."""
+    import tempfile
+
+    import musseltools as mt
+
+    store = Path(tempfile.mkdtemp(prefix="mt-tiling-onnx-"))
+    run = mt.run(folder, model=weights, store=store, quiet=True, workers=1, backend="onnx", **settings)
+    used = run.meta.get("inferred_with")
+    if not any("onnxruntime" in str(u) for u in used or ()):
+        raise SystemExit(f"backend=onnx was not used for the tiles ({used}): see the run's log")
+    return store / "cache" / "onnx"
 
 
 def _cluster():
@@ -331,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda:0 (default: the fastest available)")
     ap.add_argument("--no-sahi", action="store_true", help="skip SAHI (when it is not installed)")
     ap.add_argument("--no-dask", action="store_true", help="leave out the Dask LocalCluster row")
+    ap.add_argument("--onnx", action="store_true", help="add musseltools with backend=onnx (default workers), its "
+                    "graph exported and checked once before timing")
     args = ap.parse_args(argv)
     args.no_sahi = args.no_sahi or not sahi_installed()
 
@@ -386,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             (run_folder / p.name).symlink_to(p.resolve())
     settings = {"imgsz": imgsz, "tile": tile, "tile_overlap": args.overlap, "iou": args.iou, "tile_merge": merge}
     e2e_musseltools(run_folder, args.model, settings, workers=1)  # warm-up: page cache, batch size measured
+    graphs = _onnx_graphs(run_folder, args.model, settings) if args.onnx else None
     speeds: list[tuple[str, float]] = []
     if not args.no_sahi:
         import torch
@@ -399,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     speeds.append(("musseltools, 1 worker", e2e_musseltools(run_folder, args.model, settings, workers=1)[0]))
     default, executor = e2e_musseltools(run_folder, args.model, settings)
     speeds.append((f"musseltools, default: {executor}", default))
+    if args.onnx:
+        speeds.append(("musseltools, default workers, backend=onnx",
+                       e2e_musseltools(run_folder, args.model, {**settings, "backend": "onnx"}, graphs)[0]))
     if not args.no_dask:
         cluster, client = _cluster()
         try:
