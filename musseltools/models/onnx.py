@@ -58,10 +58,12 @@ import numpy as np
 
 from .._failpoints import armed
 from ..core.detections import Detections
-from .base import LoadedModel, Predictor, Prepared, fastest_batch_size
+from .base import LoadedModel, ModelInfo, Predictor, Prepared, fastest_batch_size
+from .onnx_detect import POSTPROCESS, LeanDetectPredictor, geometry_of
 
 __all__ = ["OPSET", "TASKS", "CHECK_IMAGES", "CHECK_THRESHOLDS", "SESSIONS", "OnnxPredictor", "backend_in_use",
-           "compare_detections", "graph_key", "runtimes_used", "with_backend"]
+           "compare_detections", "default_cache", "graph_key", "lean_applies", "read_record", "runtimes_used",
+           "session", "valid_graph", "with_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def graph_key(model: LoadedModel, settings: Any) -> str:
-    """The name of a model's graph in the cache: what the exported graph depends on, hashed."""
-    payload = {"weights": model.info.fingerprint, "family": model.info.family, "imgsz": settings.imgsz,
+def lean_applies(info: ModelInfo) -> bool:
+    """Whether a model's graph runs with the torch-free pre- and post-processing
+    (:mod:`~musseltools.models.onnx_detect`): Ultralytics detect models."""
+    return info.family == "ultralytics" and info.task == "detect"
+
+
+def graph_key(model: LoadedModel | ModelInfo, settings: Any) -> str:
+    """The name of a model's graph in the cache: what the exported graph depends on, hashed. A detect
+    model's includes the version of the torch-free post-processing that its check proves
+    (:data:`~musseltools.models.onnx_detect.POSTPROCESS`): a graph checked with Ultralytics' own, by older
+    code, is not taken for one checked with it."""
+    info = model.info if isinstance(model, LoadedModel) else model
+    payload = {"weights": info.fingerprint, "family": info.family, "imgsz": settings.imgsz,
                "opset": OPSET, "versions": _versions(), "dynamic": True}
-    if model.info.family != "ultralytics":  # NMS, the floor and the cap are inside a Faster R-CNN graph
+    if info.family != "ultralytics":  # NMS, the floor and the cap are inside a Faster R-CNN graph
         payload.update(conf_floor=settings.conf_floor, iou=settings.iou, max_det=settings.max_det)
+    if lean_applies(info):
+        payload["postprocess"] = POSTPROCESS
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -149,7 +163,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(path.read_text())
         if isinstance(record, dict):
@@ -157,7 +171,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _valid_graph(graph: Path, record: dict[str, Any]) -> bool:
+def valid_graph(graph: Path, record: dict[str, Any]) -> bool:
     """The graph's bytes are those recorded when it was exported (a damaged or half-copied file is not)."""
     try:
         return graph.is_file() and record.get("sha256") == _sha256(graph)
@@ -214,7 +228,9 @@ def _torch_detector_runner(session: Any) -> Any:
     return run
 
 
-def _session(graph: Path, threads: int) -> Any:
+def session(graph: Path, threads: int) -> Any:
+    """This process's ONNX Runtime session of ``graph`` with ``threads`` intra-op threads (:data:`SESSIONS`);
+    under the ``onnx-perturb`` failpoint, a stand-in whose boxes come out 2 px off (:func:`_perturbed`)."""
     import onnxruntime as ort
 
     key = (str(graph), threads)
@@ -227,7 +243,7 @@ def _session(graph: Path, threads: int) -> Any:
             if {k[0] for k in SESSIONS} - {str(graph)}:
                 SESSIONS.clear()  # one model per worker process: a new run's graph replaces the last
             SESSIONS[key] = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        return SESSIONS[key]
+        return _perturbed(SESSIONS[key]) if armed("onnx-perturb") else SESSIONS[key]
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -363,8 +379,10 @@ class OnnxPredictor:
     """A family's predictor whose forward pass ONNX Runtime runs once the graph is exported and checked.
 
     Implements :class:`~musseltools.models.base.Predictor`; ``prepare`` and the post-processing are the
-    wrapped predictor's. ``backend`` says what runs now: ``pending`` (before the first batch), ``onnx``,
-    or ``torch`` (the graph failed its check or could not be made; ``reason`` says why).
+    wrapped predictor's, but for an Ultralytics detect model (:func:`lean_applies`), whose graph runs in a
+    :class:`~musseltools.models.onnx_detect.LeanDetectPredictor` (``lean``: numpy pre- and post-processing),
+    which is what the check compares with torch. ``backend`` says what runs now: ``pending`` (before the
+    first batch), ``onnx``, or ``torch`` (the graph failed its check or could not be made; ``reason`` says why).
     """
 
     def __init__(self, inner: Predictor, model: LoadedModel, settings: Any, cache: Path) -> None:
@@ -377,11 +395,21 @@ class OnnxPredictor:
         self.reason: str | None = None
         #: What gave the results this predictor returned: ``onnxruntime``, ``torch`` or both.
         self.ran: set[str] = set()
+        self.lean: LeanDetectPredictor | None = None
+        self._geometry: dict[str, Any] | None = None
         self._checked = 0
         self._lock = threading.Lock()
 
-    batch_size = property(lambda self: self.inner.batch_size,
-                          lambda self, n: setattr(self.inner, "batch_size", n))
+    @property
+    def batch_size(self) -> int | None:
+        return self.inner.batch_size
+
+    @batch_size.setter
+    def batch_size(self, n: int | None) -> None:
+        self.inner.batch_size = n
+        if self.lean is not None:
+            self.lean.batch_size = n
+
     #: Threads per forward pass: the wrapped predictor's torch threads, which ONNX Runtime's session takes.
     threads = property(lambda self: self.inner.threads)
 
@@ -390,6 +418,11 @@ class OnnxPredictor:
         return self.cache / f"{graph_key(self.model, self.settings)}.onnx"
 
     def prepare(self, image: np.ndarray) -> Prepared:
+        """The lean letterbox once the lean predictor is checked (the same tensor, without torch), else the
+        wrapped predictor's (whose tensors the lean predictor takes too, during its check)."""
+        lean = self.lean
+        if lean is not None and self._checked >= CHECK_IMAGES:
+            return lean.prepare(image)
         return self.inner.prepare(image)
 
     def images_per_call(self, batch_size: int) -> int:
@@ -398,12 +431,14 @@ class OnnxPredictor:
     def measure_batch_size(self, sample: Prepared) -> int:
         self._start()
         candidates = (1, 2, 4) if self.backend == "onnx" else None
-        return fastest_batch_size(self.inner, sample, candidates)
+        return fastest_batch_size(self.lean or self.inner, sample, candidates)
 
     def predict(self, batch: Sequence[Prepared]) -> list[Detections]:
         self._start()
         if self.backend == "onnx" and self._checked < CHECK_IMAGES:
             out = self._checked_predict(batch)
+        elif self.lean is not None:
+            out = self.lean.predict(batch)
         else:
             out = self.inner.predict(batch)
         self.ran.add("onnxruntime" if self.backend == "onnx" else "torch")  # torch from the batch that failed
@@ -419,47 +454,57 @@ class OnnxPredictor:
                 return self._fall_back(f"ONNX Runtime is not used for {self.task} models")
             try:
                 graph, record = self._graph()
-                runner = self._runner(_session(graph, self.inner.threads or 1))
+                sess = session(graph, self.inner.threads or 1)
+                geometry = geometry_of(self.inner) if lean_applies(self.model.info) else None
+                runner = None if geometry else self._runner(sess)
             except Exception as exc:  # noqa: BLE001 - any failure to export or load: torch goes on
                 return self._fall_back(f"the ONNX graph could not be made ({type(exc).__name__}: "
                                        f"{str(exc).splitlines()[0] if str(exc) else ''})")
             if record.get("check") is not None and not record["check"]["passed"]:
                 return self._fall_back(f"the ONNX graph failed its check against torch: {record['check']['why']}")
             self._checked = CHECK_IMAGES if record.get("check") else 0
-            self.inner.runner = runner
+            if geometry:
+                self.lean = LeanDetectPredictor(sess, names=self.names, settings=self.settings, imgsz=geometry["imgsz"],
+                                                stride=geometry["stride"], threads=self.inner.threads or 1)
+                self.lean.batch_size = self.inner.batch_size
+                self._geometry = geometry
+            else:
+                self.inner.runner = runner
             self.backend = "onnx"
 
     def _graph(self) -> tuple[Path, dict[str, Any]]:
         graph = self.graph
         graph.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(graph.with_suffix(".lock")):
-            record = _read_record(graph.with_suffix(".json"))
-            if not _valid_graph(graph, record):
+            record = read_record(graph.with_suffix(".json"))
+            if not valid_graph(graph, record):
                 if graph.exists() or record:
                     log.warning("the cached ONNX graph %s is damaged or incomplete: exporting it again", graph.name)
                     with contextlib.suppress(OSError):
                         graph.unlink()
                 _export(self.inner, graph)
-                record = {"sha256": _sha256(graph), "versions": _versions(), "opset": OPSET, "check": None}
+                record = {"sha256": _sha256(graph), "versions": _versions(), "opset": OPSET, "check": None,
+                          "weights": self.model.info.fingerprint, "task": self.task}
                 _write_atomic(graph.with_suffix(".json"), json.dumps(record, indent=1).encode())
                 log.info("exported an ONNX graph of %s to %s", Path(self.model.info.path).name, graph)
         return graph, record
 
-    def _runner(self, session: Any) -> Any:
-        base = (self.inner.onnx_runner(session) if hasattr(self.inner, "onnx_runner")
-                else _torch_detector_runner(session))
-        if not armed("onnx-perturb"):
-            return base
-        return _perturbed(base)
+    def _runner(self, sess: Any) -> Any:
+        return (self.inner.onnx_runner(sess) if hasattr(self.inner, "onnx_runner")
+                else _torch_detector_runner(sess))
 
     def _checked_predict(self, batch: Sequence[Prepared]) -> list[Detections]:
-        """Both backends on one batch: the graph's results when they agree, torch's (and torch from now on) if not."""
-        graph_dets = self.inner.predict(batch)
-        runner, self.inner.runner = self.inner.runner, None
-        try:
-            torch_dets = self.inner.predict(batch)
-        finally:
-            self.inner.runner = runner
+        """Both backends on one batch: the graph's results when they agree, torch's (and torch from now on) if
+        not. The graph's are those of what runs after the check: the lean predictor, else the wrapped one."""
+        if self.lean is not None:
+            graph_dets, torch_dets = self.lean.predict(batch), self.inner.predict(batch)
+        else:
+            graph_dets = self.inner.predict(batch)
+            runner, self.inner.runner = self.inner.runner, None
+            try:
+                torch_dets = self.inner.predict(batch)
+            finally:
+                self.inner.runner = runner
         why = next((w for g, t, item in zip(graph_dets, torch_dets, batch)
                     if (w := compare_detections(g, t, self.settings.conf_floor, iou=self._nms_iou, task=self.task,
                                                 mask_px=_mask_pixel(item))) is not None), None)
@@ -467,7 +512,7 @@ class OnnxPredictor:
         if why is not None or self._checked >= CHECK_IMAGES:
             self._record_check(why)
         if why is not None:
-            self.inner.runner = None
+            self.inner.runner, self.lean = None, None
             self._fall_back(f"the ONNX graph failed its check against torch: {why}")
             return torch_dets
         return graph_dets
@@ -478,11 +523,15 @@ class OnnxPredictor:
         return float(self.settings.iou) if getattr(self.settings, "iou", None) is not None else 0.5
 
     def _record_check(self, why: str | None) -> None:
+        """Keep the verdict beside the graph; for the lean predictor, with what it needs to be built again
+        without torch (its geometry), so that a later process can (:func:`lean_predictor`)."""
         path = self.graph.with_suffix(".json")
         with contextlib.suppress(OSError), _file_lock(self.graph.with_suffix(".lock")):
-            record = _read_record(path)
+            record = read_record(path)
             if record and record.get("check") is None:
                 record["check"] = {"passed": why is None, "why": why, "images": self._checked}
+                if self.lean is not None:
+                    record["lean"] = self._geometry
                 _write_atomic(path, json.dumps(record, indent=1).encode())
 
     def _fall_back(self, reason: str) -> None:
@@ -499,19 +548,21 @@ def _mask_pixel(item: Prepared) -> float:
     return float(1 / min(th / h, tw / w))
 
 
-def _perturbed(run: Any) -> Any:
-    """The ``onnx-perturb`` failpoint: a graph whose boxes come out 2 px wider and taller."""
-    def perturbed(x: Any) -> Any:
-        out = run(x)
-        if isinstance(out, list) and out and isinstance(out[0], dict):  # Faster R-CNN results
-            for r in out:
-                r["boxes"] = r["boxes"] + 2.0
-            return out
-        first = out[0] if isinstance(out, list) else out
-        first[:, 2:4] += 4.0  # YOLO: (batch, 4 + classes..., anchors), rows cx, cy, w, h
-        return out
+def _perturbed(sess: Any) -> Any:
+    """The ``onnx-perturb`` failpoint: a session whose boxes come out 2 px wider and taller."""
+    class Perturbed:
+        get_inputs = sess.get_inputs
 
-    return perturbed
+        def run(self, names: Any, feed: dict[str, Any]) -> list[Any]:
+            out = sess.run(names, feed)
+            if len(out) == 3 and out[0].ndim == 2:  # Faster R-CNN: boxes, labels, scores
+                out[0] = out[0] + 2.0
+            else:
+                out[0] = out[0].copy()
+                out[0][:, 2:4] += 4.0  # YOLO: (batch, 4 + classes..., anchors), rows cx, cy, w, h
+            return out
+
+    return Perturbed()
 
 
 def runtimes_used(predictor: Any) -> tuple[str, ...]:
@@ -519,8 +570,14 @@ def runtimes_used(predictor: Any) -> tuple[str, ...]:
     ``onnxruntime``, ``torch`` (a torch predictor, or a graph not used), or both, in that order."""
     ran: set[str] = set()
     for stream in getattr(predictor, "streams", [predictor]):
-        ran |= stream.ran if isinstance(stream, OnnxPredictor) else {"torch"}
+        ran |= getattr(stream, "ran", None) or ({"torch"} if not isinstance(stream, (OnnxPredictor,
+                                                                                     LeanDetectPredictor)) else set())
     return tuple(sorted(ran))
+
+
+def default_cache() -> Path:
+    """The machine's folder of graphs when a run has none (in its temporary directory)."""
+    return Path(tempfile.gettempdir()) / f"musseltools-onnx-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 def with_backend(predictor: Predictor, model: LoadedModel, settings: Any, cache: str | os.PathLike | None) -> Predictor:
@@ -530,6 +587,4 @@ def with_backend(predictor: Predictor, model: LoadedModel, settings: Any, cache:
         if settings.backend == "onnx":
             log.warning("backend onnx runs on a CPU only — going on with torch on %s", predictor.device)
         return predictor
-    if cache is None:
-        cache = Path(tempfile.gettempdir()) / f"musseltools-onnx-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    return OnnxPredictor(predictor, model, settings, Path(cache))
+    return OnnxPredictor(predictor, model, settings, Path(cache) if cache is not None else default_cache())
