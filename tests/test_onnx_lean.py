@@ -189,6 +189,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "with": a.meta["inferred_wit
 """
 
 
+@pytest.mark.slow
 def test_runs_with_a_checked_graph_never_import_torch_in_workers_or_in_process(tiny_model, tmp_path):
     """Once a run has checked the graph, a new process's runs (two worker processes; then in process) infer
     with ONNX Runtime and no process of theirs imports torch: every import of torch anywhere in the process
