@@ -107,8 +107,8 @@ def test_the_lean_predictor_gives_torchs_results_on_the_demo_detector(tmp_path):
     assert isinstance(p.lean, LeanDetectPredictor) and p.backend == "onnx"
     theirs = p.inner.predict([p.inner.prepare(f) for f in frames])
     assert sum(len(d) for d in theirs) > 20
-    for a, b in zip(ours, theirs):
-        assert compare_detections(a, b, settings.conf_floor, iou=settings.iou) is None
+    for a, b in zip(ours, theirs):  # strictly: no box forgiven for an overlapping rival of its confidence
+        assert compare_detections(a, b, settings.conf_floor) is None
     again = p.predict([p.prepare(f) for f in frames])  # checked: lean letterbox and all
     for a, b in zip(again, ours):
         assert np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.confidence, b.confidence)
