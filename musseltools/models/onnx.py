@@ -4,7 +4,9 @@
 
 - ``torch`` (the default): the family's torch model, as always;
 - ``onnx``: an ONNX graph derived from the weights, run by ONNX Runtime; pre- and post-processing (letterbox,
-  NMS, masks) stay the family's own, so only the forward pass changes;
+  NMS, masks) stay the family's own, so only the forward pass changes; but for Ultralytics detect models,
+  whose letterbox and NMS run in numpy (:mod:`~musseltools.models.onnx_detect`, checked as such), so that a
+  process with a checked graph never imports torch (:mod:`~musseltools.models.onnx_lean`);
 - ``auto``: ``onnx`` on a CPU when ``onnxruntime`` is installed, else torch (always torch on a GPU: the CPU
   wheel of ``onnxruntime`` has no GPU provider).
 
