@@ -30,7 +30,9 @@ A check before use
     of :data:`CHECK_THRESHOLDS` are equal but for detections within 1e-3 of that threshold, and every
     detection above the floor has a match in the other set with its box corners within 0.5 px (OBB: the
     rotated box's four corners; segment: also its mask outline, within 1.5 mask pixels vertex to outline or
-    overlapping by IoU 0.9, see :func:`compare_detections`). The verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
+    overlapping by IoU 0.9, see :func:`compare_detections`). A detect graph is checked with the torch-free
+    predictor that will run it, which must also give, on the same graph output, Ultralytics' post-processing's
+    boxes within 0.01 px (no tie forgiven). The verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
     torch. So does a family or variant that cannot be exported (one warning line, the reason).
 
 Threads: one ONNX Runtime session per graph in a process (:data:`SESSIONS`, like the worker's model
@@ -76,7 +78,8 @@ OPSET = 17
 #: Images of a run checked on both backends before a graph without a verdict is trusted.
 CHECK_IMAGES = 4
 #: The tasks whose graphs are used: all that musseltools stores. The graph replaces the forward pass only:
-#: NMS (rotated for OBB) and the masks from the graph's coefficients and prototypes stay Ultralytics' own.
+#: NMS (rotated for OBB) and the masks from the graph's coefficients and prototypes stay Ultralytics' own
+#: (detect: their numpy version, :mod:`~musseltools.models.onnx_detect`).
 TASKS = ("detect", "segment", "obb")
 #: Pixels within which the torch-free post-processing's boxes must be Ultralytics' on the same graph output.
 LEAN_BOX_TOL = 0.01
