@@ -32,8 +32,8 @@ A check before use
     rotated box's four corners; segment: also its mask outline, within 1.5 mask pixels vertex to outline or
     overlapping by IoU 0.9, see :func:`compare_detections`). A detect graph is checked with the torch-free
     predictor that will run it, which must also give, on the same graph output, Ultralytics' post-processing's
-    boxes within 0.01 px (no tie forgiven). The verdict is kept beside the graph. A graph that fails is not used: the run logs why and goes on with
-    torch. So does a family or variant that cannot be exported (one warning line, the reason).
+    boxes within 0.01 px (no tie forgiven). The verdict is kept beside the graph. A graph that fails is
+    not used: the run logs why and goes on with torch. So does a family or variant that cannot be exported (one warning line, the reason).
 
 Threads: one ONNX Runtime session per graph in a process (:data:`SESSIONS`, like the worker's model
 cache), with ``intra_op_num_threads`` = the predictor's torch threads (a worker's share of the cores).
