@@ -55,7 +55,15 @@ def test_the_letterbox_is_ultralytics_own_to_the_bit(tiny_model):
         assert np.array_equal(ours, theirs), (shape, float(np.abs(ours - theirs).max()))
 
 
-def test_nms_suppresses_overlaps_of_a_class_above_the_setting_only():
+@pytest.fixture(params=["pairwise", "stepwise"])
+def both_nms(request, monkeypatch):
+    """NMS both ways: all overlaps at once (few candidates), and a step per kept box (many)."""
+    from musseltools.models import onnx_detect
+
+    monkeypatch.setattr(onnx_detect, "PAIRWISE_MAX", onnx_detect.PAIRWISE_MAX if request.param == "pairwise" else 0)
+
+
+def test_nms_suppresses_overlaps_of_a_class_above_the_setting_only(both_nms):
     box = [0, 0, 10, 10]
     over = [0, 0, 10, 12]  # IoU 100/120 = 0.83
     under = [0, 0, 10, 20]  # IoU 100/200 = 0.5
@@ -69,11 +77,29 @@ def test_nms_suppresses_overlaps_of_a_class_above_the_setting_only():
     assert nms(boxes[::-1].copy(), scores[::-1].copy(), same, 0.7, 100).tolist() == [2, 0]  # by score, not order
 
 
-def test_nms_keeps_at_most_max_det_most_confident_first():
+def test_nms_keeps_at_most_max_det_most_confident_first(both_nms):
     boxes = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(6)], np.float32)  # disjoint
     scores = np.array([0.1, 0.6, 0.3, 0.9, 0.5, 0.2], np.float32)
     assert nms(boxes, scores, np.zeros(6, np.int64), 0.5, 3).tolist() == [3, 1, 4]
     assert nms(boxes[:0], scores[:0], np.zeros(0, np.int64), 0.5, 3).tolist() == []
+
+
+def test_nms_keeps_what_torchvisions_keeps_ties_included(both_nms):
+    """Random overlapping boxes of two classes with scores drawn from four values (ties everywhere):
+    the boxes kept, and their order, are torchvision's (Ultralytics' NMS on CPU), offset by class as it is."""
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n = int(rng.integers(0, 60))
+        xy = rng.uniform(0, 50, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (n, 2)).astype(np.float32)], axis=1)
+        classes, scores = rng.integers(0, 2, n), rng.choice(np.array([1.0, 0.9, 0.5, 0.3], np.float32), n)
+        cap = int(rng.integers(1, 40))
+        theirs = torchvision.ops.nms(torch.from_numpy(boxes + (classes[:, None] * 7680).astype(np.float32)),
+                                     torch.from_numpy(scores), 0.5).numpy()[:cap]
+        assert nms(boxes, scores, classes, 0.5, cap).tolist() == theirs.tolist()
 
 
 def test_the_floor_and_the_cap_hold_on_the_graphs_output():
