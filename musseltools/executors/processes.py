@@ -41,7 +41,7 @@ from ..machine import cpu_cores
 from .base import UnitTask
 from .planning import Unit, UnitSummary
 
-__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores", "start_server"]
+__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "LEAN_PRELOAD", "cpu_cores", "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,8 @@ def _init_worker(progress: Any, stop: Any, threads: int, environment: tuple[str,
         del os.environ[k]
     os.environ.update(env)
     os.chdir(cwd)
-    import torch
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:  # preloaded by the server; a worker that needs it later pins it before each forward
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _parent_gone() -> bool:
@@ -138,6 +137,11 @@ def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
 #: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped). First,
 #: :mod:`~musseltools.executors.serverexit`: the server's exit skips the tear-down of all that.
 FORKSERVER_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
+#: What the fork server imports for a run whose workers will infer without torch (a graph checked with the
+#: torch-free predictor: :mod:`musseltools.models.onnx_lean`): torch's imports would cost each worker's core
+#: about 3.5 s of CPU for nothing. A later run of this process that needs torch imports it in its workers.
+LEAN_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "onnxruntime", "cv2", "musseltools.models.onnx_detect"]
+_preload = FORKSERVER_PRELOAD
 
 
 def _context() -> Any:
@@ -146,18 +150,21 @@ def _context() -> Any:
     may already run torch threads."""
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+        ctx.set_forkserver_preload(_preload)
         return ctx
     return mp.get_context("spawn")
 
 
-def start_server() -> bool:
+def start_server(lean: bool = False) -> bool:
     """Start the fork server now (its imports run in the background); whether there is one on this platform.
-    The pool started later forks its workers from it (:mod:`~musseltools.executors.warmup`)."""
+    The pool started later forks its workers from it (:mod:`~musseltools.executors.warmup`). ``lean``: it
+    imports :data:`LEAN_PRELOAD`, not torch (a server already running keeps what it imported)."""
+    global _preload
     if not sys.platform.startswith("linux"):
         return False
     from multiprocessing import forkserver
 
+    _preload = LEAN_PRELOAD if lean else FORKSERVER_PRELOAD
     _context()
     with _main_module_hidden():
         forkserver.ensure_running()

@@ -38,10 +38,11 @@ from ..models import (
     make_predictor,
 )
 from ..models.onnx import runtimes_used
+from ..models.onnx_lean import lean_predictor
 from ..store.store import IMAGES_SCHEMA, Store, atomic_write_bytes, utcnow
 from .planning import ImageRef, Unit, UnitSummary, sub_unit
 
-__all__ = ["RunTask", "Outcome", "PREDICTORS", "user_cache_dir"]
+__all__ = ["RunTask", "Outcome", "PREDICTORS", "graph_cache", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ def user_cache_dir() -> Path:
     if os.environ.get("MUSSELTOOLS_CACHE"):
         return Path(os.environ["MUSSELTOOLS_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "musseltools"
+
+
+def graph_cache(store: Store) -> Path:
+    """Where a run's ONNX graphs are cached: the store's cache when it is a writable local folder, else the machine's."""
+    if not store.remote and os.access(store.root if store.root.exists() else store.root.parent, os.W_OK):
+        return store.root / "cache" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -149,12 +157,22 @@ class RunTask:
 
     @property
     def predictor(self) -> Predictor:
-        """The model's predictor, built on first use (the model loaded first when it is not built yet)."""
+        """The model's predictor, built on first use (the model loaded first when it is not built yet).
+
+        A model not built yet whose graph was checked by an earlier run with the torch-free predictor
+        (:func:`~musseltools.models.onnx_lean.lean_predictor`) is not loaded at all: its card's class names
+        and task are all that predictor needs, so this process never imports torch."""
         keep_freed_memory_for_reuse()  # in whatever process infers: a Dask nanny's worker, a pool after a cluster
         with self._lock:
             if self._predictor is None:
                 key = self._cache_key()
                 cached = PREDICTORS.get(key) if self._model is None else None
+                if cached is None and self._model is None:
+                    cached = lean_predictor(self.info, self.settings, self._graph_cache(),
+                                            device=self.device or default_device(), threads=self.threads)
+                    if cached is not None:
+                        PREDICTORS.clear()
+                        PREDICTORS[key] = cached
                 if cached is None:
                     if self._model is None:
                         info = self.info
@@ -169,11 +187,7 @@ class RunTask:
             return self._predictor
 
     def _graph_cache(self) -> Path:
-        """Where ONNX graphs are cached: the store's cache when it is a writable local folder, else the machine's."""
-        store = self.store
-        if not store.remote and os.access(store.root if store.root.exists() else store.root.parent, os.W_OK):
-            return store.root / "cache" / "onnx"
-        return user_cache_dir() / "onnx"
+        return graph_cache(self.store)
 
     def _cache_key(self) -> str:
         """What identifies a predictor in this process: the weights' SHA-256, family, settings and device."""

@@ -11,6 +11,10 @@ the whole collection (a quick count of its image files, stopped at the number ne
 without a GPU (known without importing torch). A run that then has less to infer (a resume) leaves the
 server idle; it serves this process's later runs and exits with it.
 
+What the server imports depends on the run: torch, torchvision and Ultralytics, unless the workers will
+likely infer without torch (:func:`lean_workers_likely`: a graph of these weights checked with the
+torch-free predictor is in the store's cache), when it imports ONNX Runtime and cv2 only.
+
 While the workers start and infer, this process mostly waits. :func:`import_in_background` uses that time
 for the imports the end of the run needs (the Zarr cube: xarray, which imports dask.array when Dask is
 installed, and zarr; about 1 s on this project's 2 cores, once per process), which a cold
@@ -31,7 +35,7 @@ from ..images.collection import IMAGE_SUFFIXES
 from ..machine import cpu_cores, cuda_possible
 from .processes import start_server
 
-__all__ = ["start_early", "count_images", "import_in_background", "CUBE_MODULES"]
+__all__ = ["start_early", "count_images", "import_in_background", "CUBE_MODULES", "lean_workers_likely"]
 
 #: What writing a run's cube imports: xarray, zarr, and dask.array when Dask is installed (xarray then looks
 #: for Dask arrays among the cube's data).
@@ -66,7 +70,31 @@ def start_early(images: Any, options: Mapping[str, Any], *, executor: Any = None
         weight = 20 if options.get("tile") not in (None, "none") else 1
         if cpu_cores() < 2 or count_images(images, 2 * MIN_IMAGES_PER_WORKER) * weight < 2 * MIN_IMAGES_PER_WORKER:
             return False
-    return start_server()
+    return start_server(lean=lean_workers_likely(options))
+
+
+def lean_workers_likely(options: Mapping[str, Any]) -> bool:
+    """Whether a run's workers will likely infer without torch: its settings (given, else the weights' card's)
+    ask for ONNX Runtime on a CPU, whole images, and the graph cache its workers will use holds a graph of
+    these weights whose torch-free predictor passed its check (:func:`~musseltools.models.onnx_lean.lean_graph_checked`).
+    A wrong guess costs time only: a worker that needs torch imports it."""
+    from ..models.base import fingerprint
+    from ..models.card import read_card, resolve_settings
+    from ..models.onnx import backend_in_use
+    from ..models.onnx_lean import lean_graph_checked
+    from ..store.store import Store
+    from .task import graph_cache
+
+    try:
+        values = resolve_settings(options, read_card(options["model"])).values
+        if values.get("tile") is not None or backend_in_use(values["backend"] or "torch",
+                                                            str(options.get("device") or "cpu")) != "onnx":
+            return False
+        store = options.get("store")
+        return lean_graph_checked(graph_cache(store if isinstance(store, Store) else Store(store)),
+                                  fingerprint(options["model"]))
+    except Exception:  # noqa: BLE001 - a guess: the run itself reports what is wrong
+        return False
 
 
 def import_in_background(modules: Sequence[str] = CUBE_MODULES) -> threading.Thread | None:

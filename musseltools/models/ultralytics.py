@@ -235,6 +235,14 @@ class YoloPredictor:
 
         return run
 
+    def input_geometry(self) -> tuple[list[int], int] | None:
+        """The letterbox's input size (height, width) and stride, which a torch-free letterbox needs
+        (:mod:`musseltools.models.onnx_detect`); None for an end-to-end model (no NMS: not one it runs)."""
+        if getattr(self._p.model, "end2end", False):
+            return None
+        size = self._p.imgsz
+        return [int(size[0]), int(size[1])], int(self._p.model.stride)
+
     # -- batch size -----------------------------------------------------------------------------------
     def images_per_call(self, batch_size: int) -> int:
         """Images handed to :meth:`predict` at once: one model batch."""
