@@ -271,13 +271,13 @@ def _onnx_graphs(folder: Path, weights: str, settings: dict) -> Path:
 
 
 def _cluster():
-    import distributed
+    """One Dask worker process per core (LocalCluster's nannies start them), 1 thread each: with
+    ``worker_class=distributed.Worker`` its workers would be threads of this process, sharing its interpreter."""
     from distributed import Client, LocalCluster
 
     from musseltools.executors import cpu_cores
 
-    cluster = LocalCluster(n_workers=cpu_cores(), threads_per_worker=1, processes=True, dashboard_address=None,
-                           worker_class=distributed.Worker)
+    cluster = LocalCluster(n_workers=cpu_cores(), threads_per_worker=1, processes=True, dashboard_address=None)
     return cluster, Client(cluster)
 
 
