@@ -21,10 +21,15 @@ from .common import (
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ..runs.engine import run
+    from ..executors.warmup import start_early
 
     t0 = time.perf_counter()
-    r = run(args.images, quiet=args.quiet or args.json, **run_kwargs(args))
+    options = run_kwargs(args)
+    # first: the workers' server imports torch on one core while this process imports the rest on another
+    start_early(args.images, options)
+    from ..runs.engine import run
+
+    r = run(args.images, quiet=args.quiet or args.json, **options)
     m = r.meta
     if r.store.read_only:  # a read-only store is never inferred into (run.json keeps its last writer's figure)
         m["inferred_this_call"] = 0

@@ -10,13 +10,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..machine import cuda_possible
-from .base import Executor, UnitTask
-from .dask import DaskExecutor, connect
-from .local import LocalExecutor, default_decode_workers
-from .processes import MAX_ATTEMPTS, ProcessExecutor, cpu_cores
+from ..machine import cpu_cores, cuda_possible
+
+if TYPE_CHECKING:
+    from .base import Executor
+
+#: Where each executor lives: imported on first use (PEP 562), so that the workers' server can be started
+#: (:mod:`.server`, :mod:`.warmup`) before pandas, pyarrow and the models load.
+_LAZY = {"Executor": "base", "UnitTask": "base", "DaskExecutor": "dask", "connect": "dask",
+         "LocalExecutor": "local", "default_decode_workers": "local", "MAX_ATTEMPTS": "processes",
+         "ProcessExecutor": "processes"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Executor",
@@ -53,6 +68,10 @@ def choose_executor(*, workers: int | None, client: Any, device: str | None, n_i
     >>> choose_executor(workers=2, client=None, device="cpu", n_images=10)  # doctest: +ELLIPSIS
     ProcessExecutor(workers=2, threads=...)
     """
+    from .dask import DaskExecutor
+    from .local import LocalExecutor
+    from .processes import ProcessExecutor
+
     if client is not None:
         return DaskExecutor(client)
     if workers is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -40,8 +39,9 @@ from ..errors import RunCancelled
 from ..machine import cpu_cores
 from .base import UnitTask
 from .planning import Unit, UnitSummary
+from .server import context, main_module_hidden
 
-__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "LEAN_PRELOAD", "cpu_cores", "start_server"]
+__all__ = ["ProcessExecutor", "MAX_ATTEMPTS", "cpu_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -132,62 +132,6 @@ def run_unit_in_worker(task: UnitTask, unit: Unit) -> UnitSummary:
     return task(unit, on_image=_tell_images, stop=_stopping, before_commit=_commit_only_for_a_live_parent)
 
 
-#: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
-#: Ultralytics imports when a predictor warms up (for its NMS) and which imports ``torch._dynamo``: about
-#: 1.9 s per worker on this project's CPU, when it was not preloaded (a missing module is skipped). First,
-#: :mod:`~musseltools.executors.serverexit`: the server's exit skips the tear-down of all that.
-FORKSERVER_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "torch", "torchvision", "ultralytics", "musseltools.models.ultralytics"]
-#: What the fork server imports for a run whose workers will infer without torch (a graph checked with the
-#: torch-free predictor: :mod:`musseltools.models.onnx_lean`): torch's imports would cost each worker's core
-#: about 3.5 s of CPU for nothing. A later run of this process that needs torch imports it in its workers.
-LEAN_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "onnxruntime", "cv2", "musseltools.models.onnx_detect"]
-_preload = FORKSERVER_PRELOAD
-
-
-def _context() -> Any:
-    """``forkserver`` where there is one (workers fork from a clean server that imported musseltools once,
-    and serves every later run of this process), else ``spawn``; never plain ``fork`` from a process that
-    may already run torch threads."""
-    if sys.platform.startswith("linux"):
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_preload)
-        return ctx
-    return mp.get_context("spawn")
-
-
-def start_server(lean: bool = False) -> bool:
-    """Start the fork server now (its imports run in the background); whether there is one on this platform.
-    The pool started later forks its workers from it (:mod:`~musseltools.executors.warmup`). ``lean``: it
-    imports :data:`LEAN_PRELOAD`, not torch (a server already running keeps what it imported)."""
-    global _preload
-    if not sys.platform.startswith("linux"):
-        return False
-    from multiprocessing import forkserver
-
-    _preload = LEAN_PRELOAD if lean else FORKSERVER_PRELOAD
-    _context()
-    with _main_module_hidden():
-        forkserver.ensure_running()
-    return True
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Start worker processes without re-running the caller's ``__main__`` (a script without an
-    ``if __name__ == "__main__"`` guard, or a notebook): they run functions of musseltools only."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__dict__["__spec__"] = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
 class ProcessExecutor:
     """Run commit units in ``workers`` processes (see the module docstring).
 
@@ -217,7 +161,7 @@ class ProcessExecutor:
         on_progress: Callable[[int], None] = lambda n: None,
     ) -> Iterator[UnitSummary]:
         """Run the units in worker processes; yields each unit's summary as it is committed."""
-        ctx = _context()
+        ctx = context()
         progress_r, progress_w = ctx.Pipe(duplex=False)
         alive_r, alive_w = ctx.Pipe(duplex=False)  # this process holds the only write end: see the module doc
         stop = ctx.RawValue("b", 0)
@@ -240,7 +184,7 @@ class ProcessExecutor:
         progress, progress_w, alive_r = pipes
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(progress_w, stop, self.threads, _environment(), alive_r))
-        with _main_module_hidden():  # workers start here: they need musseltools, never the caller's script
+        with main_module_hidden():  # workers start here: they need musseltools, never the caller's script
             futures: dict[Future, Unit] = {pool.submit(run_unit_in_worker, task, u): u for u in units}
         broken: list[Unit] = []
         pending = set(futures)

@@ -1,4 +1,4 @@
-"""Imported by the workers' fork server first (:data:`~musseltools.executors.processes.FORKSERVER_PRELOAD`):
+"""Imported by the workers' fork server first (:data:`~musseltools.executors.server.FORKSERVER_PRELOAD`):
 the server then ends without the interpreter's tear-down of every module it imported.
 
 The fork server imports torch, torchvision and Ultralytics once so that workers fork with them. When the

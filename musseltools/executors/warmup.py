@@ -31,9 +31,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..images.collection import IMAGE_SUFFIXES
+from ..images.suffixes import IMAGE_SUFFIXES
 from ..machine import cpu_cores, cuda_possible
-from .processes import start_server
+from .server import start_server
 
 __all__ = ["start_early", "count_images", "import_in_background", "CUBE_MODULES", "lean_workers_likely"]
 
@@ -78,6 +78,8 @@ def lean_workers_likely(options: Mapping[str, Any]) -> bool:
     ask for ONNX Runtime on a CPU, whole images, and the graph cache its workers will use holds a graph of
     these weights whose torch-free predictor passed its check (:func:`~musseltools.models.onnx_lean.lean_graph_checked`).
     A wrong guess costs time only: a worker that needs torch imports it."""
+    if options.get("backend") in (None, "torch"):  # a card recommends no backend: torch, known without imports
+        return False
     from ..models.base import fingerprint
     from ..models.card import read_card, resolve_settings
     from ..models.onnx import backend_in_use

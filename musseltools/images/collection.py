@@ -21,13 +21,13 @@ import pandas as pd
 
 from ..errors import CollectionError
 from ..store.backends import is_url
+from .suffixes import IMAGE_SUFFIXES
 
 __all__ = ["Collection", "scan", "IMAGE_SUFFIXES", "sha256_file", "display_path"]
 
 log = logging.getLogger(__name__)
 
 #: File suffixes taken as images when a folder is scanned (compared in lower case).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 
 ImagesLike = Union[str, os.PathLike, Iterable[str | os.PathLike], "Collection"]
 
