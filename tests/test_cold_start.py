@@ -165,3 +165,40 @@ def test_the_cube_modules_are_imported_in_the_background_once(tmp_path):
                          check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout) == {"before": [False] * 3, "after": [True] * 3, "again": True, "missing": True}
+
+
+EARLY = textwrap.dedent("""
+    import json, sys
+    import musseltools.executors.server as server
+    seen = []
+    real = server.start_server
+    def watched(lean=False):
+        seen.append({"pandas": "pandas" in sys.modules, "torch": "torch" in sys.modules})
+        return real(lean)
+    server.start_server = watched
+    from musseltools.cli import main
+    code = main(["run", *sys.argv[1:], "--quiet"])
+    print(json.dumps({"code": code, "first": seen[0] if seen else None}))
+""")
+
+
+def test_the_command_starts_the_workers_server_before_it_imports_pandas(tiny_model, images, tmp_path):
+    """The server's imports (torch: seconds) overlap the command's own (pandas, pyarrow, the models) only
+    when it is started before them."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", EARLY, str(images), "--model", str(tiny_model), "--workers", "2",
+                          "--store", str(tmp_path / "s")], env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 0, "first": {"pandas": False, "torch": False}}
+
+
+def test_importing_musseltools_is_quick_and_its_public_names_all_resolve():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    code = ("import json, sys; import musseltools as mt; heavy = sorted(m for m in ('pandas', 'torch', 'xarray') "
+            "if m in sys.modules); names = [n for n in mt.__all__ if getattr(mt, n, None) is None]; "
+            "print(json.dumps([heavy, names, sorted(set(mt.__all__) - set(dir(mt)))]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == [[], [], []]

@@ -85,7 +85,29 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _start_workers_early(argv: Sequence[str]) -> None:
+    """For ``musseltools run``: start the workers' server from the ``run`` options alone, before the whole
+    parser is built (its other commands import pandas and more: 0.26 s here), so that the server's imports
+    overlap this process's. Arguments it cannot parse are left to the real parser, which says what is wrong."""
+    if "run" not in argv:
+        return
+    import contextlib
+    import io
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    runs.register_runs(parser.add_subparsers(dest="command"))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args, _ = parser.parse_known_args(argv)
+    except SystemExit:
+        return
+    if args.command == "run":
+        runs.start_workers_early(args)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    _start_workers_early(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)

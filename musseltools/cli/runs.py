@@ -20,16 +20,20 @@ from .common import (
 )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def start_workers_early(args: argparse.Namespace) -> None:
+    """Start the workers' server when this ``run`` will likely use worker processes: its imports of torch
+    run on one core while this process imports the rest on another (called before the whole command line
+    is parsed; ``musseltools.run`` calls it again, which then does nothing)."""
     from ..executors.warmup import start_early
 
-    t0 = time.perf_counter()
-    options = run_kwargs(args)
-    # first: the workers' server imports torch on one core while this process imports the rest on another
-    start_early(args.images, options)
+    start_early(args.images, run_kwargs(args))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from ..runs.engine import run
 
-    r = run(args.images, quiet=args.quiet or args.json, **options)
+    t0 = time.perf_counter()
+    r = run(args.images, quiet=args.quiet or args.json, **run_kwargs(args))
     m = r.meta
     if r.store.read_only:  # a read-only store is never inferred into (run.json keeps its last writer's figure)
         m["inferred_this_call"] = 0
