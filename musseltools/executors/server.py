@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["FORKSERVER_PRELOAD", "LEAN_PRELOAD", "context", "main_module_hidden", "start_server"]
+__all__ = ["FORKSERVER_PRELOAD", "LEAN_PRELOAD", "context", "main_module_hidden", "start_server", "started"]
 
 
 #: What the fork server imports once, so that each worker forks with it imported: torchvision too, which
@@ -28,6 +28,8 @@ FORKSERVER_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors
 #: about 3.5 s of CPU for nothing. A later run of this process that needs torch imports it in its workers.
 LEAN_PRELOAD = ["musseltools.executors.serverexit", "musseltools.executors.task", "onnxruntime", "cv2", "musseltools.models.onnx_detect"]
 _preload = FORKSERVER_PRELOAD
+#: Whether :func:`start_server` started the server in this process.
+_started = False
 
 
 def context() -> Any:
@@ -45,7 +47,7 @@ def start_server(lean: bool = False) -> bool:
     """Start the fork server now (its imports run in the background); whether there is one on this platform.
     The pool started later forks its workers from it (:mod:`~musseltools.executors.warmup`). ``lean``: it
     imports :data:`LEAN_PRELOAD`, not torch (a server already running keeps what it imported)."""
-    global _preload
+    global _preload, _started
     if not sys.platform.startswith("linux"):
         return False
     from multiprocessing import forkserver
@@ -54,7 +56,13 @@ def start_server(lean: bool = False) -> bool:
     context()
     with main_module_hidden():
         forkserver.ensure_running()
+    _started = True
     return True
+
+
+def started() -> bool:
+    """Whether :func:`start_server` started the workers' server in this process."""
+    return _started
 
 
 @contextlib.contextmanager

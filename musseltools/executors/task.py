@@ -168,7 +168,7 @@ class RunTask:
                 key = self._cache_key()
                 cached = PREDICTORS.get(key) if self._model is None else None
                 if cached is None and self._model is None:
-                    cached = lean_predictor(self.info, self.settings, self._graph_cache(),
+                    cached = lean_predictor(self.info, self.settings, graph_cache(self.store),
                                             device=self.device or default_device(), threads=self.threads)
                     if cached is not None:
                         PREDICTORS.clear()
@@ -179,15 +179,12 @@ class RunTask:
                         self._model = load_model(info.path, class_map=info.class_map, family=info.family,
                                                  sha256=info.fingerprint, trust_pickle=info.trust_pickle)
                     cached = make_predictor(self._model, self.settings, device=self.device, threads=self.threads,
-                                            cache=self._graph_cache())
+                                            cache=graph_cache(self.store))
                     PREDICTORS.clear()  # one model per worker process: a new run's model replaces the last
                     PREDICTORS[key] = cached
                 self._predictor = cached
                 self._predictor.batch_size = self.batch_size
             return self._predictor
-
-    def _graph_cache(self) -> Path:
-        return graph_cache(self.store)
 
     def _cache_key(self) -> str:
         """What identifies a predictor in this process: the weights' SHA-256, family, settings and device."""

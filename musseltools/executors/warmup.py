@@ -33,7 +33,7 @@ from typing import Any
 
 from ..images.suffixes import IMAGE_SUFFIXES
 from ..machine import cpu_cores, cuda_possible
-from .server import start_server
+from .server import start_server, started
 
 __all__ = ["start_early", "count_images", "import_in_background", "CUBE_MODULES", "lean_workers_likely"]
 
@@ -61,6 +61,8 @@ def start_early(images: Any, options: Mapping[str, Any], *, executor: Any = None
     """Start the workers' server now when the run will likely use worker processes; whether it was started."""
     from . import MIN_IMAGES_PER_WORKER  # the package's rule for choosing workers
 
+    if started():  # by the command, from its options, before this run was opened: nothing to decide again
+        return True
     if executor is not None or client is not None or options.get("scheduler") or options.get("scheduler_file"):
         return False
     workers, device = options.get("workers"), options.get("device")

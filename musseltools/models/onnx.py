@@ -458,8 +458,7 @@ def runtimes_used(predictor: Any) -> tuple[str, ...]:
     ``onnxruntime``, ``torch`` (a torch predictor, or a graph not used), or both, in that order."""
     ran: set[str] = set()
     for stream in getattr(predictor, "streams", [predictor]):
-        ran |= getattr(stream, "ran", None) or ({"torch"} if not isinstance(stream, (OnnxPredictor,
-                                                                                     LeanDetectPredictor)) else set())
+        ran |= stream.ran if isinstance(stream, (OnnxPredictor, LeanDetectPredictor)) else {"torch"}
     return tuple(sorted(ran))
 
 
